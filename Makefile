@@ -1,0 +1,28 @@
+# nsrun: install, run, test. The CPU wheel of torch 2.13.0 is installed first where no torch is present,
+# so that pip never pulls a multi-GB CUDA build; the project's torch range is satisfied by it.
+PYTHON ?= python3
+PIP ?= $(PYTHON) -m pip
+TORCH_VERSION ?= 2.13.0
+
+.PHONY: install torch test test-all lint run bench slurm-up slurm-down reproduce-figures reproduce-figures-quick figures clean
+
+torch:
+	@$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install "torch==$(TORCH_VERSION)"
+
+install: torch
+	$(PIP) install -e ".[dev]"
+
+run:
+	nsrun task=modadd train.steps=500
+
+test:
+	$(PYTHON) -m pytest -q
+
+test-all:
+	$(PYTHON) -m pytest -q -m "not gpu"
+
+lint:
+	$(PYTHON) -m ruff check nsrun tests
+
+clean:
+	rm -rf outputs multirun .pytest_cache

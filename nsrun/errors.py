@@ -1,0 +1,13 @@
+"""Errors that the command line reports as one line with exit code 2."""
+
+
+class ConfigError(ValueError):
+    """A bad configuration value: ``key`` names the config key, the message says what is allowed."""
+
+    def __init__(self, key: str, message: str):
+        self.key = key
+        super().__init__(f"{key}: {message}")
+
+
+class UsageError(ValueError):
+    """Bad input that is not a single config key (a run directory, a file)."""

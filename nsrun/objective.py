@@ -1,0 +1,57 @@
+"""The training objective: cross-entropy, plus the regulariser chosen by ``reg.name``.
+
+An objective is called once per step as ``loss, stats = objective(model, x, y, step)`` and returns the
+scalar to minimise and a dict of floats to log. ``reg=none`` is plain cross-entropy; the noise-stability
+regulariser lives in the science package (``nsrun.stability``) and registers itself here.
+"""
+
+from __future__ import annotations
+
+from nsrun.config import require_choice, require_number
+from nsrun.errors import ConfigError
+
+
+class CrossEntropy:
+    """``loss = CE(M(X), target)``."""
+
+    def __init__(self, task):
+        self.task = task
+
+    def __call__(self, model, x, y, step: int):
+        loss = self.task.loss(model(x), y)
+        return loss, {"ce": loss.detach()}
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+def _validate_none(cfg) -> None:
+    pass
+
+
+# reg.name -> (validate(cfg), build(cfg, task) -> objective)
+REGULARISERS = {
+    "none": (_validate_none, lambda cfg, task: CrossEntropy(task)),
+}
+# noise.name -> validate(cfg); the schedules themselves are in nsrun.stability.schedules
+SCHEDULES = {
+    "constant": lambda cfg: None,
+}
+
+
+def validate_objective(cfg) -> None:
+    require_choice(cfg, "reg.name", tuple(REGULARISERS))
+    require_number(cfg, "reg.rho", 0, 1)
+    require_number(cfg, "reg.gamma", 0)
+    if "noise" not in cfg or "name" not in cfg.noise:
+        raise ConfigError("noise", f"must select a schedule, one of {', '.join(SCHEDULES)}")
+    require_choice(cfg, "noise.name", tuple(SCHEDULES))
+    SCHEDULES[cfg.noise.name](cfg)
+    REGULARISERS[cfg.reg.name][0](cfg)
+
+
+def build_objective(cfg, task):
+    return REGULARISERS[cfg.reg.name][1](cfg, task)

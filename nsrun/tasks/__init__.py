@@ -1,0 +1,23 @@
+"""Task registry: ``task.name`` -> (validate(cfg.task), build(cfg.task) -> Task)."""
+
+from __future__ import annotations
+
+from importlib import import_module
+
+# name -> module; each module defines validate(cfg) and a Task subclass built by build(cfg)
+TASKS = {
+    "modadd": ("nsrun.tasks.modadd", "ModularArithmetic"),
+}
+
+
+def _module(name: str):
+    return import_module(TASKS[name][0])
+
+
+def validate_task(cfg) -> None:
+    _module(cfg.name).validate(cfg)
+
+
+def build_task(cfg):
+    module_name, class_name = TASKS[cfg.name]
+    return getattr(import_module(module_name), class_name)(cfg)

@@ -1,0 +1,68 @@
+"""Modular arithmetic: the sequence ``[a, b, =]`` has target ``(a op b) mod p`` (Power et al. 2022)."""
+
+from __future__ import annotations
+
+import torch
+
+from nsrun.errors import ConfigError
+from nsrun.tasks.base import Split, Task
+
+OPERATIONS = ("add", "sub", "mul", "div")
+
+
+def is_prime(n: int) -> bool:
+    return n >= 2 and all(n % d for d in range(2, int(n**0.5) + 1))
+
+
+def validate(cfg) -> None:
+    p = cfg.p
+    if not isinstance(p, int) or isinstance(p, bool) or p < 3 or not is_prime(p):
+        raise ConfigError("task.p", f"must be a prime >= 3, got {p!r}")
+    if cfg.operation not in OPERATIONS:
+        raise ConfigError("task.operation", f"must be one of {', '.join(OPERATIONS)}, got {cfg.operation!r}")
+    f = cfg.train_fraction
+    if not isinstance(f, (int, float)) or isinstance(f, bool) or not 0 < f < 1:
+        raise ConfigError("task.train_fraction", f"must be a number in (0, 1), got {f!r}")
+    if not isinstance(cfg.split_seed, int):
+        raise ConfigError("task.split_seed", f"must be an integer, got {cfg.split_seed!r}")
+
+
+def apply_operation(a: torch.Tensor, b: torch.Tensor, p: int, operation: str) -> torch.Tensor:
+    if operation == "add":
+        return (a + b) % p
+    if operation == "sub":
+        return (a - b) % p
+    if operation == "mul":
+        return (a * b) % p
+    if operation == "div":
+        inv = torch.tensor([pow(int(v), p - 2, p) for v in b.tolist()], dtype=torch.long)
+        return (a * inv) % p
+    raise ValueError(operation)
+
+
+class ModularArithmetic(Task):
+    kind = "classification"
+    causal = False
+
+    def __init__(self, cfg):
+        self.name = "modadd"
+        p = cfg.p
+        self.p = p
+        self.operation = cfg.operation
+        self.vocab_size = p + 1  # residues 0..p-1, then "=" as token p
+        self.n_outputs = p
+        self.seq_len = 3
+        a = torch.arange(p).repeat_interleave(p)
+        b = torch.arange(p).repeat(p)
+        if self.operation == "div":
+            keep = b != 0
+            a, b = a[keep], b[keep]
+        x = torch.stack([a, b, torch.full_like(a, p)], dim=1)
+        y = apply_operation(a, b, p, self.operation)
+        gen = torch.Generator().manual_seed(cfg.split_seed)
+        perm = torch.randperm(len(x), generator=gen)
+        n_train = max(1, min(len(x) - 1, round(cfg.train_fraction * len(x))))
+        self.train = Split(x[perm[:n_train]], y[perm[:n_train]])
+        self.val = Split(x[perm[n_train:]], y[perm[n_train:]])
+        self.resample_mask = torch.tensor([True, True, False])
+        self.noise_tokens = torch.arange(p)

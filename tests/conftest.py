@@ -1,0 +1,41 @@
+"""Shared helpers: compose real configs from conf/ and run the real CLI in a subprocess."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+
+ROOT = Path(__file__).resolve().parent.parent
+CONF = ROOT / "conf"
+SHARED = ROOT.parent / "shared"
+
+# a tiny modular-addition setting that trains in seconds on one CPU thread
+TINY = [
+    "task.p=23", "task.train_fraction=0.5", "model=tiny", "train.threads=1", "train.progress=none",
+    "optim.warmup_steps=0",
+]
+
+
+def compose_cfg(overrides=(), config_name="config"):
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name=config_name, overrides=list(overrides))
+
+
+def run_cli(args, cwd=None, env=None, timeout=600, script="nsrun.cli"):
+    """Run ``python -m nsrun.cli ARGS`` (the console script's code) and return the CompletedProcess."""
+    full_env = {**os.environ, "HYDRA_FULL_ERROR": "0", "WANDB_MODE": "offline", "WANDB_SILENT": "true",
+                **(env or {})}
+    return subprocess.run([sys.executable, "-m", script, *args], cwd=cwd or ROOT, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture
+def tiny():
+    return list(TINY)
