@@ -10,7 +10,7 @@ torch:
 	@$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install "torch==$(TORCH_VERSION)"
 
 install: torch
-	$(PIP) install -e ".[dev]"
+	$(PIP) install -e ".[dev,llm]"
 
 run:
 	nsrun task=modadd train.steps=500
@@ -22,7 +22,14 @@ test-all:
 	$(PYTHON) -m pytest -q -m "not gpu"
 
 lint:
-	$(PYTHON) -m ruff check nsrun tests
+	$(PYTHON) -m ruff check nsrun tests hydra_plugins
+
+# a local single-node SLURM cluster (root; installs Debian's slurm + munge when missing): see README
+slurm-up:
+	launch/slurm-local.sh up
+
+slurm-down:
+	launch/slurm-local.sh down
 
 clean:
 	rm -rf outputs multirun .pytest_cache

@@ -32,6 +32,8 @@ def _child_keys(cfg, parent: str) -> list[str]:
 def format_hydra_error(exc: BaseException, base_cfg: DictConfig | None) -> str:
     """One line for a Hydra composition/override error."""
     msg = str(exc)
+    if msg.startswith("Error merging override") and exc.__cause__ is not None:  # e.g. a typed hydra.launcher key
+        return format_hydra_error(exc.__cause__, base_cfg)
     m = re.search(r"Could not find '([^']+)/([^'/]+)'", msg)
     if m:
         group, option = m.group(1), m.group(2)
@@ -51,11 +53,13 @@ def format_hydra_error(exc: BaseException, base_cfg: DictConfig | None) -> str:
         parent = full.rpartition(".")[0]
         keys = _child_keys(base_cfg, parent) if base_cfg is not None else []
         where = f"under '{parent}'" if parent else "at the top level"
+        if not keys:  # e.g. hydra.launcher.*, not in the composed job config
+            return f"{full}: unknown key"
         return f"{full}: unknown key; allowed keys {where}: {', '.join(keys)}"
     m = re.search(r"Error parsing override '([^']+)'", msg)
     if isinstance(exc, Exception) and type(exc).__name__ == "OverrideParseException":
         return f"could not parse override{' ' + repr(m.group(1)) if m else ''}: {msg.splitlines()[0]}"
-    m = re.search(r"Value '(.*)' (?:of type '\w+' )?could not be converted to (\w+)\s*\n\s*full_key: (\S+)", msg)
+    m = re.search(r"Value '(.*?)' (?:of type '\w+' )?could not be converted to (\w+)\s*\n\s*full_key: (\S+)", msg)
     if m:
         return f"{m.group(3)}: expected {m.group(2).lower()}, got {m.group(1)!r}"
     lines = [ln.strip() for ln in msg.splitlines() if ln.strip() and not ln.startswith("Set the environment")]
@@ -125,10 +129,12 @@ def hydra_entry(cfg: DictConfig):
     from hydra.core.hydra_config import HydraConfig
 
     from nsrun.errors import ConfigError, UsageError
+    from nsrun.launch import record_slurm_env, submitit_executor
     from nsrun.train import Interrupted, train
 
     run_dir = HydraConfig.get().runtime.output_dir
     multirun = HydraConfig.get().mode.name == "MULTIRUN"
+    record_slurm_env(run_dir)  # slurm.jsonl: job id, restart count, node (only inside a SLURM job)
     try:
         return train(cfg, run_dir)
     except (ConfigError, UsageError) as e:
@@ -136,12 +142,39 @@ def hydra_entry(cfg: DictConfig):
             raise
         fail(str(e))
     except Interrupted as e:
-        if multirun:
+        # in a submitit job (SIGTERM: preemption, scontrol requeue, scancel) exit without a result, so that
+        # SLURM's requeue reruns the job from the checkpoint and a cancel is reported as a failure
+        if multirun and not submitit_executor():
             raise
         fail(str(e), code=130)
 
 
+def reuse_group_listing_repository() -> None:
+    """Hydra's --help lists every config group and rebuilds its config repository (a deep copy) for each
+    listing, about a second for nsrun's groups; within one command the repository does not change, so the
+    listings (no config name, no overrides) share one."""
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+
+    build = ConfigLoaderImpl._parse_overrides_and_create_caching_repo
+    shared: dict = {}
+
+    def cached(self, config_name, overrides):
+        if config_name is not None or overrides:
+            return build(self, config_name, overrides)
+        if id(self) not in shared:
+            shared[id(self)] = build(self, config_name, overrides)
+        return shared[id(self)]
+
+    ConfigLoaderImpl._parse_overrides_and_create_caching_repo = cached
+
+
 def main() -> None:
+    from nsrun.launch import silence_schema_warning
+
+    if {"--help", "-h", "--hydra-help"} & set(sys.argv[1:]):
+        reuse_group_listing_repository()
+
+    silence_schema_warning()  # nsrun's defaults for hydra/launcher=submitit_slurm (conf/hydra/launcher/)
     prevalidate(sys.argv[1:])
     hydra_entry()
 

@@ -83,6 +83,12 @@ def validate_train(cfg) -> None:
     require_int(cfg, "train.threads", 1, optional=True)
     require_bool(cfg, "train.deterministic")
     require_choice(cfg, "train.progress", PROGRESS)
+    require_int(cfg, "train.parallel_seeds", 1)
+    require_choice(cfg, "train.parallel_backend", ("auto", "vmap", "loop"))
+    require_bool(cfg, "train.compile")
+    if cfg.train.compile and cfg.train.parallel_seeds > 1 and cfg.train.parallel_backend != "loop":
+        raise ConfigError("train.compile", "is not supported with train.parallel_seeds > 1 unless "
+                          "train.parallel_backend=loop")
     device = cfg.train.device
     if not isinstance(device, str) or not DEVICE_RE.match(device):
         raise ConfigError("train.device", f"must be auto, cpu, cuda or cuda:N, got {device!r}")
@@ -125,8 +131,9 @@ def validate_optim(cfg) -> None:
 def validate(cfg: DictConfig) -> None:
     """Check every section of a composed config; raise ConfigError on the first bad key."""
     from nsrun.objective import validate_objective
+    from nsrun.stability.monitor import validate_monitor
     from nsrun.tasks import TASKS, validate_task
-    from nsrun.tracking import LOGGERS
+    from nsrun.tracking import validate_logger
 
     require_choice(cfg, "task.name", tuple(TASKS))
     validate_task(cfg.task)
@@ -134,4 +141,5 @@ def validate(cfg: DictConfig) -> None:
     validate_optim(cfg)
     validate_train(cfg)
     validate_objective(cfg)
-    require_choice(cfg, "logger.name", tuple(LOGGERS))
+    validate_monitor(cfg)
+    validate_logger(cfg)

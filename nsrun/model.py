@@ -19,7 +19,19 @@ ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU}
 POS_EMBS = ("learned", "sinusoidal", "none")
 
 
+def math_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool) -> torch.Tensor:
+    """``softmax(q k^T / sqrt(d)) v`` in plain ops (what scaled_dot_product_attention computes); used under
+    ``torch.func.vmap``, which has no batching rule for the CPU flash-attention kernel."""
+    att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.shape[-1]))
+    if causal:
+        Tq, Tk = att.shape[-2:]
+        att = att.masked_fill(torch.ones(Tq, Tk, dtype=torch.bool, device=q.device).triu(Tk - Tq + 1), float("-inf"))
+    return att.softmax(-1) @ v
+
+
 class Attention(nn.Module):
+    math_attention = False  # True: plain-op attention (set by nsrun.parallel_seeds on its vmapped model)
+
     def __init__(self, d_model: int, n_heads: int, causal: bool):
         super().__init__()
         self.n_heads = n_heads
@@ -31,19 +43,25 @@ class Attention(nn.Module):
         """``h: [B, T, D]`` -> ``[B, T, D]``, or ``[B, 1, D]`` (queries at the last position only)."""
         B, T, D = h.shape
         H = self.n_heads
+        # projections on [B*T, D] rows: the same matmuls, and under vmap one batched matmul per weight
+        rows = h.reshape(B * T, D)
         if last_only:
             w_q, w_kv = self.qkv.weight.split([D, 2 * D], dim=0)
-            q = F.linear(h[:, -1:], w_q)
-            k, v = F.linear(h, w_kv).split(D, dim=-1)
+            q = F.linear(h[:, -1], w_q).view(B, 1, D)
+            k, v = F.linear(rows, w_kv).view(B, T, 2 * D).split(D, dim=-1)
         else:
-            q, k, v = self.qkv(h).split(D, dim=-1)
+            q, k, v = self.qkv(rows).view(B, T, 3 * D).split(D, dim=-1)
         Tq = q.shape[1]
         # [B, T, D] -> [B, H, T, D/H]
         q = q.view(B, Tq, H, D // H).transpose(1, 2)
         k, v = (t.view(B, T, H, D // H).transpose(1, 2) for t in (k, v))
         # the last query sees every key, so it needs no causal mask
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal and not last_only)
-        return self.out(y.transpose(1, 2).reshape(B, Tq, D))
+        causal = self.causal and not last_only
+        if self.math_attention:
+            y = math_attention(q, k, v, causal)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+        return self.out(y.transpose(1, 2).reshape(B * Tq, D)).view(B, Tq, D)
 
 
 class Block(nn.Module):
@@ -56,7 +74,7 @@ class Block(nn.Module):
 
     def forward(self, h: torch.Tensor, last_only: bool = False) -> torch.Tensor:
         h = (h[:, -1:] if last_only else h) + self.attn(self.ln1(h), last_only)
-        return h + self.mlp(self.ln2(h))
+        return h + self.mlp(self.ln2(h).reshape(-1, h.shape[-1])).view(h.shape)
 
 
 def sinusoidal_positions(seq_len: int, d_model: int) -> torch.Tensor:
@@ -123,7 +141,8 @@ class Transformer(nn.Module):
         for i, block in enumerate(self.blocks):
             h = block(h, last_only=last_only and i == len(self.blocks) - 1)
             hidden.append(h)
-        logits = self.unembed(self.ln_f(h))  # [B, T, n_outputs]
+        h = self.ln_f(h)
+        logits = self.unembed(h.reshape(-1, h.shape[-1])).view(*h.shape[:-1], -1)  # [B, T, n_outputs]
         return (logits, hidden) if return_hidden else logits
 
 

@@ -32,13 +32,50 @@ def _validate_none(cfg) -> None:
     pass
 
 
-# reg.name -> (validate(cfg), build(cfg, task) -> objective)
+def _validate_grokfast(cfg) -> None:
+    from nsrun.peers import validate_grokfast
+
+    validate_grokfast(cfg)
+
+
+def _build_grokfast(cfg, task):
+    from nsrun.peers import build_grokfast
+
+    return build_grokfast(cfg, task)
+
+
+def _validate_stability(cfg) -> None:
+    from nsrun.stability.regulariser import validate
+
+    validate(cfg)
+
+
+def _build_stability(cfg, task):
+    from nsrun.stability.regulariser import build
+
+    return build(cfg, task)
+
+
+def _validate_schedule(cfg) -> None:
+    from nsrun.stability.schedules import validate_schedule
+
+    validate_schedule(cfg)
+
+
+# reg.name -> (validate(cfg), build(cfg, task) -> objective). An objective may define
+# ``after_backward(model)``, called between backward and the optimiser step (gradient filters), and
+# ``log_stats() -> dict``, whose means since the last eval are added to the eval row (``reg_term``).
 REGULARISERS = {
     "none": (_validate_none, lambda cfg, task: CrossEntropy(task)),
+    "grokfast": (_validate_grokfast, _build_grokfast),
+    "stability": (_validate_stability, _build_stability),
 }
 # noise.name -> validate(cfg); the schedules themselves are in nsrun.stability.schedules
 SCHEDULES = {
-    "constant": lambda cfg: None,
+    "constant": _validate_schedule,
+    "linear_warmup": _validate_schedule,
+    "cosine": _validate_schedule,
+    "step": _validate_schedule,
 }
 
 

@@ -90,7 +90,28 @@ class NullLogger:
         pass
 
 
-LOGGERS = {"none": NullLogger}
+def _wandb_logger(cfg, run_dir: Path, run_id: str | None = None):
+    from nsrun.wandb_logger import WandbLogger
+
+    return WandbLogger(cfg, run_dir, run_id)
+
+
+def _validate_wandb(cfg) -> None:
+    from nsrun.wandb_logger import validate
+
+    validate(cfg)
+
+
+LOGGERS = {"none": NullLogger, "wandb": _wandb_logger}
+# logger.name -> validate(cfg) of that logger's keys
+LOGGER_VALIDATORS = {"wandb": _validate_wandb}
+
+
+def validate_logger(cfg) -> None:
+    from nsrun.config import require_choice
+
+    require_choice(cfg, "logger.name", tuple(LOGGERS))
+    LOGGER_VALIDATORS.get(cfg.logger.name, lambda cfg: None)(cfg)
 
 
 def build_logger(cfg, run_dir: Path, run_id: str | None = None):

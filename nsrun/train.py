@@ -34,7 +34,8 @@ log = logging.getLogger("nsrun")
 RESOLVED_CONFIG = "resolved_config.yaml"
 DONE_MARKER = "DONE"
 # keys that may change between a run and its resumption without changing its metrics
-RESUMABLE_KEYS = ("train.steps", "train.device", "train.threads", "train.progress", "eval.batch_size", "logger")
+RESUMABLE_KEYS = ("train.steps", "train.device", "train.threads", "train.progress", "eval.batch_size", "logger",
+                  "train.parallel_backend", "train.compile")
 
 
 class Interrupted(Exception):
@@ -117,10 +118,24 @@ def evaluate(model, task, x, y, batch_size: int) -> tuple[float, float]:
 def eval_metrics(model, task, cfg, step: int) -> dict:
     """Everything logged at an eval step."""
     train_loss, train_acc = evaluate(model, task, task.train.x, task.train.y, cfg.eval.batch_size)
-    val_loss, val_acc = evaluate(model, task, task.val.x, task.val.y, cfg.eval.batch_size)
+    val = task.val_split(step)
+    val_loss, val_acc = evaluate(model, task, val.x, val.y, cfg.eval.batch_size)
     row = {"train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss, "val_acc": val_acc}
     row.update(task.extra_metrics(val_loss))
+    if cfg.get("stability") is not None and cfg.stability.enabled:
+        from nsrun.stability.monitor import stability_metrics
+
+        row.update(stability_metrics(model, task, cfg.stability, cfg.seed, step, cfg.eval.batch_size))
     return row
+
+
+def make_optimizer(params, cfg, device: torch.device) -> torch.optim.AdamW:
+    """AdamW; the fused kernel on CPU and CUDA (one kernel for all parameters: same update up to float
+    rounding, faster for small models; see README, Performance)."""
+    return torch.optim.AdamW(
+        params, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), eps=cfg.optim.eps,
+        weight_decay=cfg.optim.weight_decay, fused=True if device.type in ("cpu", "cuda") else None,
+    )
 
 
 def lr_lambda(warmup_steps: int):
@@ -130,7 +145,12 @@ def lr_lambda(warmup_steps: int):
 @contextmanager
 def stop_on_signals():
     """Turn SIGINT/SIGTERM/SIGUSR2 into a flag the loop checks after each step (so a checkpoint is
-    never taken mid-update); a second SIGINT stops at once. Handlers are restored afterwards."""
+    never taken mid-update); a second SIGINT stops at once. Handlers are restored afterwards.
+
+    ``flag["hand_over"]()``, called once the stop checkpoint is written, restores the previous handlers
+    and passes the signal on to the previous handler when that was a Python one: inside a submitit job
+    (sweeps on SLURM) that is submitit's SIGUSR2 handler, which requeues the job and exits the process;
+    the requeued job resumes from the checkpoint just written."""
     flag = {"signal": None}
 
     def handler(signum, frame):
@@ -146,11 +166,22 @@ def stop_on_signals():
             old[sig] = signal.signal(sig, handler)
         except ValueError:  # not the main thread
             pass
+    def restore():
+        for sig, h in old.items():
+            signal.signal(sig, h)
+
+    def hand_over():
+        signum = flag["signal"]
+        restore()
+        previous = old.get(signum)
+        if callable(previous) and previous is not signal.default_int_handler:
+            previous(signum, None)
+
+    flag["hand_over"] = hand_over
     try:
         yield flag
     finally:
-        for sig, h in old.items():
-            signal.signal(sig, h)
+        restore()
 
 
 def _progress(cfg, start: int):
@@ -167,6 +198,10 @@ def _progress(cfg, start: int):
 def train(cfg: DictConfig, run_dir: str | Path) -> dict:
     """Train ``cfg`` into ``run_dir`` (resuming if it holds a checkpoint); return the last metrics row."""
     validate(cfg)
+    if cfg.train.get("parallel_seeds", 1) > 1:
+        from nsrun.parallel_seeds import train_seeds
+
+        return train_seeds(cfg, run_dir)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     check_run_dir(run_dir, cfg)
@@ -187,12 +222,12 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
     task = build_task(cfg.task).to(device)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, task).to(device)
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), eps=cfg.optim.eps,
-        weight_decay=cfg.optim.weight_decay,
-    )
+    optimizer = make_optimizer(model.parameters(), cfg, device)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.optim.warmup_steps))
     objective = build_objective(cfg, task)
+    # the objective trains through the compiled module; eval and checkpoints use the plain one (same weights)
+    train_model = torch.compile(model) if cfg.train.get("compile") else model
+    after_backward = getattr(objective, "after_backward", None)
 
     metrics = JsonlWriter(run_dir / METRICS_FILE)
     timing = JsonlWriter(run_dir / TIMING_FILE)
@@ -220,6 +255,8 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
         nonlocal last_row
         t0 = time.perf_counter()
         row = {"step": step, **eval_metrics(model, task, cfg, step), "lr": scheduler.get_last_lr()[0]}
+        if hasattr(objective, "log_stats"):
+            row.update(objective.log_stats())
         clock["eval"] += time.perf_counter() - t0
         metrics.append(row)
         timing.append({"step": step, "train_seconds": clock["train"], "eval_seconds": clock["eval"]})
@@ -258,9 +295,11 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
                 idx = batch_indices(n_train, cfg.train.batch_size, cfg.seed, step)
                 x, y = (task.train.x, task.train.y) if idx is None else (task.train.x[idx.to(device)],
                                                                           task.train.y[idx.to(device)])
-                loss, _ = objective(model, x, y, step)
+                loss, _ = objective(train_model, x, y, step)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                if after_backward is not None:
+                    after_backward(model)
                 if cfg.optim.grad_clip:
                     torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
                 optimizer.step()
@@ -275,6 +314,8 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
                     do_checkpoint(step)
                 if stop["signal"] is not None and step < cfg.train.steps:
                     do_checkpoint(step)
+                    log.info("signal %d: checkpoint written at step %d", stop["signal"], step)
+                    stop["hand_over"]()  # e.g. submitit's SIGUSR2 handler: requeue the job (it exits)
                     raise Interrupted(f"stopped by signal {stop['signal']} at step {step}; checkpoint written")
         (run_dir / DONE_MARKER).write_text(f"{cfg.train.steps}\n")
         tracker.summary(last_row)

@@ -15,10 +15,15 @@ ROOT = Path(__file__).resolve().parent.parent
 CONF = ROOT / "conf"
 SHARED = ROOT.parent / "shared"
 
-# a tiny modular-addition setting that trains in seconds on one CPU thread
+# tests never log online, also for a developer who is logged in to wandb
+os.environ["WANDB_MODE"] = "offline"
+os.environ.setdefault("WANDB_SILENT", "true")
+
+# a tiny modular-addition setting that trains in seconds on one CPU thread; logger=none because wandb
+# init + finish add about 1-1.5 s per run (tests/test_tracking.py covers logger=wandb)
 TINY = [
     "task.p=23", "task.train_fraction=0.5", "model=tiny", "train.threads=1", "train.progress=none",
-    "optim.warmup_steps=0",
+    "optim.warmup_steps=0", "logger=none",
 ]
 
 

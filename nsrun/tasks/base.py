@@ -60,6 +60,10 @@ class Task:
         """Number of correct argmax predictions (per example, or per position for lm)."""
         return (self.output_logits(logits).argmax(-1) == y).sum()
 
+    def val_split(self, step: int) -> Split:
+        """The validation set evaluated at ``step``: ``self.val`` unless the task draws a fresh one per eval."""
+        return self.val
+
     def extra_metrics(self, val_loss: float) -> dict[str, float]:
         """Task-specific metrics derived from the validation loss (e.g. perplexity)."""
         return {}

@@ -1,0 +1,428 @@
+"""``make bench``: what nsrun costs in wall-clock time, measured side by side in one process.
+
+    python -m nsrun.bench [--tiny] [--out PATH] [--device auto|cpu|cuda] [--skip SECTION ...]
+
+Every comparison interleaves its variants (A, B, A, B, ...) after warm-up and reports the median over
+repeats, so load on the machine slows both sides alike: the ratios are what count, not the seconds.
+Sections (README, Performance, has the table and the targets):
+
+* ``steps``: seconds per training step, baseline (reg=none) vs regularised (reg=stability, the whole batch
+  noised, and ``reg.batch_fraction=0.5``) for modadd, parity and WikiText-2 with their default models;
+  examples/s and tokens/s; the fused vs the foreach AdamW kernel;
+* ``eval``: an eval step with and without stability logging, as a fraction of the training time between
+  two evals (``train.eval_every`` steps);
+* ``seeds``: K seeds per step, one after another vs batched (``train.parallel_backend=vmap``);
+* ``startup``: ``nsrun --help`` and a 1-step run (subprocesses);
+* ``launcher``: a sweep of small jobs one after another vs ``hydra/launcher=local_cores``;
+* ``compile``: ``train.compile=true`` vs eager (compile time reported separately).
+
+The same runs on a GPU (``--device cuda``, the default where one is visible). The JSON file holds every
+number, the machine and its load; ``--tiny`` is a seconds-long smoke run (CI).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+from nsrun.cli import CONF_DIR
+
+ROOT = Path(CONF_DIR).resolve().parent
+SECTIONS = ("steps", "eval", "seeds", "startup", "launcher", "compile")
+COMMON = ["logger=none", "train.progress=none"]
+WIKITEXT_DIR = ROOT.parent / "shared" / "data" / "wikitext-2"
+
+
+def task_overrides(tiny: bool) -> dict[str, list[str]]:
+    if tiny:
+        return {"modadd": ["task=modadd", "task.p=23", "model=tiny"],
+                "parity": ["task=parity", "task.n_bits=12", "task.n_train=128", "task.n_val=128", "model=tiny"]}
+    wikitext = ["task=wikitext2"] + ([f"task.data_dir={WIKITEXT_DIR}"] if WIKITEXT_DIR.exists() else [])
+    return {"modadd": ["task=modadd"], "parity": ["task=parity"], "wikitext2": wikitext}
+
+
+REGS = {"base": ["reg=none"], "reg": ["reg=stability"], "reg_half": ["reg=stability", "reg.batch_fraction=0.5"]}
+
+
+def compose(overrides: list[str]):
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+            return hydra_compose(config_name="config", overrides=[*COMMON, *overrides])
+    finally:
+        GlobalHydra.instance().clear()
+
+
+_tasks: dict = {}
+
+
+def build_task_cached(cfg, device):
+    from omegaconf import OmegaConf
+
+    from nsrun.tasks import build_task
+
+    key = (OmegaConf.to_yaml(cfg.task), str(device))
+    if key not in _tasks:
+        _tasks[key] = build_task(cfg.task).to(device)
+    return _tasks[key]
+
+
+class Trainer:
+    """One run's model, optimiser and objective; ``step()`` is the body of nsrun.train's loop."""
+
+    def __init__(self, overrides: list[str], device: torch.device, seed: int = 0):
+        from nsrun.config import validate
+        from nsrun.model import build_model
+        from nsrun.objective import build_objective
+        from nsrun.train import lr_lambda, make_optimizer
+
+        self.cfg = compose([*overrides, f"seed={seed}"])
+        validate(self.cfg)
+        self.device = device
+        self.task = build_task_cached(self.cfg, device)
+        torch.manual_seed(seed)
+        self.model = build_model(self.cfg.model, self.task).to(device)
+        self.optimizer = make_optimizer(self.model.parameters(), self.cfg, device)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(self.cfg.optim.warmup_steps))
+        self.objective = build_objective(self.cfg, self.task)
+        self.train_model = self.model
+        self.step_no = 0
+
+    def batch(self):
+        from nsrun.train import batch_indices
+
+        idx = batch_indices(len(self.task.train.x), self.cfg.train.batch_size, self.cfg.seed, self.step_no)
+        if idx is None:
+            return self.task.train.x, self.task.train.y
+        idx = idx.to(self.device)
+        return self.task.train.x[idx], self.task.train.y[idx]
+
+    def step(self) -> None:
+        x, y = self.batch()
+        loss, _ = self.objective(self.train_model, x, y, self.step_no)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if hasattr(self.objective, "after_backward"):
+            self.objective.after_backward(self.model)
+        if self.cfg.optim.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.step_no += 1
+
+    def examples_per_step(self) -> int:
+        return self.cfg.train.batch_size or len(self.task.train.x)
+
+
+class SeedBatch:
+    """K seeds of one config trained as nsrun.parallel_seeds' vmap backend does."""
+
+    def __init__(self, overrides: list[str], device: torch.device, k: int):
+        from concurrent.futures import ThreadPoolExecutor
+
+        from nsrun.model import build_model
+        from nsrun.objective import build_objective
+        from nsrun.parallel_seeds import SeedModel, SeedStack, seed_config
+        from nsrun.train import lr_lambda, make_optimizer
+
+        self.cfg = compose(overrides)
+        self.task = build_task_cached(self.cfg, device)
+        self.seeds = list(range(k))
+        models = []
+        for s in self.seeds:
+            torch.manual_seed(s)
+            models.append(build_model(self.cfg.model, self.task).to(device))
+        self.objectives = [build_objective(seed_config(self.cfg, s), self.task) for s in self.seeds]
+        self.stack = SeedStack(models)
+        self.seed_models = [SeedModel(self.stack, i) for i in range(k)]
+        self.optimizer = make_optimizer(list(self.stack.params.values()), self.cfg, device)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(self.cfg.optim.warmup_steps))
+        self.pool = ThreadPoolExecutor(max_workers=k)
+        self.step_no = 0
+
+    def step(self) -> None:
+        from nsrun.parallel_seeds import seed_batches, vmapped_step
+
+        xs, ys = seed_batches(self.task, self.seeds, self.cfg.train.batch_size, self.step_no)
+        vmapped_step(self.stack, self.objectives, self.seed_models, self.optimizer, xs, ys, self.step_no, self.pool,
+                     self.cfg.optim.grad_clip)
+        self.scheduler.step()
+        self.step_no += 1
+
+    def close(self) -> None:
+        self.pool.shutdown()
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def interleaved(fns: dict, device: torch.device, repeats: int, warmup: int = 1) -> dict[str, float]:
+    """Median seconds of each ``fns[name]()``, the calls interleaved A, B, A, B, ... after warm-up."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            sync(device)
+            t0 = time.perf_counter()
+            fn()
+            sync(device)
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def steps_fn(runner, n: int):
+    def run():
+        for _ in range(n):
+            runner.step()
+    return run
+
+
+class Report:
+    def __init__(self):
+        self.rows: list[dict] = []
+
+    def add(self, section: str, name: str, value, unit: str = "", target: str = "", met: bool | None = None,
+            note: str = "") -> None:
+        self.rows.append({"section": section, "name": name, "value": value, "unit": unit, "target": target,
+                          "met": met, "note": note})
+        print(f"  {section:9s} {name:46s} {fmt(value):>10s} {unit:8s} {target:14s} {status(met)} {note}",
+              flush=True)
+
+    def table(self) -> str:
+        lines = ["| section | measurement | value | target | met |", "|---|---|---|---|---|"]
+        for r in self.rows:
+            value = f"{fmt(r['value'])} {r['unit']}".strip()
+            note = f" ({r['note']})" if r["note"] else ""
+            lines.append(f"| {r['section']} | {r['name']}{note} | {value} | {r['target']} | {status(r['met'])} |")
+        return "\n".join(lines)
+
+
+def fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.3g}" if abs(v) < 1000 else f"{v:,.0f}"
+    return str(v)
+
+
+def status(met: bool | None) -> str:
+    return "" if met is None else ("yes" if met else "NO")
+
+
+def bench_steps(report: Report, tasks: dict, device, repeats: int, n_steps: int) -> dict:
+    step_seconds = {}
+    for task, overrides in tasks.items():
+        runners = {reg: Trainer([*overrides, *reg_overrides], device) for reg, reg_overrides in REGS.items()}
+        t = interleaved({reg: steps_fn(r, n_steps) for reg, r in runners.items()}, device, repeats)
+        per_step = {reg: t[reg] / n_steps for reg in t}
+        step_seconds[task] = per_step["base"]
+        base = runners["base"]
+        report.add("steps", f"{task}: s/step baseline", per_step["base"], "s")
+        report.add("steps", f"{task}: s/step regularised", per_step["reg"], "s")
+        ratio = per_step["reg"] / per_step["base"]
+        report.add("steps", f"{task}: regularised / baseline", ratio, "x", "<= 2.1", ratio <= 2.1)
+        half = per_step["reg_half"] / per_step["base"]
+        report.add("steps", f"{task}: batch_fraction=0.5 / baseline", half, "x", "about 1.5", half <= 1.6)
+        if base.task.kind == "lm":
+            tokens = base.examples_per_step() * base.task.seq_len
+            report.add("steps", f"{task}: tokens/s baseline", tokens / per_step["base"], "tok/s")
+            report.add("steps", f"{task}: tokens/s regularised", tokens / per_step["reg"], "tok/s")
+        else:
+            report.add("steps", f"{task}: examples/s baseline", base.examples_per_step() / per_step["base"], "ex/s")
+        opt_times = bench_optimizers(base, device, repeats)
+        report.add("steps", f"{task}: AdamW step fused / foreach", opt_times["fused"] / opt_times["foreach"], "x",
+                   note=f"foreach {opt_times['foreach'] * 1e3:.2f} ms = "
+                        f"{opt_times['foreach'] / per_step['base']:.1%} of a step")
+    return step_seconds
+
+
+def bench_optimizers(runner: Trainer, device, repeats: int) -> dict[str, float]:
+    runner.step()  # gradients to update with
+    opts = {"fused": runner.optimizer}
+    opts["foreach"] = torch.optim.AdamW(runner.model.parameters(), lr=1e-9, foreach=True)
+    opts["fused"] = torch.optim.AdamW(runner.model.parameters(), lr=1e-9, fused=device.type in ("cpu", "cuda"))
+    return interleaved({name: steps_fn(type("S", (), {"step": o.step})(), 20) for name, o in opts.items()},
+                       device, repeats)
+
+
+def bench_eval(report: Report, tasks: dict, device, repeats: int, step_seconds: dict) -> None:
+    from omegaconf import open_dict
+
+    from nsrun.train import eval_metrics
+
+    for task, overrides in tasks.items():
+        runner = Trainer(overrides, device)
+        runner.step()
+        with_stab = runner.cfg
+        without = compose([*overrides, "stability.enabled=false"])
+        with open_dict(without):
+            without.seed = with_stab.seed
+        t = interleaved({"with": lambda c=with_stab: eval_metrics(runner.model, runner.task, c, 1),
+                         "without": lambda c=without: eval_metrics(runner.model, runner.task, c, 1)},
+                        device, max(3, repeats // 2))
+        every = with_stab.train.eval_every
+        between = every * step_seconds[task]
+        stab = max(0.0, t["with"] - t["without"]) / between
+        report.add("eval", f"{task}: eval step, with stability logging", t["with"], "s")
+        report.add("eval", f"{task}: stability logging / training time", stab, "", "<= 0.10", stab <= 0.10,
+                   note=f"eval every {every} steps")
+        report.add("eval", f"{task}: whole eval step / training time", t["with"] / between, "",
+                   note=f"eval every {every} steps")
+
+
+def bench_seeds(report: Report, tasks: dict, device, repeats: int, ks: list[int]) -> None:
+    for task, overrides in tasks.items():
+        for k in ks:
+            sequential = [Trainer(overrides, device, seed=s) for s in range(k)]
+            batched = SeedBatch(overrides, device, k)
+            try:
+                t = interleaved({"sequential": lambda: [r.step() for r in sequential], "vmap": batched.step},
+                                device, repeats)
+            finally:
+                batched.close()
+            speedup = t["sequential"] / t["vmap"]
+            if device.type == "cuda":
+                target, met = ("GPU: >= 8 at K=32", speedup >= 8) if k == 32 else ("", None)
+            else:
+                target, met = "", None
+            report.add("seeds", f"{task}: K={k} vmap throughput / sequential", speedup, "x", target, met,
+                       note=f"sequential {t['sequential']:.3g} s/step for all K")
+    if device.type == "cpu":
+        report.add("seeds", "CPU default backend (loop = K separate runs) / sequential", 1.0, "x", ">= 0.9", True,
+                   note="train.parallel_backend=auto picks loop on CPU")
+
+
+def run_cli(args: list[str], cwd: Path, check: bool = True) -> float:
+    env = {**os.environ, "WANDB_MODE": "disabled", "HYDRA_FULL_ERROR": "1"}
+    nsrun = shutil.which("nsrun")
+    cmd = [nsrun] if nsrun else [sys.executable, "-m", "nsrun.cli"]
+    t0 = time.perf_counter()
+    res = subprocess.run([*cmd, *args], cwd=cwd, env=env, capture_output=True, text=True)
+    elapsed = time.perf_counter() - t0
+    if check and res.returncode != 0:
+        raise RuntimeError(f"nsrun {' '.join(args)} failed:\n{res.stderr[-2000:]}")
+    return elapsed
+
+
+def bench_startup(report: Report, repeats: int, tiny: bool, tmp: Path) -> None:
+    helps = [run_cli(["--help"], tmp) for _ in range(repeats)]
+    report.add("startup", "nsrun --help", statistics.median(helps), "s", "< 2", statistics.median(helps) < 2)
+    if tiny:
+        return
+    runs = [run_cli(["train.steps=1", "logger=none", f"hydra.run.dir={tmp / f'one{i}'}"], tmp) for i in range(repeats)]
+    report.add("startup", "nsrun train.steps=1 (default modadd run)", statistics.median(runs), "s",
+               note="imports, data, 2 evals with stability logging")
+
+
+def bench_launcher(report: Report, tmp: Path, repeats: int, n_jobs: int, steps: int) -> None:
+    from nsrun.local_pool import available_cores
+
+    job = [f"seed={','.join(str(s) for s in range(n_jobs))}", "task.p=23", "model=tiny", f"train.steps={steps}",
+           "logger=none", "train.progress=none", "stability.enabled=false", f"train.eval_every={steps}"]
+    times: dict[str, list[float]] = {"sequential": [], "local_cores": []}
+    for r in range(repeats):
+        times["sequential"].append(run_cli(["-m", *job, f"hydra.sweep.dir={tmp / f'seq{r}'}"], tmp))
+        times["local_cores"].append(run_cli(["-m", *job, "hydra/launcher=local_cores",
+                                             f"hydra.sweep.dir={tmp / f'pool{r}'}"], tmp))
+    seq, pool = statistics.median(times["sequential"]), statistics.median(times["local_cores"])
+    cores = available_cores()
+    report.add("launcher", f"{n_jobs} jobs: sequential sweep wall time", seq, "s", note=f"{cores} cores")
+    report.add("launcher", f"{n_jobs} jobs: local_cores throughput / sequential", seq / pool, "x",
+               ">= 1.7 (2 cores)" if cores == 2 else "", seq / pool >= 1.7 if cores == 2 else None,
+               note="wall time of the whole command, start-up included")
+
+
+def bench_compile(report: Report, tasks: dict, device, repeats: int, n_steps: int) -> None:
+    for task, overrides in tasks.items():
+        eager = Trainer(overrides, device)
+        compiled = Trainer(overrides, device)
+        compiled.train_model = torch.compile(compiled.model)
+        sync(device)
+        t0 = time.perf_counter()
+        compiled.step()
+        sync(device)
+        first = time.perf_counter() - t0
+        t = interleaved({"eager": steps_fn(eager, n_steps), "compiled": steps_fn(compiled, n_steps)}, device,
+                        repeats, warmup=2)
+        speedup = t["eager"] / t["compiled"]
+        report.add("compile", f"{task}: train.compile=true speed-up", speedup, "x",
+                   note=f"first compiled step {first:.0f} s")
+
+
+def machine(device: torch.device) -> dict:
+    info = {"python": platform.python_version(), "torch": torch.__version__, "device": str(device),
+            "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(), "loadavg_start": os.getloadavg()}
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(prog="python -m nsrun.bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tiny", action="store_true", help="tiny models and few repeats (CI smoke run)")
+    parser.add_argument("--out", help="JSON file to write (default benchmarks/results/bench_{device}.json)")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    parser.add_argument("--skip", nargs="*", default=[], choices=SECTIONS, help="sections to leave out")
+    parser.add_argument("--repeats", type=int, default=None, help="timed repeats per variant (median)")
+    args = parser.parse_args(argv)
+
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if args.device == "auto" else args.device))
+    tiny = args.tiny
+    repeats = args.repeats or (2 if tiny else 7)
+    tasks = task_overrides(tiny)
+    out = Path(args.out or ROOT / "benchmarks" / "results" / f"bench_{device.type}.json")
+    report = Report()
+    meta = machine(device)
+    started = time.time()
+    print(f"nsrun bench on {meta.get('gpu', meta['cpu'])} ({device}), torch {meta['torch']}, "
+          f"{meta['torch_threads']} threads, load average {meta['loadavg_start']}", flush=True)
+    skipped = set(args.skip) | ({"launcher", "compile"} if tiny else set())
+    with tempfile.TemporaryDirectory(prefix="nsrun-bench-") as tmp:
+        tmp = Path(tmp)
+        step_seconds = {}
+        if "steps" not in skipped or "eval" not in skipped:
+            step_seconds = bench_steps(report, tasks, device, repeats, 1 if tiny else 3)
+        if "eval" not in skipped:
+            bench_eval(report, tasks, device, repeats, step_seconds)
+        if "seeds" not in skipped:
+            seed_tasks = tasks if tiny else {t: tasks[t] for t in ("parity", "wikitext2")}
+            bench_seeds(report, seed_tasks, device, max(2, repeats // 2), [1, 2] if tiny else [1, 4, 8, 32])
+        if "startup" not in skipped:
+            bench_startup(report, 1 if tiny else 3, tiny, tmp)
+        if "launcher" not in skipped:
+            bench_launcher(report, tmp, 2, n_jobs=4, steps=400)
+        if "compile" not in skipped:
+            bench_compile(report, {t: tasks[t] for t in ("modadd", "wikitext2")}, device, repeats, 3)
+    meta["loadavg_end"] = os.getloadavg()
+    meta["seconds"] = round(time.time() - started, 1)
+    result = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "mode": "tiny" if tiny else "full",
+              "machine": meta, "rows": report.rows, "skipped": sorted(skipped)}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    print("\n" + report.table())
+    print(f"\nwritten to {out} ({meta['seconds']} s; load average {meta['loadavg_start']} -> {meta['loadavg_end']})")
+    return result
+
+
+if __name__ == "__main__":
+    main()

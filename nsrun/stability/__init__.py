@@ -1,0 +1,18 @@
+"""The science of nsrun: noise models, stability and sensitivity estimators, the regulariser, noise
+schedules and the theory of SCIENCE.md sections 1-4. Nothing here imports the runner
+(``nsrun.cli``, ``nsrun.train``, ``nsrun.tracking``)."""
+
+from nsrun.stability.estimators import (
+    SensitivityEstimate,
+    StabilityEstimate,
+    average_sensitivity,
+    cross_moments,
+    gaussian_stability,
+    noise_stability,
+)
+from nsrun.stability.noise import gaussian_noise, resample_positions, token_noise
+
+__all__ = [
+    "SensitivityEstimate", "StabilityEstimate", "average_sensitivity", "cross_moments", "gaussian_stability",
+    "noise_stability", "gaussian_noise", "resample_positions", "token_noise",
+]

@@ -1,0 +1,137 @@
+"""Stability logging at eval steps (the ``stability:`` section of conf/config.yaml).
+
+For each split in ``splits``, on a fixed random subset of ``n_examples`` inputs (chosen from the run seed),
+and each noise in ``noises`` and rho in ``rhos``, the row gets
+
+* ``stab_{noise}_{split}_rho{rho:g}``: ``E <p(X), p(Y)>`` (``..._se``: its standard error),
+* ``nstab_{noise}_{split}_rho{rho:g}``: the normalised ``E <p(X), p(Y)> / E <p(X), p(X)>``,
+* ``avgsens_{split}`` (and ``_se``): average sensitivity ``sum_i E ||p(x) - p(x^(i))||^2`` (``sensitivity``),
+* ``hstab_{noise}_{split}_rho{rho:g}_l{l}`` / ``nhstab_...``: per-layer cross moment
+  ``E[h_l(X) . h_l(Y)] / D`` of the residual stream after block l and its normalised form (``per_layer``).
+
+The noise comes from a generator seeded by ``(seed, step)`` only, so a resumed run logs identical values.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from nsrun.config import require_bool, require_choice, require_int, require_number, select
+from nsrun.errors import ConfigError
+from nsrun.stability.estimators import (
+    average_sensitivity,
+    batched,
+    cross_moments,
+    gaussian_stability,
+    noise_stability,
+)
+from nsrun.stability.noise import embedding_scale, gaussian_noise, token_noise
+
+NOISES = ("token", "gaussian")
+SPLITS = ("train", "val")
+GAUSSIAN_ON = ("resampleable", "all")
+
+
+def validate_monitor(cfg) -> None:
+    if "stability" not in cfg:
+        return
+    require_bool(cfg, "stability.enabled")
+    for key, allowed in (("stability.noises", NOISES), ("stability.splits", SPLITS)):
+        values = select(cfg, key)
+        if not hasattr(values, "__len__") or isinstance(values, str) or not all(v in allowed for v in values):
+            raise ConfigError(key, f"must be a list drawn from {', '.join(allowed)}, got {values!r}")
+    rhos = select(cfg, "stability.rhos")
+    ok = hasattr(rhos, "__len__") and not isinstance(rhos, str) and len(rhos) > 0 and all(
+        isinstance(r, (int, float)) and not isinstance(r, bool) and 0 <= r <= 1 for r in rhos)
+    if not ok:
+        raise ConfigError("stability.rhos", f"must be a non-empty list of numbers in [0, 1], got {rhos!r}")
+    require_int(cfg, "stability.n_examples", 1, optional=True)
+    require_int(cfg, "stability.n_repeats", 1)
+    require_bool(cfg, "stability.sensitivity")
+    require_bool(cfg, "stability.per_layer")
+    require_number(cfg, "stability.sigma", 0, low_open=True, optional=True)
+    require_choice(cfg, "stability.gaussian_on", GAUSSIAN_ON)
+
+
+def eval_generator(seed: int, step: int) -> torch.Generator:
+    """The eval-noise generator: a function of (seed, step) only."""
+    return torch.Generator().manual_seed((int(seed) * 1_000_003 + int(step)) * 2 + 1)
+
+
+def fixed_subset(n_total: int, n_examples: int | None, seed: int, split_index: int) -> torch.Tensor | None:
+    if n_examples is None or n_examples >= n_total:
+        return None
+    g = torch.Generator().manual_seed(int(seed) * 7_919 + 104_729 * (split_index + 1))
+    return torch.randperm(n_total, generator=g)[:n_examples].sort().values
+
+
+def _key(rho: float) -> str:
+    return f"rho{float(rho):g}"
+
+
+@torch.no_grad()
+def stability_metrics(model, task, scfg, seed: int, step: int, batch_size: int | None = None) -> dict[str, float]:
+    """The stability columns of an eval row (see the module docstring for the key names)."""
+    was_training = model.training
+    model.eval()
+    gen = eval_generator(seed, step)
+    row: dict[str, float] = {}
+    mask = task.resample_mask
+    gauss_mask = mask if scfg.gaussian_on == "resampleable" else None
+    f = lambda t: task.output_probs(model(t))
+    f_emb = lambda e: task.output_probs(model(embeddings=e))
+    # per-example outputs [N, C] are computed once and reused; per-position [N, T, V] are streamed
+    reuse = task.kind == "classification"
+    bs = batch_size
+    for split_index, split in enumerate(SPLITS):
+        if split not in scfg.splits:
+            continue
+        data = task.val_split(step) if split == "val" and hasattr(task, "val_split") else getattr(task, split)
+        x = data.x
+        subset = fixed_subset(len(x), scfg.n_examples, seed, split_index)
+        x = x if subset is None else x[subset.to(x.device)]
+        clean = batched(f, bs)(x) if reuse else None
+        if "token" in scfg.noises:
+            for rho in scfg.rhos:
+                est = noise_stability(f, x, rho, task.noise_tokens, mask, scfg.n_repeats, gen, bs, clean)
+                _put(row, f"token_{split}_{_key(rho)}", est)
+        if "gaussian" in scfg.noises:
+            e = model.embed(x)
+            sigma = scfg.sigma or embedding_scale(model.tok_emb.weight, task.noise_tokens)
+            clean_e = batched(f_emb, bs)(e) if reuse else None
+            for rho in scfg.rhos:
+                est = gaussian_stability(f_emb, e, rho, sigma, gauss_mask, scfg.n_repeats, gen, bs, clean_e)
+                _put(row, f"gaussian_{split}_{_key(rho)}", est)
+        if scfg.sensitivity:
+            sens = average_sensitivity(f, x, task.noise_tokens, mask, scfg.n_repeats, gen, bs, clean)
+            row[f"avgsens_{split}"] = sens.total
+            row[f"avgsens_{split}_se"] = sens.stderr
+        if scfg.per_layer:
+            row.update(_per_layer(model, task, scfg, x, split, gen, gauss_mask))
+    if was_training:
+        model.train()
+    return row
+
+
+def _put(row: dict, suffix: str, est) -> None:
+    row[f"stab_{suffix}"] = est.mean
+    row[f"stab_{suffix}_se"] = est.stderr
+    row[f"nstab_{suffix}"] = est.normalised
+
+
+def _per_layer(model, task, scfg, x, split, gen, gauss_mask) -> dict[str, float]:
+    row = {}
+    for noise in scfg.noises:
+        for rho in scfg.rhos:
+            if noise == "token":
+                y = token_noise(x, rho, task.noise_tokens, task.resample_mask, gen)
+                moments = cross_moments(lambda t: model(t, return_hidden=True)[1], x, y)
+            else:
+                e = model.embed(x)
+                sigma = scfg.sigma or embedding_scale(model.tok_emb.weight, task.noise_tokens)
+                moments = cross_moments(lambda t: model(embeddings=t, return_hidden=True)[1], e,
+                                        gaussian_noise(e, rho, sigma, gen, gauss_mask))
+            for layer, est in enumerate(moments, start=1):
+                row[f"hstab_{noise}_{split}_{_key(rho)}_l{layer}"] = est.mean
+                row[f"nhstab_{noise}_{split}_{_key(rho)}_l{layer}"] = est.normalised
+    return row

@@ -1,0 +1,120 @@
+"""The noise-stability regulariser (Definition 6.1; SCIENCE.md section 4).
+
+``loss = CE(M(X), y) + gamma(s) * (-1)^S * mean_i <p(X_i), p(Y_i)>`` on the training batch, with ``Y`` a
+noisy copy (token or Gaussian noise at ``rho(s)``) of a random ``batch_fraction`` of the batch's examples,
+``rho(s), gamma(s)`` from the noise schedule. S = 1 rewards stability (the paper's setting), S = 0
+penalises it. Clean and noisy inputs run as one concatenated forward pass (cost about ``1 + batch_fraction``
+forward/backward passes); ``stop_grad_clean`` detaches ``p(X)`` in the inner product **[ours]**.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from nsrun.config import require_bool, require_choice, require_int, require_number
+from nsrun.stability.estimators import inner
+from nsrun.stability.noise import embedding_scale, gaussian_noise, token_noise
+from nsrun.stability.schedules import build_schedule
+
+NOISES = ("token", "gaussian")
+GAUSSIAN_ON = ("resampleable", "all")
+NOISE_SEED_OFFSET = 7_919  # the regulariser's noise generator is seeded with seed + this
+
+
+def validate(cfg) -> None:
+    require_number(cfg, "reg.rho", 0, 1)
+    require_number(cfg, "reg.gamma", 0)
+    require_int(cfg, "reg.S", 0)
+    if cfg.reg.S not in (0, 1):
+        require_choice(cfg, "reg.S", (0, 1))
+    require_choice(cfg, "reg.noise", NOISES)
+    require_bool(cfg, "reg.stop_grad_clean")
+    require_number(cfg, "reg.batch_fraction", 0, 1, low_open=True)
+    require_number(cfg, "reg.sigma", 0, low_open=True, optional=True)
+    require_choice(cfg, "reg.gaussian_on", GAUSSIAN_ON)
+
+
+class StabilityRegulariser:
+    """``loss, stats = objective(model, x, y, step)``; noise comes from a checkpointed generator."""
+
+    def __init__(self, cfg, task):
+        self.task = task
+        self.schedule = build_schedule(cfg)
+        self.sign = (-1.0) ** int(cfg.reg.S)
+        self.noise = cfg.reg.noise
+        self.stop_grad_clean = bool(cfg.reg.stop_grad_clean)
+        self.batch_fraction = float(cfg.reg.batch_fraction)
+        self.sigma = cfg.reg.sigma
+        self.gaussian_on = cfg.reg.gaussian_on
+        self.generator = torch.Generator().manual_seed(int(cfg.seed) + NOISE_SEED_OFFSET)
+        self.term_sum = torch.zeros((), dtype=torch.float64)  # sum of the added loss terms since the last eval
+        self.stab_sum = torch.zeros((), dtype=torch.float64)
+        self.count = 0
+        self.last: dict[str, float] = {}
+
+    def _noisy_subset(self, n: int, device) -> torch.Tensor | None:
+        k = max(1, math.ceil(self.batch_fraction * n))
+        if k >= n:
+            return None
+        return torch.randperm(n, generator=self.generator)[:k].sort().values.to(device)
+
+    def __call__(self, model, x, y, step: int):
+        rho, gamma = self.schedule(step)
+        n = x.shape[0]
+        subset = self._noisy_subset(n, x.device)
+        x_sub = x if subset is None else x[subset]
+        if self.noise == "token":
+            x_noisy = token_noise(x_sub, rho, self.task.noise_tokens, self.task.resample_mask, self.generator)
+            logits = model(torch.cat([x, x_noisy]))
+        else:
+            e = model.embed(x)
+            sigma = self.sigma or embedding_scale(model.tok_emb.weight, self.task.noise_tokens)
+            mask = self.task.resample_mask if self.gaussian_on == "resampleable" else None
+            e_sub = e if subset is None else e[subset]
+            logits = model(embeddings=torch.cat([e, gaussian_noise(e_sub, rho, sigma, self.generator, mask)]))
+        ce = self.task.loss(logits[:n], y)
+        probs = self.task.output_probs(logits)
+        p_clean = probs[:n] if subset is None else probs[:n][subset]
+        if self.stop_grad_clean:
+            p_clean = p_clean.detach()
+        stab = inner(p_clean, probs[n:]).mean()
+        term = gamma * self.sign * stab
+        if self.term_sum.device != stab.device:
+            dtype = torch.float32 if stab.device.type == "mps" else torch.float64
+            self.term_sum, self.stab_sum = (t.to(stab.device, dtype) for t in (self.term_sum, self.stab_sum))
+        self.term_sum += term.detach()
+        self.stab_sum += stab.detach()
+        self.count += 1
+        self.last = {"reg_rho": rho, "reg_gamma": gamma}
+        return ce + term, {"ce": ce.detach(), "reg_term": term.detach(), "reg_stab": stab.detach(),
+                           "reg_rho": rho, "reg_gamma": gamma}
+
+    def log_stats(self) -> dict[str, float]:
+        """Means since the last call (logged at eval steps): the added loss term and <p(X), p(Y)>."""
+        if self.count == 0:
+            return {}
+        out = {"reg_term": float(self.term_sum) / self.count, "reg_stab": float(self.stab_sum) / self.count,
+               **self.last}
+        self.term_sum.zero_()
+        self.stab_sum.zero_()
+        self.count = 0
+        return out
+
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state(),
+                "term_sum": self.term_sum.detach().cpu().double().clone(),
+                "stab_sum": self.stab_sum.detach().cpu().double().clone(),
+                "count": self.count, "last": dict(self.last)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+        self.term_sum = state["term_sum"].clone()
+        self.stab_sum = state["stab_sum"].clone()
+        self.count = int(state["count"])
+        self.last = {k: float(v) for k, v in state["last"].items()}
+
+
+def build(cfg, task) -> StabilityRegulariser:
+    return StabilityRegulariser(cfg, task)

@@ -1,0 +1,242 @@
+"""WikiText-2 next-token prediction with a small trained tokenizer (the paper: vocabulary 500).
+
+Text comes through the ``datasets`` library: the hub dataset (``hub_dataset``/``hub_config``) when
+``data_dir`` is null, else the local files ``data_dir/train_file`` and ``data_dir/val_file`` read with the
+``text`` builder. Lines are stripped, blank lines dropped, and every line ends with an ``<eos>`` token.
+A tokenizer (``bpe``: SentencePiece-style BPE over characters, or ``wordlevel``) is trained with
+``tokenizers`` on the training split only and cached in ``cache_dir`` under a key made of its settings
+and a hash of the training text, so a second run loads it instead of retraining. Characters or words it
+has not seen map to ``<unk>``; a literal ``<unk>`` in the text (WikiText's own rare-word marker) maps there too.
+
+Examples are fixed windows of ``context + 1`` tokens cut from the token stream (``x`` = the first
+``context``, ``y`` = the last ``context``): training windows start every ``stride`` tokens, validation
+windows every ``context`` tokens (a fixed set).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import math
+import os
+import socket
+import tempfile
+from pathlib import Path
+from urllib.parse import urlparse
+
+import torch
+
+from nsrun.errors import ConfigError
+from nsrun.tasks.base import Split, Task
+
+TOKENIZERS = ("bpe", "wordlevel")
+UNK, EOS = "<unk>", "<eos>"
+SPECIAL_TOKENS = (UNK, EOS)
+TOKENIZER_RECIPE = 1  # bump when the tokenizer recipe changes, so old cache entries are not reused
+SHARED_DATA_HINT = "../shared/data/wikitext-2"
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "nsrun" / "tokenizers"
+
+
+def cache_dir_of(cfg) -> Path:
+    return Path(cfg.cache_dir).expanduser() if cfg.cache_dir else default_cache_dir()
+
+
+def _offline_env() -> bool:
+    return any(os.environ.get(v, "").lower() in ("1", "true", "yes", "on")
+               for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+
+
+@functools.lru_cache(maxsize=None)
+def hub_unreachable_reason(endpoint: str, timeout: float = 3.0) -> str | None:
+    """None if a TCP connection to the hub endpoint opens, else why not (checked once per process)."""
+    url = urlparse(endpoint)
+    host, port = url.hostname or endpoint, url.port or (80 if url.scheme == "http" else 443)
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+        return None
+    except OSError as e:
+        return f"{host}: {e.strerror or e}"
+
+
+def _offline_hint(cfg) -> str:
+    return (f"offline, set task.data_dir=DIR holding {cfg.train_file} and {cfg.val_file} "
+            f"(e.g. task.data_dir={SHARED_DATA_HINT})")
+
+
+def data_files(cfg) -> dict[str, Path]:
+    data_dir = Path(cfg.data_dir).expanduser()
+    return {"train": data_dir / cfg.train_file, "validation": data_dir / cfg.val_file}
+
+
+def validate(cfg) -> None:
+    if cfg.tokenizer not in TOKENIZERS:
+        raise ConfigError("task.tokenizer", f"must be one of {', '.join(TOKENIZERS)}, got {cfg.tokenizer!r}")
+    if not _is_int(cfg.vocab_size) or cfg.vocab_size < 10:
+        raise ConfigError("task.vocab_size", f"must be an integer >= 10, got {cfg.vocab_size!r}")
+    if not _is_int(cfg.context) or cfg.context < 2:
+        raise ConfigError("task.context", f"must be an integer >= 2, got {cfg.context!r}")
+    if cfg.stride is not None and (not _is_int(cfg.stride) or cfg.stride < 1):
+        raise ConfigError("task.stride", f"must be an integer >= 1 or null (= task.context), got {cfg.stride!r}")
+    if cfg.batch_size is not None and (not _is_int(cfg.batch_size) or cfg.batch_size < 1):
+        raise ConfigError("task.batch_size", f"must be an integer >= 1 or null (full batch), got {cfg.batch_size!r}")
+    for key in ("train_file", "val_file", "hub_dataset", "hub_config", "hub_train_split", "hub_val_split"):
+        if not isinstance(cfg[key], str) or not cfg[key]:
+            raise ConfigError(f"task.{key}", f"must be a non-empty string, got {cfg[key]!r}")
+    if cfg.cache_dir is not None and not isinstance(cfg.cache_dir, str):
+        raise ConfigError("task.cache_dir", f"must be a directory path or null, got {cfg.cache_dir!r}")
+    cache = cache_dir_of(cfg)
+    existing = next(p for p in (cache, *cache.parents) if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError("task.cache_dir", f"{cache} is not writable (the tokenizer is cached there); "
+                                            "set task.cache_dir to a writable directory")
+    if cfg.data_dir is not None:
+        if not isinstance(cfg.data_dir, str):
+            raise ConfigError("task.data_dir", f"must be a directory path or null (the hub), got {cfg.data_dir!r}")
+        data_dir = Path(cfg.data_dir).expanduser()
+        if not data_dir.is_dir():
+            raise ConfigError("task.data_dir", f"directory {data_dir} does not exist; set task.data_dir=DIR holding "
+                                               f"{cfg.train_file} and {cfg.val_file} (e.g. {SHARED_DATA_HINT})")
+        for key, path in zip(("train_file", "val_file"), data_files(cfg).values(), strict=True):
+            if not path.is_file():
+                raise ConfigError(f"task.{key}", f"{path} not found; set task.{key} to a text file in "
+                                                 f"task.data_dir={cfg.data_dir}")
+    elif not _offline_env():
+        endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+        reason = hub_unreachable_reason(endpoint)
+        if reason:
+            raise ConfigError("task.data_dir", f"is null (load {cfg.hub_dataset}/{cfg.hub_config} from the hub) but "
+                                               f"the hub cannot be reached ({reason}); {_offline_hint(cfg)}")
+
+
+def load_texts(cfg) -> dict[str, list[str]]:
+    """``{"train": lines, "validation": lines}``: stripped, non-blank lines of each split."""
+    import datasets
+
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity_error()
+    try:
+        if cfg.data_dir is not None:
+            files = {split: str(path) for split, path in data_files(cfg).items()}
+            ds = datasets.load_dataset("text", data_files=files)
+            splits = {"train": ds["train"], "validation": ds["validation"]}
+        else:
+            ds = datasets.load_dataset(cfg.hub_dataset, cfg.hub_config)
+            splits = {"train": ds[cfg.hub_train_split], "validation": ds[cfg.hub_val_split]}
+    except Exception as e:
+        where = (f"task.data_dir={cfg.data_dir}" if cfg.data_dir is not None
+                 else f"the hub dataset {cfg.hub_dataset}/{cfg.hub_config}")
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        hint = "check the files" if cfg.data_dir is not None else _offline_hint(cfg)
+        raise ConfigError("task.data_dir", f"could not load {where} ({reason}); {hint}") from e
+    return {split: [line.strip() for line in d["text"] if line.strip()] for split, d in splits.items()}
+
+
+def tokenizer_settings(cfg) -> dict:
+    return {"recipe": TOKENIZER_RECIPE, "tokenizer": cfg.tokenizer, "vocab_size": cfg.vocab_size,
+            "special_tokens": list(SPECIAL_TOKENS)}
+
+
+def tokenizer_cache_path(cfg, train_lines: list[str]) -> Path:
+    """Where the tokenizer for these settings and this training text is cached."""
+    h = hashlib.sha256(json.dumps(tokenizer_settings(cfg), sort_keys=True).encode())
+    for line in train_lines:
+        h.update(line.encode())
+        h.update(b"\n")
+    return cache_dir_of(cfg) / f"{cfg.tokenizer}-{cfg.vocab_size}-{h.hexdigest()[:16]}.json"
+
+
+def train_tokenizer(kind: str, vocab_size: int, lines: list[str]):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    if kind == "bpe":
+        tokenizer = Tokenizer(models.BPE(unk_token=UNK))
+        tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always")
+        tokenizer.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme="always")
+        trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS), show_progress=False)
+    elif kind == "wordlevel":
+        tokenizer = Tokenizer(models.WordLevel(unk_token=UNK))
+        tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+        trainer = trainers.WordLevelTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS),
+                                            show_progress=False)
+    else:
+        raise ValueError(kind)
+    tokenizer.train_from_iterator((strip_special_tokens(line) for line in lines), trainer)
+    return tokenizer
+
+
+def strip_special_tokens(line: str) -> str:
+    """A line without literal special tokens: they always encode to themselves, so they are not trained on."""
+    for token in SPECIAL_TOKENS:
+        line = line.replace(token, " ")
+    return line
+
+
+def load_or_train_tokenizer(cfg, train_lines: list[str]):
+    """``(tokenizer, path, trained)``: the cached tokenizer if present, else a newly trained and cached one."""
+    from tokenizers import Tokenizer
+
+    path = tokenizer_cache_path(cfg, train_lines)
+    if path.exists():
+        return Tokenizer.from_file(str(path)), path, False
+    tokenizer = train_tokenizer(cfg.tokenizer, cfg.vocab_size, train_lines)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    os.close(fd)
+    try:
+        tokenizer.save(tmp)
+        os.replace(tmp, path)  # atomic: concurrent runs never read a half-written file
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return tokenizer, path, True
+
+
+def encode_lines(tokenizer, lines: list[str]) -> torch.Tensor:
+    """One token stream: each line's ids followed by ``<eos>``."""
+    eos = tokenizer.token_to_id(EOS)
+    ids: list[int] = []
+    for enc in tokenizer.encode_batch(lines):
+        ids.extend(enc.ids)
+        ids.append(eos)
+    return torch.tensor(ids, dtype=torch.long)
+
+
+def windows(stream: torch.Tensor, context: int, stride: int) -> Split:
+    """Windows of ``context + 1`` tokens starting every ``stride`` tokens: x = w[:-1], y = w[1:]."""
+    n = (len(stream) - context - 1) // stride + 1
+    if n < 1:
+        raise ConfigError("task.context", f"must be shorter than the token stream ({len(stream)} tokens), got {context}")
+    w = stream[torch.arange(n).unsqueeze(1) * stride + torch.arange(context + 1)]
+    return Split(w[:, :-1].contiguous(), w[:, 1:].contiguous())
+
+
+class WikiText2(Task):
+    kind = "lm"
+    causal = True
+
+    def __init__(self, cfg):
+        self.name = "wikitext2"
+        texts = load_texts(cfg)
+        self.tokenizer, self.tokenizer_path, self.tokenizer_trained = load_or_train_tokenizer(cfg, texts["train"])
+        self.vocab_size = self.tokenizer.get_vocab_size()
+        self.n_outputs = self.vocab_size
+        self.seq_len = cfg.context
+        self.train_tokens = encode_lines(self.tokenizer, texts["train"])
+        self.val_tokens = encode_lines(self.tokenizer, texts["validation"])
+        self.train = windows(self.train_tokens, cfg.context, cfg.stride or cfg.context)
+        self.val = windows(self.val_tokens, cfg.context, cfg.context)
+        self.resample_mask = torch.ones(cfg.context, dtype=torch.bool)
+        special = {self.tokenizer.token_to_id(t) for t in SPECIAL_TOKENS}
+        self.noise_tokens = torch.tensor([i for i in range(self.vocab_size) if i not in special])
+
+    def extra_metrics(self, val_loss: float) -> dict[str, float]:
+        return {"val_ppl": math.exp(min(val_loss, 50.0))}

@@ -1,0 +1,188 @@
+"""nsrun-compare on hand-made run directories, its bad-input paths, and end to end on a real sweep."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+from omegaconf import OmegaConf
+
+from nsrun.compare import main
+from tests.conftest import TINY, compose_cfg, run_cli
+from tests.test_tracking import SECRET, WANDB, offline_runs, read_offline_run
+
+STEPS = list(range(0, 1001, 100))
+
+
+def make_run(run_dir, seed, onset, stab_fall=None, weight_decay=1.0, task="modadd", done=True, seconds_per_step=0.01):
+    """A run directory with a real resolved config and hand-made curves: val_acc jumps to 0.99 at
+    ``onset`` (None: never), the stability curve drops from 0.9 to 0.3 at ``stab_fall``."""
+    cfg = OmegaConf.to_container(compose_cfg([*TINY, f"seed={seed}", f"optim.weight_decay={weight_decay}"]),
+                                 resolve=True)
+    cfg["task"]["name"] = task
+    run_dir.mkdir(parents=True)
+    (run_dir / "resolved_config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(cfg)))
+    steps = STEPS if done else STEPS[:4]
+    with open(run_dir / "metrics.jsonl", "w") as f:
+        for s in steps:
+            acc = 0.99 if onset is not None and s >= onset else 0.1 + 0.0001 * s
+            stab = 0.3 if stab_fall is not None and s >= stab_fall else 0.9
+            f.write(json.dumps({"step": s, "val_acc": acc, "val_loss": 1 - acc, "stab_token_val_rho0.25": stab}) + "\n")
+    with open(run_dir / "timing.jsonl", "w") as f:
+        for s in steps:
+            f.write(json.dumps({"step": s, "train_seconds": s * seconds_per_step, "eval_seconds": 0.0}) + "\n")
+    if done:
+        (run_dir / "DONE").write_text("1000\n")
+
+
+def run_main(args, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return exit_info.value.code, captured.out, [line for line in captured.err.splitlines() if line.strip()]
+
+
+def read_csv(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture
+def sweep(tmp_path):
+    """2 configs x 3 seeds: weight decay 1.0 groks at 300-500, 0.1 at 600, 800 and never."""
+    root = tmp_path / "sweep"
+    for i, (onset, fall) in enumerate([(300, 200), (400, 200), (500, 300)]):
+        make_run(root / f"{i}", seed=i, onset=onset, stab_fall=fall, weight_decay=1.0)
+    for i, (onset, fall) in enumerate([(600, 500), (800, 600), (None, 700)]):
+        make_run(root / f"{i + 3}", seed=i, onset=onset, stab_fall=fall, weight_decay=0.1, seconds_per_step=0.02)
+    return root
+
+
+def test_groups_onsets_and_speedup_against_a_named_baseline(sweep, tmp_path, capsys):
+    out = tmp_path / "out"
+    code, stdout, err = run_main([sweep, "--baseline", "optim.weight_decay=0.1", "--out", out, "--n-boot", 2000],
+                                 capsys)
+    assert code == 0 and err == []
+    groups = {row["group"]: row for row in read_csv(out / "compare.csv")}
+    assert set(groups) == {"optim.weight_decay=0.1", "optim.weight_decay=1.0"}
+    base, fast = groups["optim.weight_decay=0.1"], groups["optim.weight_decay=1.0"]
+    assert (base["n_runs"], base["n_reached"], fast["n_runs"], fast["n_reached"]) == ("3", "2", "3", "3")
+    assert float(base["onset_step_median"]) == 800 and float(fast["onset_step_median"]) == 400
+    assert float(fast["fewer_steps_frac"]) == pytest.approx(0.5) and float(fast["speedup_steps"]) == pytest.approx(2)
+    assert float(base["onset_step_ci_high"]) == float("inf")  # a seed that never reached it
+    assert float(fast["onset_step_ci_low"]) <= 400 <= float(fast["onset_step_ci_high"])
+    # seconds: 0.01 s/step vs 0.02 s/step, so 4 s vs 16 s
+    assert float(fast["onset_seconds_median"]) == pytest.approx(4)
+    assert float(fast["speedup_seconds"]) == pytest.approx(4)
+    assert float(fast["lag_steps_median"]) == -200 and float(base["lag_steps_median"]) == -150
+    assert base["baseline"] == "(baseline)" and fast["baseline"] == "optim.weight_decay=0.1"
+    runs = read_csv(out / "runs.csv")
+    assert len(runs) == 6 and sorted(r["onset_step"] for r in runs) == ["", "300", "400", "500", "600", "800"]
+    md = (out / "compare.md").read_text()
+    assert "| optim.weight_decay=1.0 |" in md and "50.0 %" in md and "2.00x" in md and "not reached" in md
+    assert (out / "overlay.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "optim.weight_decay" in stdout and "not reached" not in stdout.split("optim.weight_decay=1.0")[1][:200]
+
+
+def test_threshold_target_loss_and_stability_level(sweep, tmp_path, capsys):
+    out = tmp_path / "out"
+    code, _, _ = run_main([sweep, "--threshold", "0.995", "--out", out, "--n-boot", 500], capsys)
+    assert code == 0
+    assert {r["n_reached"] for r in read_csv(out / "compare.csv")} == {"0"}
+    code, _, _ = run_main([sweep, "--target-loss", "0.05", "--stability-level", "0.5", "--out", out, "--n-boot", 500],
+                          capsys)
+    groups = {row["group"]: row for row in read_csv(out / "compare.csv")}
+    assert code == 0 and float(groups["optim.weight_decay=1.0"]["onset_step_median"]) == 400
+    assert float(groups["optim.weight_decay=1.0"]["stab_onset_step_median"]) == 200
+
+
+def test_default_output_goes_into_the_sweep_dir(sweep, capsys):
+    code, _, _ = run_main([sweep, "--n-boot", 500], capsys)
+    assert code == 0 and (sweep / "compare" / "compare.csv").exists()
+    code, _, err = run_main([sweep, "--n-boot", 500], capsys)  # its own output is not mistaken for a run
+    assert code == 0 and err == []
+
+
+def test_in_progress_runs_are_named_and_left_out(sweep, tmp_path, capsys):
+    make_run(sweep / "6", seed=7, onset=300, done=False)
+    code, _, err = run_main([sweep, "--out", tmp_path / "out", "--n-boot", 500], capsys)
+    assert code == 0 and len(err) == 1 and "6: still in progress" in err[0] and "last logged step 300" in err[0]
+    assert sum(int(r["n_runs"]) for r in read_csv(tmp_path / "out" / "compare.csv")) == 6
+    code, _, err = run_main([sweep, "--out", tmp_path / "out", "--n-boot", 500, "--include-unfinished"], capsys)
+    assert code == 0 and sum(int(r["n_runs"]) for r in read_csv(tmp_path / "out" / "compare.csv")) == 7
+
+
+def test_missing_baseline_gives_partial_results_and_exit_2(sweep, tmp_path, capsys):
+    code, _, err = run_main([sweep, "--baseline", "reg.name=stability", "--out", tmp_path / "out", "--n-boot", 500],
+                            capsys)
+    assert code == 2 and len(err) == 1 and "--baseline reg.name=stability: no group matches" in err[0]
+    assert "reg.name is none" in err[0]
+    rows = read_csv(tmp_path / "out" / "compare.csv")
+    assert len(rows) == 2 and all(r["speedup_steps"] == "" for r in rows)
+
+
+def test_mixed_tasks_are_compared_only_within_their_task(sweep, tmp_path, capsys):
+    make_run(sweep / "p0", seed=0, onset=200, task="parity")
+    code, _, err = run_main([sweep, "--baseline", "optim.weight_decay=0.1", "--out", tmp_path / "out",
+                             "--n-boot", 500], capsys)
+    assert code == 0
+    assert any("2 tasks mixed (modadd, parity)" in line for line in err)
+    assert any("task parity: no group matches --baseline" in line for line in err)
+    rows = {r["task"]: r for r in read_csv(tmp_path / "out" / "compare.csv") if r["task"] == "parity"}
+    assert rows["parity"]["speedup_steps"] == "" and rows["parity"]["onset_step_median"] == "200.0"
+
+
+@pytest.mark.parametrize("setup, args, message", [
+    ("empty", [], "no nsrun runs under it"),
+    ("foreign", [], "no nsrun runs under it"),
+    ("missing", [], "not a directory"),
+    ("only_unfinished", [], "still in progress"),
+    ("ok", ["--baseline", "weight_decay"], "expected KEY=VALUE"),
+    ("ok", ["--threshold", "95"], "--threshold must be in (0, 1]"),
+    ("ok", ["--n-boot", "ten"], "invalid int value"),
+])
+def test_bad_input_one_line_each_and_exit_2(tmp_path, capsys, setup, args, message):
+    path = tmp_path / "in"
+    if setup in ("empty", "foreign", "only_unfinished"):
+        path.mkdir()
+    if setup == "foreign":
+        (path / "notes.txt").write_text("not a run\n")
+        (path / "sub").mkdir()
+    if setup == "only_unfinished":
+        make_run(path / "0", seed=0, onset=300, done=False)
+    if setup == "ok":
+        make_run(path / "0", seed=0, onset=300)
+    code, stdout, err = run_main([path, *args, "--out", tmp_path / "out"], capsys)
+    assert code == 2 and stdout == ""
+    assert any(message in line for line in err), err
+    assert all(line.startswith("nsrun-compare: ") for line in err)
+    if setup in ("empty", "foreign", "missing", "only_unfinished"):
+        assert err[-1].startswith("nsrun-compare: error: no finished nsrun runs found") and len(err) == 2
+    else:
+        assert len(err) == 1
+
+
+def test_sweep_end_to_end_one_wandb_group_no_secrets_then_compare(tmp_path):
+    """The issue's scenario in small: a 2-config x 2-seed multirun with logger=wandb (offline), whose jobs
+    share one wandb group and leak no API key, then nsrun-compare on its sweep directory."""
+    sweep = tmp_path / "multirun"
+    out = run_cli(["-m", *WANDB, "train.steps=20", "train.eval_every=10", "optim.weight_decay=0.1,1.0", "seed=0,1",
+                   f"hydra.sweep.dir={sweep}"], env={"WANDB_API_KEY": SECRET, "WANDB_MODE": "offline"})
+    assert out.returncode == 0, out.stderr
+    runs = [read_offline_run(offline_runs(sweep / job)[0]) for job in "0123"]
+    assert {r["run"].run_group for r in runs} == {str(sweep.resolve())}
+    assert len({r["run"].run_id for r in runs}) == 4
+    assert "seed=1" in runs[1]["config"]["nsrun"]["hydra_overrides"]
+    for path in sweep.rglob("*"):
+        if path.is_file():
+            assert SECRET.encode() not in path.read_bytes(), path
+
+    res = run_cli([str(sweep), "--baseline", "optim.weight_decay=1.0", "--threshold", "0.01", "--n-boot", "500"],
+                  script="nsrun.compare")
+    assert res.returncode == 0, res.stderr
+    rows = {r["group"]: r for r in read_csv(sweep / "compare" / "compare.csv")}
+    assert set(rows) == {"optim.weight_decay=0.1", "optim.weight_decay=1.0"}
+    assert all(r["n_runs"] == "2" for r in rows.values())
+    assert (sweep / "compare" / "compare.md").exists() and (sweep / "compare" / "overlay.png").exists()
+    assert "optim.weight_decay=1.0" in res.stdout
