@@ -21,15 +21,18 @@ test:
 test-all:
 	$(PYTHON) -m pytest -q -m "not gpu"
 
+bench:  # wall-clock costs side by side (README, Performance); writes benchmarks/results/bench_{cpu,cuda}.json
+	$(PYTHON) -m nsrun.bench $(BENCH_ARGS)
+
 lint:
 	$(PYTHON) -m ruff check nsrun tests hydra_plugins
 
 # a local single-node SLURM cluster (root; installs Debian's slurm + munge when missing): see README
 slurm-up:
-	launch/slurm-local.sh up
+	bash launch/slurm-local.sh up
 
 slurm-down:
-	launch/slurm-local.sh down
+	bash launch/slurm-local.sh down
 
 clean:
 	rm -rf outputs multirun .pytest_cache

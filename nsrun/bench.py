@@ -43,12 +43,15 @@ ROOT = Path(CONF_DIR).resolve().parent
 SECTIONS = ("steps", "eval", "seeds", "startup", "launcher", "compile")
 COMMON = ["logger=none", "train.progress=none"]
 WIKITEXT_DIR = ROOT.parent / "shared" / "data" / "wikitext-2"
+TINY_MONITOR = ["stability.n_examples=64", "stability.rhos=[0.5]"]
+warmup_calls = 1  # untimed calls of each variant before timing (0 in --tiny)
 
 
 def task_overrides(tiny: bool) -> dict[str, list[str]]:
     if tiny:
-        return {"modadd": ["task=modadd", "task.p=23", "model=tiny"],
-                "parity": ["task=parity", "task.n_bits=12", "task.n_train=128", "task.n_val=128", "model=tiny"]}
+        return {"modadd": ["task=modadd", "task.p=23", "model=tiny", *TINY_MONITOR],
+                "parity": ["task=parity", "task.n_bits=12", "task.n_train=128", "task.n_val=128", "model=tiny",
+                           *TINY_MONITOR]}
     wikitext = ["task=wikitext2"] + ([f"task.data_dir={WIKITEXT_DIR}"] if WIKITEXT_DIR.exists() else [])
     return {"modadd": ["task=modadd"], "parity": ["task=parity"], "wikitext2": wikitext}
 
@@ -56,7 +59,20 @@ def task_overrides(tiny: bool) -> dict[str, list[str]]:
 REGS = {"base": ["reg=none"], "reg": ["reg=stability"], "reg_half": ["reg=stability", "reg.batch_fraction=0.5"]}
 
 
+_composed: dict = {}
+
+
 def compose(overrides: list[str]):
+    """The composed config (memoised: Hydra takes a good fraction of a second per composition)."""
+    import copy
+
+    key = tuple(overrides)
+    if key not in _composed:
+        _composed[key] = _compose(overrides)
+    return copy.deepcopy(_composed[key])
+
+
+def _compose(overrides: list[str]):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
@@ -174,8 +190,9 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def interleaved(fns: dict, device: torch.device, repeats: int, warmup: int = 1) -> dict[str, float]:
+def interleaved(fns: dict, device: torch.device, repeats: int, warmup: int | None = None) -> dict[str, float]:
     """Median seconds of each ``fns[name]()``, the calls interleaved A, B, A, B, ... after warm-up."""
+    warmup = warmup_calls if warmup is None else warmup
     for fn in fns.values():
         for _ in range(warmup):
             fn()
@@ -256,11 +273,18 @@ def bench_steps(report: Report, tasks: dict, device, repeats: int, n_steps: int)
 
 def bench_optimizers(runner: Trainer, device, repeats: int) -> dict[str, float]:
     runner.step()  # gradients to update with
-    opts = {"fused": runner.optimizer}
-    opts["foreach"] = torch.optim.AdamW(runner.model.parameters(), lr=1e-9, foreach=True)
-    opts["fused"] = torch.optim.AdamW(runner.model.parameters(), lr=1e-9, fused=device.type in ("cpu", "cuda"))
-    return interleaved({name: steps_fn(type("S", (), {"step": o.step})(), 20) for name, o in opts.items()},
-                       device, repeats)
+    params = list(runner.model.parameters())
+    foreach = torch.optim.AdamW(params, lr=1e-9, foreach=True)
+    fused = torch.optim.AdamW(params, lr=1e-9, fused=device.type in ("cpu", "cuda"))
+
+    def twenty(optimizer):
+        def run():
+            for _ in range(20):
+                optimizer.step()
+        return run
+
+    t = interleaved({"fused": twenty(fused), "foreach": twenty(foreach)}, device, repeats)
+    return {name: seconds / 20 for name, seconds in t.items()}
 
 
 def bench_eval(report: Report, tasks: dict, device, repeats: int, step_seconds: dict) -> None:
@@ -275,9 +299,9 @@ def bench_eval(report: Report, tasks: dict, device, repeats: int, step_seconds: 
         without = compose([*overrides, "stability.enabled=false"])
         with open_dict(without):
             without.seed = with_stab.seed
-        t = interleaved({"with": lambda c=with_stab: eval_metrics(runner.model, runner.task, c, 1),
-                         "without": lambda c=without: eval_metrics(runner.model, runner.task, c, 1)},
-                        device, max(3, repeats // 2))
+        t = interleaved({"with": lambda c=with_stab, r=runner: eval_metrics(r.model, r.task, c, 1),
+                         "without": lambda c=without, r=runner: eval_metrics(r.model, r.task, c, 1)},
+                        device, repeats)
         every = with_stab.train.eval_every
         between = every * step_seconds[task]
         stab = max(0.0, t["with"] - t["without"]) / between
@@ -294,7 +318,7 @@ def bench_seeds(report: Report, tasks: dict, device, repeats: int, ks: list[int]
             sequential = [Trainer(overrides, device, seed=s) for s in range(k)]
             batched = SeedBatch(overrides, device, k)
             try:
-                t = interleaved({"sequential": lambda: [r.step() for r in sequential], "vmap": batched.step},
+                t = interleaved({"sequential": lambda runs=sequential: [r.step() for r in runs], "vmap": batched.step},
                                 device, repeats)
             finally:
                 batched.close()
@@ -383,13 +407,21 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
     parser.add_argument("--skip", nargs="*", default=[], choices=SECTIONS, help="sections to leave out")
     parser.add_argument("--repeats", type=int, default=None, help="timed repeats per variant (median)")
+    parser.add_argument("--tasks", nargs="*", default=None, help="tasks to measure (default: all)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads (default: torch's, all cores; 1 in --tiny)")
     args = parser.parse_args(argv)
 
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))
     tiny = args.tiny
+    global warmup_calls
+    warmup_calls = 0 if tiny else 1
+    threads = args.threads or (1 if tiny else None)
+    if threads:
+        torch.set_num_threads(threads)
     repeats = args.repeats or (2 if tiny else 7)
-    tasks = task_overrides(tiny)
+    tasks = {t: o for t, o in task_overrides(tiny).items() if args.tasks is None or t in args.tasks}
     out = Path(args.out or ROOT / "benchmarks" / "results" / f"bench_{device.type}.json")
     report = Report()
     meta = machine(device)
@@ -405,14 +437,14 @@ def main(argv: list[str] | None = None) -> dict:
         if "eval" not in skipped:
             bench_eval(report, tasks, device, repeats, step_seconds)
         if "seeds" not in skipped:
-            seed_tasks = tasks if tiny else {t: tasks[t] for t in ("parity", "wikitext2")}
+            seed_tasks = tasks if tiny else {t: o for t, o in tasks.items() if t in ("parity", "wikitext2")}
             bench_seeds(report, seed_tasks, device, max(2, repeats // 2), [1, 2] if tiny else [1, 4, 8, 32])
         if "startup" not in skipped:
             bench_startup(report, 1 if tiny else 3, tiny, tmp)
         if "launcher" not in skipped:
             bench_launcher(report, tmp, 2, n_jobs=4, steps=400)
         if "compile" not in skipped:
-            bench_compile(report, {t: tasks[t] for t in ("modadd", "wikitext2")}, device, repeats, 3)
+            bench_compile(report, {t: o for t, o in tasks.items() if t in ("modadd", "wikitext2")}, device, repeats, 3)
     meta["loadavg_end"] = os.getloadavg()
     meta["seconds"] = round(time.time() - started, 1)
     result = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "mode": "tiny" if tiny else "full",

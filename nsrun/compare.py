@@ -2,7 +2,8 @@
 
 Reads run directories (``metrics.jsonl``, ``timing.jsonl``, ``resolved_config.yaml``, ``DONE``) found under
 the given run or sweep directories, groups the runs by their resolved config minus the seed (and minus
-keys that do not change the science: device, threads, progress, eval batch size, logger), and writes
+keys that do not change the science: device, threads, progress, parallel seeds, compile, eval batch size,
+logger), and writes
 per group the median onset step with a bootstrap interval, the runs that never reached it, the speedup
 against a baseline group in steps and in training seconds, and the lag between stability onset and
 accuracy onset: a rich table on stdout, ``compare.csv``, ``runs.csv``, ``compare.md`` and
@@ -27,7 +28,8 @@ from nsrun.onset import compare_ci, median, median_ci, run_onsets, stability_key
 PROG = "nsrun-compare"
 METRICS_FILE, TIMING_FILE, DONE_MARKER = "metrics.jsonl", "timing.jsonl", "DONE"
 RESOLVED_CONFIG = "resolved_config.yaml"
-IGNORED_KEYS = ("seed", "train.device", "train.threads", "train.progress", "eval.batch_size")
+IGNORED_KEYS = ("seed", "train.device", "train.threads", "train.progress", "eval.batch_size", "train.parallel_seeds",
+                "train.parallel_backend", "train.compile")
 IGNORED_PREFIXES = ("logger.", "hydra.")
 SKIP_DIRS = {"wandb", ".hydra", "checkpoints", "compare", "__pycache__", ".git"}
 

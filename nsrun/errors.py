@@ -6,7 +6,11 @@ class ConfigError(ValueError):
 
     def __init__(self, key: str, message: str):
         self.key = key
+        self.detail = message
         super().__init__(f"{key}: {message}")
+
+    def __reduce__(self):  # picklable, so a failing job's error reaches the sweep's report intact
+        return (type(self), (self.key, self.detail))
 
 
 class UsageError(ValueError):

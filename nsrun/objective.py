@@ -68,6 +68,7 @@ def _validate_schedule(cfg) -> None:
 REGULARISERS = {
     "none": (_validate_none, lambda cfg, task: CrossEntropy(task)),
     "grokfast": (_validate_grokfast, _build_grokfast),
+    "weight_decay": (_validate_none, lambda cfg, task: CrossEntropy(task)),  # the strength is optim.weight_decay
     "stability": (_validate_stability, _build_stability),
 }
 # noise.name -> validate(cfg); the schedules themselves are in nsrun.stability.schedules

@@ -8,7 +8,8 @@
 * The run id is the run directory's deterministic id (stored in the checkpoint), with ``resume="allow"``:
   a resumed or requeued run continues the same wandb run.
 * Group: ``logger.group``, or for a multirun job the sweep directory (the parent of the job's run
-  directory, relative to the launch directory), so all jobs of one sweep share it.
+  directory, relative to the launch directory), so all jobs of one sweep share it; seeds trained in one
+  process (``train.parallel_seeds``) outside a sweep share their job directory.
 * Logged at init: the resolved config, the Hydra overrides, the git commit and the run directory. Every
   metric is logged at its training step (one step axis for stability and validation curves). At the
   end the summary holds the last row plus the onsets of :func:`nsrun.onset.run_onsets` (``onset/...``).
@@ -26,7 +27,7 @@ from urllib.parse import urlparse
 
 from omegaconf import OmegaConf
 
-from nsrun.config import require_choice, select
+from nsrun.config import select
 from nsrun.errors import ConfigError
 
 log = logging.getLogger("nsrun")
@@ -42,7 +43,9 @@ _server_unreachable = False
 
 
 def validate(cfg) -> None:
-    require_choice(cfg, "logger.mode", MODES)
+    mode = select(cfg, "logger.mode")
+    if mode not in MODES:
+        raise ConfigError("logger.mode", f"must be null, online, offline or disabled, got {mode!r}")
     for key in ("project", "entity", "group", "job_type", "dir"):
         value = select(cfg, f"logger.{key}")
         if value is not None and not isinstance(value, str):
@@ -95,28 +98,46 @@ def server_reachable(timeout: float = 5.0) -> bool:
         return False
 
 
+def _hydra_job_dir(run_dir: Path) -> Path | None:
+    """The directory holding the run's ``.hydra/``: the run directory, or its parent for the per-seed
+    directories ``RUN_DIR/seed_S`` of ``train.parallel_seeds``."""
+    for job_dir in (run_dir, run_dir.parent):
+        if (job_dir / ".hydra" / "hydra.yaml").exists():
+            return job_dir
+    return None
+
+
 def sweep_group(run_dir: Path) -> str | None:
-    """The sweep directory of a multirun job (from its ``.hydra/hydra.yaml``); None for a single run."""
-    hydra_file = Path(run_dir) / ".hydra" / "hydra.yaml"
-    if not hydra_file.exists():
+    """The wandb group a run belongs to by default: the sweep directory of a multirun job, or the job
+    directory of seeds trained together (``train.parallel_seeds``); None for a single run."""
+    run_dir = Path(run_dir).resolve()
+    job_dir = _hydra_job_dir(run_dir)
+    if job_dir is None:
         return None
     try:
-        hydra_cfg = OmegaConf.load(hydra_file).hydra
-        if str(hydra_cfg.mode) != "RunMode.MULTIRUN" and str(hydra_cfg.mode) != "MULTIRUN":
-            return None
-        cwd = hydra_cfg.runtime.cwd
+        hydra_cfg = OmegaConf.load(job_dir / ".hydra" / "hydra.yaml").hydra
+        multirun = str(hydra_cfg.mode) in ("MULTIRUN", "RunMode.MULTIRUN")
+        cwd = Path(hydra_cfg.runtime.cwd).resolve()
     except Exception:
         return None
-    sweep_dir = Path(run_dir).resolve().parent
+    if multirun:
+        group_dir = job_dir.parent
+    elif job_dir != run_dir:
+        group_dir = job_dir
+    else:
+        return None
     try:
-        group = str(sweep_dir.relative_to(Path(cwd).resolve()))
+        group = str(group_dir.relative_to(cwd))
     except ValueError:
-        group = str(sweep_dir)
+        group = str(group_dir)
     return group if len(group) <= MAX_GROUP_LENGTH else "..." + group[-(MAX_GROUP_LENGTH - 3):]
 
 
 def hydra_overrides(run_dir: Path) -> list[str]:
-    path = Path(run_dir) / ".hydra" / "overrides.yaml"
+    job_dir = _hydra_job_dir(Path(run_dir).resolve())
+    if job_dir is None:
+        return []
+    path = job_dir / ".hydra" / "overrides.yaml"
     try:
         return [str(o) for o in OmegaConf.load(path)] if path.exists() else []
     except Exception:

@@ -34,7 +34,7 @@ PREEMPTIBLE = ["task.p=23", "task.train_fraction=0.5", "model=small", "train.thr
 
 
 def _script(*args, timeout=900):
-    return subprocess.run([str(SCRIPT), *args], capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(["bash", str(SCRIPT), *args], capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture(scope="session")

@@ -18,6 +18,7 @@ from nsrun.config import validate
 from nsrun.errors import ConfigError
 from nsrun.tracking import read_jsonl
 from nsrun.train import run_id_for, train
+from nsrun.wandb_logger import sweep_group
 from tests.conftest import ROOT, TINY, compose_cfg, run_cli
 
 WANDB = [*TINY, "logger=wandb", "stability.rhos=[0.25]", "stability.noises=[token]", "stability.splits=[val]",
@@ -174,6 +175,21 @@ def test_server_that_never_answers_falls_back_to_offline(tmp_path):
     (run_path,) = offline_runs(tmp_path / "run")
     run = read_offline_run(run_path)
     assert sorted(run["history"]) == [0, 2, 4] and run["run"].run_id == run_id_for(tmp_path / "run")
+
+
+def write_hydra_yaml(job_dir, mode, cwd):
+    (job_dir / ".hydra").mkdir(parents=True)
+    (job_dir / ".hydra" / "hydra.yaml").write_text(f"hydra:\n  mode: {mode}\n  runtime:\n    cwd: {cwd}\n")
+
+
+def test_default_group_is_the_sweep_or_the_job_of_parallel_seeds(tmp_path):
+    write_hydra_yaml(tmp_path / "multirun" / "day" / "3", "MULTIRUN", tmp_path)
+    write_hydra_yaml(tmp_path / "single", "RUN", tmp_path)
+    assert sweep_group(tmp_path / "multirun" / "day" / "3") == "multirun/day"
+    assert sweep_group(tmp_path / "multirun" / "day" / "3" / "seed_1") == "multirun/day"
+    assert sweep_group(tmp_path / "single") is None
+    assert sweep_group(tmp_path / "single" / "seed_1") == "single"
+    assert sweep_group(tmp_path / "no-hydra") is None
 
 
 def test_bad_logger_settings_are_refused():
