@@ -27,6 +27,23 @@ bench:  # wall-clock costs side by side (README, Performance); writes benchmarks
 lint:
 	$(PYTHON) -m ruff check nsrun tests hydra_plugins
 
+# the paper's experiments (conf/experiment/), figures and results table (nsrun/reproduce.py; see README).
+# Rerunning skips finished runs and resumes unfinished ones (fixed sweep dirs under runs/reproduce[-quick]/).
+#   make reproduce-figures LAUNCHER=submitit_slurm      # full sweeps on SLURM, then figures into results/reproduce
+#   make reproduce-figures-quick OUT=results/2026-11-24-quick   # reduced settings, < 45 min on 2 CPU cores
+#   make figures [QUICK=1]                              # figures + summary from existing run dirs, no training
+LAUNCHER ?= local_cores
+OUT ?=
+QUICK ?=
+reproduce-figures:
+	$(PYTHON) -m nsrun.reproduce run --launcher=$(LAUNCHER) $(if $(OUT),--out $(OUT))
+
+reproduce-figures-quick:
+	$(PYTHON) -m nsrun.reproduce run --quick --launcher=$(LAUNCHER) $(if $(OUT),--out $(OUT))
+
+figures:
+	$(PYTHON) -m nsrun.reproduce figures $(if $(QUICK),--quick) $(if $(OUT),--out $(OUT))
+
 # a local single-node SLURM cluster (root; installs Debian's slurm + munge when missing): see README
 slurm-up:
 	bash launch/slurm-local.sh up

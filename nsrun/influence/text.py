@@ -1,8 +1,9 @@
 """Inputs for the analysis: N windows of raw text tokenised by the analysed model's own tokenizer.
 
-``wikitext2``: the lines of WikiText-2 (local files through the ``datasets`` text builder, else the hub's
-``wikitext-2-raw-v1``) are tokenised without special tokens and concatenated; the stream is cut into
-non-overlapping windows of ``L - n_special`` tokens and N of them are drawn at random (seeded) **[ours]**.
+``wikitext2``: the lines of WikiText-2 (read by the WikiText-2 task's loader: local files through the
+``datasets`` text builder, else the hub's ``wikitext-2-raw-v1``) are tokenised without special tokens and
+concatenated; the stream is cut into non-overlapping windows of ``L - n_special`` tokens and N of them are
+drawn at random (seeded) **[ours]**.
 ``uniform``: every content token drawn uniformly from the noise tokens (then the Fourier bounds are exact).
 """
 
@@ -28,16 +29,26 @@ def default_data_dir() -> Path | None:
 
 
 def wikitext2_lines(split: str = "test", data_dir: str | Path | None = None) -> list[str]:
-    """The non-empty lines of a WikiText-2 split: local ``data_dir/{test,valid,train}.txt`` if found, else the hub."""
-    from datasets import load_dataset
+    """The stripped non-blank lines of a WikiText-2 split: local ``data_dir/{test,valid,train}.txt`` if found,
+    else the hub. ConfigError (key ``text.data_dir``) if neither loads."""
+    from omegaconf import OmegaConf
 
-    directory = Path(data_dir) if data_dir else default_data_dir()
-    local = directory / LOCAL_FILES[split] if directory else None
-    if local is not None and local.is_file():
-        lines = load_dataset("text", data_files={split: str(local)}, split=split)["text"]
-    else:
-        lines = load_dataset("wikitext", "wikitext-2-raw-v1", split=split)["text"]
-    return [line for line in lines if line.strip()]
+    from nsrun.errors import ConfigError
+    from nsrun.tasks.wikitext2 import load_texts
+
+    directory = Path(data_dir).expanduser() if data_dir else default_data_dir()
+    local = directory is not None and (directory / LOCAL_FILES[split]).is_file()
+    source = OmegaConf.create({
+        "data_dir": str(directory) if local else None, "train_file": LOCAL_FILES[split],
+        "val_file": LOCAL_FILES[split], "hub_dataset": "wikitext", "hub_config": "wikitext-2-raw-v1",
+        "hub_train_split": split, "hub_val_split": split,
+    })
+    try:
+        return load_texts(source)["validation"]
+    except ConfigError as e:
+        file = LOCAL_FILES[split]
+        message = str(e).removeprefix("task.data_dir: ").replace("task.data_dir", "text.data_dir")
+        raise ConfigError("text.data_dir", message.replace(f"{file} and {file}", file)) from None
 
 
 def text_windows(lines: list[str], tokenizer, length: int, n: int,
