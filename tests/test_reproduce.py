@@ -143,9 +143,10 @@ def test_summary_and_figures_are_computed_from_the_run_dirs(two_step, tmp_path):
 # ------------------------------------------------------------------------------- verdict logic, known curves
 
 
-def write_run(path: Path, reg: str, seed: int, onset: int | None, steps: int = 3000, every: int = 100):
+def write_run(path: Path, reg: str, seed: int, onset: int | None, steps: int = 3000, every: int = 100,
+              stab: tuple[float, float] = (0.9, 0.3)):
     """A finished run dir whose validation accuracy jumps from 0.1 to 1.0 at ``onset`` (None: never), and
-    whose stability falls from 0.9 to 0.3 one eval before the onset."""
+    whose stability goes from ``stab[0]`` to ``stab[1]`` one eval before the onset."""
     path.mkdir(parents=True)
     config = {"seed": seed, "task": {"name": "modadd", "p": 23}, "reg": {"name": reg}, "train": {"steps": steps}}
     (path / "resolved_config.yaml").write_text(yaml.safe_dump(config))
@@ -154,18 +155,18 @@ def write_run(path: Path, reg: str, seed: int, onset: int | None, steps: int = 3
         done = onset is not None and step >= onset
         fell = onset is not None and step >= onset - every
         rows.append({"step": step, "val_acc": 1.0 if done else 0.1, "val_loss": 0.01 if done else 3.0,
-                     "stab_token_val_rho0.25": 0.3 if fell else 0.9})
+                     "stab_token_val_rho0.25": stab[1] if fell else stab[0]})
         timing.append({"step": step, "train_seconds": step * (0.02 if reg == "stability" else 0.01)})
     (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (path / "timing.jsonl").write_text("".join(json.dumps(r) + "\n" for r in timing))
     (path / "DONE").write_text("")
 
 
-def summary_for(tmp_path: Path, baseline: list, regularised: list) -> dict:
+def summary_for(tmp_path: Path, baseline: list, regularised: list, stab=(0.9, 0.3)) -> dict:
     for seed, onset in enumerate(baseline):
-        write_run(tmp_path / f"reg=none,seed={seed}", "none", seed, onset)
+        write_run(tmp_path / f"reg=none,seed={seed}", "none", seed, onset, stab=stab)
     for seed, onset in enumerate(regularised):
-        write_run(tmp_path / f"reg=stability,seed={seed}", "stability", seed, onset)
+        write_run(tmp_path / f"reg=stability,seed={seed}", "stability", seed, onset, stab=stab)
     loaded = reproduce.load_experiment(reproduce.EXPERIMENTS["modadd"], tmp_path, quick=True, n_boot=2000)
     return {r["reg"]: r for r in reproduce.onset_rows(loaded)}, loaded
 
@@ -182,6 +183,13 @@ def test_verdict_reproduced_when_the_regulariser_is_faster_in_every_seed(tmp_pat
     assert reg["wallclock_speedup"] == pytest.approx(2200 * 0.01 / (1600 * 0.02))
     lag = reproduce.lag_claim(loaded)
     assert lag["verdict"] == "reproduced" and "-100" in lag["measured"]
+
+
+def test_lag_claim_not_reproduced_when_stability_rises(tmp_path):
+    _, loaded = summary_for(tmp_path, [2000, 2100, 2200, 2300, 2400], [1400, 1500, 1600, 1700, 1800], stab=(0.5, 0.6))
+    claim = reproduce.lag_claim(loaded)
+    assert claim["verdict"] == "not reproduced" and "rises" in claim["reason"]
+    assert "+0.100" in claim["measured"]
 
 
 def test_verdict_not_reproduced_when_the_regulariser_is_slower(tmp_path):
