@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 
+import pytest
+
 from nsrun.bench import main
-from tests.conftest import ROOT
+from nsrun.config import validate
+from nsrun.errors import ConfigError
+from nsrun.tracking import read_jsonl
+from nsrun.train import train
+from tests.conftest import ROOT, TINY, compose_cfg
 
 
 def test_tiny_bench_writes_json(tmp_path):
@@ -32,3 +39,18 @@ def test_help_is_unchanged_by_the_shared_group_listing():
             for code in (plain, fast)]
     assert outs[0].returncode == outs[1].returncode == 0
     assert "task: " in outs[0].stdout and outs[0].stdout == outs[1].stdout
+
+
+@pytest.mark.slow
+def test_compiled_training_matches_eager(tmp_path):
+    base = [*TINY, "train.steps=6", "train.eval_every=3", "logger=none", "stability.enabled=false"]
+    train(compose_cfg(base), tmp_path / "eager")
+    train(compose_cfg([*base, "train.compile=true"]), tmp_path / "compiled")
+    eager, compiled = (read_jsonl(tmp_path / d / "metrics.jsonl") for d in ("eager", "compiled"))
+    for a, b in zip(eager, compiled, strict=True):
+        assert a["step"] == b["step"] and math.isclose(a["val_loss"], b["val_loss"], rel_tol=1e-4)
+
+
+def test_compile_with_vmapped_seeds_is_refused():
+    with pytest.raises(ConfigError, match="train.compile"):
+        validate(compose_cfg([*TINY, "train.compile=true", "train.parallel_seeds=2", "train.parallel_backend=vmap"]))
