@@ -154,6 +154,7 @@ class Loaded:
     quick: bool
     groups: list = field(default_factory=list)
     stab_key: str | None = None
+    notes: list = field(default_factory=list)
 
     def group(self, reg: str):
         return next((g for g in self.groups if g.config.get("reg.name") == reg), None)
@@ -177,14 +178,35 @@ def load_experiment(exp: Experiment, sweep_dir: Path, quick: bool, n_boot: int =
             r.onsets = run_onsets(r.rows, r.timing, target_loss=level, stability=stab, window=3)
         else:
             r.onsets = run_onsets(r.rows, r.timing, threshold=level, stability=stab, window=3)
-    groups = group_runs(runs)
+    groups, notes = merge_by_regulariser(group_runs(runs))
     groups.sort(key=lambda g: (ORDER.index(reg_name(g)) if reg_name(g) in ORDER else len(ORDER), g.label))
     try:
         baselines = choose_baselines(groups, BASELINE)
     except LookupError:
         baselines = {}
     analyse(groups, baselines, n_boot, 0)
-    return Loaded(exp, quick, groups, stab)
+    for note in notes:
+        print(f"{PROG}: warning: {exp.name}: {note}", file=sys.stderr)
+    return Loaded(exp, quick, groups, stab, notes)
+
+
+def merge_by_regulariser(groups: list) -> tuple[list, list[str]]:
+    """One group per ``reg.name``: an experiment's sweep varies only the regulariser and the seed, so groups
+    that nsrun.compare keeps apart (configs that differ in another key, e.g. a key a task config gained
+    between runs) are merged, and each differing key is reported as a note."""
+    merged, notes = {}, []
+    for g in groups:
+        name = reg_name(g)
+        if name not in merged:
+            merged[name] = g
+            continue
+        first = merged[name]
+        keys = sorted(k for k in set(g.config) | set(first.config) if g.config.get(k) != first.config.get(k))
+        diffs = ", ".join(f"{k}: {first.config.get(k)!r} vs {g.config.get(k)!r}" for k in keys)
+        notes.append(f"reg={name}: runs {', '.join(str(r.path.name) for r in g.runs)} differ from "
+                     f"{', '.join(str(r.path.name) for r in first.runs)} in {diffs}; counted as one group")
+        first.runs = sorted(first.runs + g.runs, key=lambda r: (str(r.seed), str(r.path)))
+    return list(merged.values()), notes
 
 
 def curve(run, key: str) -> tuple[list[int], list[float]]:
@@ -287,6 +309,10 @@ def final_stability_claim(loaded: Loaded) -> dict:
     verdict, reason = interval_verdict(ci, min(len(reg_last), len(base_last)),
                                        "regularised stability ends higher than the baseline's",
                                        "regularised stability ends at or below the baseline's")
+    base_peak = median([max(curve(r, key)[1]) for r in base.runs])
+    if verdict == "reproduced" and median(base_fall) < 0.1 * base_peak:
+        verdict, reason = "inconclusive", ("regularised stability ends higher, but the baseline's does not fall "
+                                           "(less than 10 % below its peak) within the run")
     return {"claim": 3, "experiment": loaded.exp.name,
             "statement": "the regularised model's stability stays high while the baseline's falls",
             "measured": f"last {key}: regularised {median(reg_last):.3f} vs baseline {median(base_last):.3f} "
@@ -476,13 +502,17 @@ def plot_correlation(loaded_all: list[Loaded], out: Path) -> list[Path]:
     return save(fig, out, "fig4_correlation")
 
 
-def theory_tables(out: Path, trained_run: Path | None, random_overrides: list[str], quick: bool) -> dict:
+THEORY_ARGS = {"full": ["--n-examples", "1024", "--mc-samples", "200000"],
+               "quick": ["--n-examples", "256", "--mc-samples", "50000"],
+               "smoke": ["--n-examples", "32", "--mc-samples", "2000", "--n-repeats", "1", "--depth", "3"]}
+
+
+def theory_tables(out: Path, trained_run: Path | None, random_overrides: list[str], level: str = "full") -> dict:
     """Run ``nsrun-theory`` for a random-init model (the experiment's config) and for a trained run; return
-    the CSV rows of both (ReLU closed form vs Monte Carlo, intervals per stage)."""
+    the CSV rows of both (ReLU closed form vs Monte Carlo, intervals per stage). ``level``: THEORY_ARGS key."""
     from nsrun import theory_cli
 
-    common = ["--rhos", "0,0.25,0.5,0.9", "--n-examples", "256" if quick else "1024",
-              "--mc-samples", "50000" if quick else "200000"]
+    common = ["--rhos", "0,0.25,0.5,0.9", *THEORY_ARGS[level]]
     tables = {}
     trained = ["--run", str(trained_run)] if trained_run else None
     for what, extra in (("random", random_overrides), ("trained", trained)):
@@ -661,8 +691,9 @@ def write_summary(out: Path, rows: list[dict], claims: list[dict], figures: list
 
 
 def figures(quick: bool, out: Path, root: Path | None = None, only: list[str] | None = None,
-            theory: bool = True, influence: bool = True, n_boot: int = N_BOOT) -> int:
-    """Figures 1-6 and ``summary.md`` from the run dirs under ``root`` (no training). Returns an exit code."""
+            theory: bool = True, influence: bool = True, n_boot: int = N_BOOT, theory_level: str | None = None) -> int:
+    """Figures 1-6 and ``summary.md`` from the run dirs under ``root`` (no training). Returns an exit code.
+    ``theory_level``: Monte-Carlo sizes of figure 5 (THEORY_ARGS; default quick or full as ``quick``)."""
     root = root or sweep_root(quick)
     out.mkdir(parents=True, exist_ok=True)
     made, rows, claims, loaded_all = [], [], [], []
@@ -686,7 +717,8 @@ def figures(quick: bool, out: Path, root: Path | None = None, only: list[str] | 
         trained = next((r.path for x in loaded_all if x.exp.name == "modadd" for g in x.groups
                         if reg_name(g) == "none" for r in g.runs), None)
         exp_config = EXPERIMENTS["modadd"].config(quick)
-        tables = theory_tables(out, trained, [f"+experiment={exp_config}", "reg=none"], quick)
+        tables = theory_tables(out, trained, [f"+experiment={exp_config}", "reg=none"],
+                               theory_level or ("quick" if quick else "full"))
         made += plot_theory(tables, out)
         claims.append(theory_claim(tables))
     found = []
@@ -701,6 +733,9 @@ def figures(quick: bool, out: Path, root: Path | None = None, only: list[str] | 
     claims.sort(key=lambda c: c["claim"])
     settings = {"settings": "quick (reduced; see conf/experiment/*_quick.yaml)" if quick else "full",
                 "run dirs": str(root), "onset": "first eval step from which the metric stays past the level"}
+    for x in loaded_all:
+        for note in x.notes:
+            settings[f"config note ({x.exp.name})"] = note
     summary = write_summary(out, rows, claims, made, settings, found)
     print_tables(rows, claims)
     print(f"wrote {summary}, {out / 'summary.csv'}, {out / 'claims.csv'} and {len(made)} figure files in {out}")

@@ -7,7 +7,7 @@ import pytest
 from nsrun.config import validate
 from tests.conftest import CONF, SHARED, compose_cfg, run_cli
 
-GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir() and p.name not in ("experiment", "hydra"))
+GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir() and p.name not in ("experiment", "hydra", "analysis"))
 
 
 def options(group):

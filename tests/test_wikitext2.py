@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from nsrun.config import validate
+from nsrun.errors import ConfigError
 from nsrun.model import build_model
 from nsrun.tasks import build_task, wikitext2
 from nsrun.tracking import read_jsonl
@@ -19,7 +20,7 @@ DATA = SHARED / "data" / "wikitext-2"
 
 def wt2_cfg(cache_dir, *overrides, data_dir=DATA):
     return compose_cfg(["task=wikitext2", f"task.data_dir={data_dir}", f"task.cache_dir={cache_dir}",
-                        "train.threads=1", "train.progress=none", "stability.enabled=false", *overrides])
+                        "train.threads=1", "train.progress=none", "stability.enabled=false", "logger=none", *overrides])
 
 
 def nonblank_lines(path):
@@ -116,21 +117,29 @@ def test_short_run_lowers_validation_loss(small_data, cache_dir, tmp_path):
     assert rows[-1]["val_ppl"] == pytest.approx(math.exp(rows[-1]["val_loss"]))
 
 
+
 BAD = [
-    (["task.data_dir=/nonexistent/wikitext-2"], {}, "task.data_dir", "/nonexistent/wikitext-2"),
-    ([f"task.data_dir={DATA}", "task.train_file=train.txt"], {}, "task.train_file", "train.txt not found"),
-    (["task.data_dir=null"], {"HF_ENDPOINT": "http://127.0.0.1:9"}, "task.data_dir", "task.data_dir=DIR"),
-    ([f"task.data_dir={DATA}", "task.vocab_size=9"], {}, "task.vocab_size", ">= 10"),
-    ([f"task.data_dir={DATA}", "task.context=1"], {}, "task.context", ">= 2"),
+    (["task.data_dir=/nonexistent/wikitext-2"], "task.data_dir", "/nonexistent/wikitext-2"),
+    ([f"task.data_dir={DATA}", "task.vocab_size=9"], "task.vocab_size", ">= 10"),
+    ([f"task.data_dir={DATA}", "task.context=1"], "task.context", ">= 2"),
 ]
 
 
-@pytest.mark.parametrize("overrides,env,key,text", BAD, ids=[b[2] + ":" + b[0][-1] for b in BAD])
-def test_bad_input_one_line_exit_2(tmp_path, overrides, env, key, text):
+@pytest.mark.parametrize("overrides,key,text", BAD, ids=[b[1] for b in BAD])
+def test_bad_input_one_line_exit_2(tmp_path, overrides, key, text):
     run_dir = tmp_path / "run"
-    res = run_cli(["task=wikitext2", *overrides, f"task.cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={run_dir}"],
-                  env={"HF_HUB_OFFLINE": "", "HF_DATASETS_OFFLINE": "", **env})
+    res = run_cli(["task=wikitext2", *overrides, f"task.cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={run_dir}"])
     lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
     assert res.returncode == 2 and len(lines) == 1, res.stderr
     assert lines[0].startswith(f"nsrun: error: {key}") and text in lines[0]
     assert not run_dir.exists()
+
+
+def test_missing_file_and_unreachable_hub_are_config_errors(cache_dir, monkeypatch):
+    with pytest.raises(ConfigError, match=r"^task.train_file: .*train.txt not found; set task.train_file"):
+        validate(wt2_cfg(cache_dir, "task.train_file=train.txt"))
+    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens on the discard port
+    with pytest.raises(ConfigError, match=r"^task.data_dir: .*hub cannot be reached.*task.data_dir=DIR"):
+        validate(wt2_cfg(cache_dir, data_dir="null"))

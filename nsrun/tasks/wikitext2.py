@@ -55,7 +55,7 @@ def _offline_env() -> bool:
                for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def hub_unreachable_reason(endpoint: str, timeout: float = 3.0) -> str | None:
     """None if a TCP connection to the hub endpoint opens, else why not (checked once per process)."""
     url = urlparse(endpoint)
@@ -215,7 +215,8 @@ def windows(stream: torch.Tensor, context: int, stride: int) -> Split:
     """Windows of ``context + 1`` tokens starting every ``stride`` tokens: x = w[:-1], y = w[1:]."""
     n = (len(stream) - context - 1) // stride + 1
     if n < 1:
-        raise ConfigError("task.context", f"must be shorter than the token stream ({len(stream)} tokens), got {context}")
+        raise ConfigError("task.context", f"must be shorter than the token stream ({len(stream)} tokens), "
+                                          f"got {context}")
     w = stream[torch.arange(n).unsqueeze(1) * stride + torch.arange(context + 1)]
     return Split(w[:, :-1].contiguous(), w[:, 1:].contiguous())
 
