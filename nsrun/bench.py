@@ -360,21 +360,28 @@ def bench_startup(report: Report, repeats: int, tiny: bool, tmp: Path) -> None:
 
 
 def bench_launcher(report: Report, tmp: Path, repeats: int, n_jobs: int, steps: int) -> None:
+    """A sweep of ``n_jobs`` parity runs: Hydra's basic launcher (one after another, torch's default threads,
+    and 1 thread) vs ``hydra/launcher=local_cores``; wall time of the whole command, start-up included."""
     from nsrun.local_pool import available_cores
 
-    job = [f"seed={','.join(str(s) for s in range(n_jobs))}", "task.p=23", "model=tiny", f"train.steps={steps}",
+    job = [f"seed={','.join(str(s) for s in range(n_jobs))}", "task=parity", f"train.steps={steps}",
            "logger=none", "train.progress=none", "stability.enabled=false", f"train.eval_every={steps}"]
-    times: dict[str, list[float]] = {"sequential": [], "local_cores": []}
+    variants = {"sequential": [], "sequential, 1 thread": ["train.threads=1"],
+                "local_cores": ["hydra/launcher=local_cores"]}
+    times: dict[str, list[float]] = {name: [] for name in variants}
     for r in range(repeats):
-        times["sequential"].append(run_cli(["-m", *job, f"hydra.sweep.dir={tmp / f'seq{r}'}"], tmp))
-        times["local_cores"].append(run_cli(["-m", *job, "hydra/launcher=local_cores",
-                                             f"hydra.sweep.dir={tmp / f'pool{r}'}"], tmp))
-    seq, pool = statistics.median(times["sequential"]), statistics.median(times["local_cores"])
+        for i, (name, extra) in enumerate(variants.items()):
+            times[name].append(run_cli(["-m", *job, *extra, f"hydra.sweep.dir={tmp / f'sweep{r}_{i}'}"], tmp))
+    wall = {name: statistics.median(ts) for name, ts in times.items()}
     cores = available_cores()
-    report.add("launcher", f"{n_jobs} jobs: sequential sweep wall time", seq, "s", note=f"{cores} cores")
-    report.add("launcher", f"{n_jobs} jobs: local_cores throughput / sequential", seq / pool, "x",
-               ">= 1.7 (2 cores)" if cores == 2 else "", seq / pool >= 1.7 if cores == 2 else None,
-               note="wall time of the whole command, start-up included")
+    report.add("launcher", f"{n_jobs} parity jobs: sequential sweep wall time", wall["sequential"], "s",
+               note=f"{cores} cores, torch's default threads")
+    ratio = wall["sequential"] / wall["local_cores"]
+    report.add("launcher", f"{n_jobs} parity jobs: local_cores throughput / sequential", ratio, "x",
+               ">= 1.7 (2 cores)" if cores == 2 else "", ratio >= 1.7 if cores == 2 else None,
+               note="whole command, start-up included")
+    report.add("launcher", f"{n_jobs} parity jobs: local_cores / sequential with 1 thread per job",
+               wall["sequential, 1 thread"] / wall["local_cores"], "x", note="the gain from the processes alone")
 
 
 def bench_compile(report: Report, tasks: dict, device, repeats: int, n_steps: int) -> None:
@@ -432,28 +439,38 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"nsrun bench on {meta.get('gpu', meta['cpu'])} ({device}), torch {meta['torch']}, "
           f"{meta['torch_threads']} threads, load average {meta['loadavg_start']}", flush=True)
     skipped = set(args.skip) | ({"launcher", "compile"} if tiny else set())
+    result = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "mode": "tiny" if tiny else "full",
+              "machine": meta, "rows": report.rows, "skipped": sorted(skipped), "complete": False}
+
+    def save() -> None:  # after every section, so that an interrupted run keeps what it measured
+        meta["loadavg_end"] = os.getloadavg()
+        meta["seconds"] = round(time.time() - started, 1)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=1) + "\n")
+
     with tempfile.TemporaryDirectory(prefix="nsrun-bench-") as tmp:
         tmp = Path(tmp)
         step_seconds = {}
         if "steps" not in skipped or "eval" not in skipped:
             step_seconds = bench_steps(report, tasks, device, repeats, 1 if tiny else 3)
+            save()
         if "eval" not in skipped:
             bench_eval(report, tasks, device, repeats, step_seconds)
+            save()
         if "seeds" not in skipped:
             seed_tasks = tasks if tiny else {t: o for t, o in tasks.items() if t in ("parity", "wikitext2")}
             bench_seeds(report, seed_tasks, device, max(2, repeats // 2), [1, 2] if tiny else [1, 4, 8, 32])
+            save()
         if "startup" not in skipped:
             bench_startup(report, 1 if tiny else 3, tiny, tmp)
+            save()
         if "launcher" not in skipped:
-            bench_launcher(report, tmp, 2, n_jobs=4, steps=3000)
+            bench_launcher(report, tmp, 2, n_jobs=4, steps=300)
+            save()
         if "compile" not in skipped:
             bench_compile(report, {t: o for t, o in tasks.items() if t in ("modadd", "wikitext2")}, device, repeats, 3)
-    meta["loadavg_end"] = os.getloadavg()
-    meta["seconds"] = round(time.time() - started, 1)
-    result = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "mode": "tiny" if tiny else "full",
-              "machine": meta, "rows": report.rows, "skipped": sorted(skipped)}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1) + "\n")
+    result["complete"] = True
+    save()
     print("\n" + report.table())
     print(f"\nwritten to {out} ({meta['seconds']} s; load average {meta['loadavg_start']} -> {meta['loadavg_end']})")
     return result
