@@ -418,9 +418,16 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--skip", nargs="*", default=[], choices=SECTIONS, help="sections to leave out")
     parser.add_argument("--repeats", type=int, default=None, help="timed repeats per variant (median)")
     parser.add_argument("--tasks", nargs="*", default=None, help="tasks to measure (default: all)")
+    parser.add_argument("--table", metavar="JSON", help="print the markdown table of a saved result and exit")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads (default: torch's, all cores; 1 in --tiny)")
     args = parser.parse_args(argv)
+    if args.table:
+        saved = json.loads(Path(args.table).read_text())
+        report = Report()
+        report.rows = saved["rows"]
+        print(report.table())
+        return saved
 
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))

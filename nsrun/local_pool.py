@@ -157,8 +157,9 @@ def launch(launcher, job_overrides: Sequence[Sequence[str]], initial_job_idx: in
         slot_queue.put((slot, env))
     state = Singleton.get_state()
     results: list = [None] * len(job_overrides)
-    with ProcessPoolExecutor(max_workers=n_workers, mp_context=ctx, initializer=_init_worker,
-                             initargs=(slot_queue,)) as pool:
+    pool = ProcessPoolExecutor(max_workers=n_workers, mp_context=ctx, initializer=_init_worker,
+                               initargs=(slot_queue,))
+    try:
         futures = {
             pool.submit(_run_job, cloudpickle.dumps((initial_job_idx + i, list(overrides), launcher.hydra_context,
                                                      config, launcher.task_function, state))): i
@@ -172,4 +173,8 @@ def launch(launcher, job_overrides: Sequence[Sequence[str]], initial_job_idx: in
             log.info("\t#%d %s on worker %d (CUDA_VISIBLE_DEVICES=%r, %d torch threads) in %.1f s", info["job"],
                      info["status"].lower(), info["worker"], info["cuda_visible_devices"], info["threads"],
                      info["end"] - info["start"])
+    except BaseException:  # Ctrl-C (the running jobs checkpoint and stop): start no queued job
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
     return results

@@ -138,7 +138,7 @@ def test_bad_input_one_line_exit_2(tmp_path, overrides, key, text):
 def test_missing_file_and_unreachable_hub_are_config_errors(cache_dir, monkeypatch):
     with pytest.raises(ConfigError, match=r"^task.train_file: .*train.txt not found; set task.train_file"):
         validate(wt2_cfg(cache_dir, "task.train_file=train.txt"))
-    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens on the discard port
     with pytest.raises(ConfigError, match=r"^task.data_dir: .*hub cannot be reached.*task.data_dir=DIR"):

@@ -10,6 +10,8 @@ A task owns its data. Inputs are integer token sequences ``x: [N, T]``; the mode
 
 Token noise may resample only the positions where ``resample_mask`` is true, drawing replacements
 uniformly from ``noise_tokens`` (the task's content vocabulary, e.g. the residues 0..p-1).
+Validation at eval step ``s`` uses ``val_split(s)`` (``val`` unless the task draws a fresh set per eval).
+A task's yaml may set ``steps``, ``batch_size`` and ``eval_every``: the defaults of the ``train.*`` keys.
 """
 
 from __future__ import annotations

@@ -11,6 +11,9 @@ has not seen map to ``<unk>``; a literal ``<unk>`` in the text (WikiText's own r
 Examples are fixed windows of ``context + 1`` tokens cut from the token stream (``x`` = the first
 ``context``, ``y`` = the last ``context``): training windows start every ``stride`` tokens, validation
 windows every ``context`` tokens (a fixed set).
+
+``validate`` checks the files, the cache directory and, for the hub, that its host takes a TCP connection
+(3 s timeout; skipped in HF offline mode or behind a proxy), so data problems are one line before compute.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from nsrun.tasks.base import Split, Task
 TOKENIZERS = ("bpe", "wordlevel")
 UNK, EOS = "<unk>", "<eos>"
 SPECIAL_TOKENS = (UNK, EOS)
-TOKENIZER_RECIPE = 1  # bump when the tokenizer recipe changes, so old cache entries are not reused
+TOKENIZER_RECIPE = 2  # bump when the tokenizer recipe changes, so old cache entries are not reused
 SHARED_DATA_HINT = "../shared/data/wikitext-2"
 
 
@@ -50,9 +53,11 @@ def cache_dir_of(cfg) -> Path:
     return Path(cfg.cache_dir).expanduser() if cfg.cache_dir else default_cache_dir()
 
 
-def _offline_env() -> bool:
-    return any(os.environ.get(v, "").lower() in ("1", "true", "yes", "on")
-               for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+def _skip_hub_check() -> bool:
+    """True when a direct TCP check says nothing: offline mode (cached copies) or a proxy in between."""
+    offline = any(os.environ.get(v, "").lower() in ("1", "true", "yes", "on")
+                  for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+    return offline or any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"))
 
 
 @functools.cache
@@ -110,7 +115,7 @@ def validate(cfg) -> None:
             if not path.is_file():
                 raise ConfigError(f"task.{key}", f"{path} not found; set task.{key} to a text file in "
                                                  f"task.data_dir={cfg.data_dir}")
-    elif not _offline_env():
+    elif not _skip_hub_check():
         endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
         reason = hub_unreachable_reason(endpoint)
         if reason:
