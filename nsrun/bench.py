@@ -359,29 +359,38 @@ def bench_startup(report: Report, repeats: int, tiny: bool, tmp: Path) -> None:
                note="imports, data, 2 evals with stability logging")
 
 
-def bench_launcher(report: Report, tmp: Path, repeats: int, n_jobs: int, steps: int) -> None:
-    """A sweep of ``n_jobs`` parity runs: Hydra's basic launcher (one after another, torch's default threads,
-    and 1 thread) vs ``hydra/launcher=local_cores``; wall time of the whole command, start-up included."""
+LAUNCHER_WORKLOADS = {  # a sweep of 4 jobs; steps such that a job trains for some seconds
+    "parity": ["task=parity", "train.steps=1500"],
+    "modadd p=23 tiny": ["task.p=23", "model=tiny", "train.steps=4000"],
+}
+
+
+def bench_launcher(report: Report, tmp: Path, repeats: int, n_jobs: int = 4) -> None:
+    """Sweeps of ``n_jobs`` runs: Hydra's basic launcher (one after another, with torch's default threads and
+    with 1 thread) vs ``hydra/launcher=local_cores``; wall time of the whole command, start-up included."""
     from nsrun.local_pool import available_cores
 
-    job = [f"seed={','.join(str(s) for s in range(n_jobs))}", "task=parity", f"train.steps={steps}",
-           "logger=none", "train.progress=none", "stability.enabled=false", f"train.eval_every={steps}"]
-    variants = {"sequential": [], "sequential, 1 thread": ["train.threads=1"],
-                "local_cores": ["hydra/launcher=local_cores"]}
-    times: dict[str, list[float]] = {name: [] for name in variants}
-    for r in range(repeats):
-        for i, (name, extra) in enumerate(variants.items()):
-            times[name].append(run_cli(["-m", *job, *extra, f"hydra.sweep.dir={tmp / f'sweep{r}_{i}'}"], tmp))
-    wall = {name: statistics.median(ts) for name, ts in times.items()}
     cores = available_cores()
-    report.add("launcher", f"{n_jobs} parity jobs: sequential sweep wall time", wall["sequential"], "s",
-               note=f"{cores} cores, torch's default threads")
-    ratio = wall["sequential"] / wall["local_cores"]
-    report.add("launcher", f"{n_jobs} parity jobs: local_cores throughput / sequential", ratio, "x",
-               ">= 1.7 (2 cores)" if cores == 2 else "", ratio >= 1.7 if cores == 2 else None,
-               note="whole command, start-up included")
-    report.add("launcher", f"{n_jobs} parity jobs: local_cores / sequential with 1 thread per job",
-               wall["sequential, 1 thread"] / wall["local_cores"], "x", note="the gain from the processes alone")
+    for workload, overrides in LAUNCHER_WORKLOADS.items():
+        job = [f"seed={','.join(str(s) for s in range(n_jobs))}", *overrides, "logger=none", "train.progress=none",
+               "stability.enabled=false", "train.eval_every=100000"]
+        variants = {"sequential": [], "sequential, 1 thread": ["train.threads=1"],
+                    "local_cores": ["hydra/launcher=local_cores"]}
+        times: dict[str, list[float]] = {name: [] for name in variants}
+        for r in range(repeats):
+            for i, (name, extra) in enumerate(variants.items()):
+                sweep_dir = tmp / f"sweep_{len(report.rows)}_{r}_{i}"
+                times[name].append(run_cli(["-m", *job, *extra, f"hydra.sweep.dir={sweep_dir}"], tmp))
+        wall = {name: statistics.median(ts) for name, ts in times.items()}
+        name = f"{n_jobs} {workload} jobs"
+        report.add("launcher", f"{name}: sequential sweep wall time", wall["sequential"], "s",
+                   note=f"{cores} cores, torch's default threads")
+        ratio = wall["sequential"] / wall["local_cores"]
+        report.add("launcher", f"{name}: local_cores throughput / sequential", ratio, "x",
+                   ">= 1.7 (2 cores)" if cores == 2 else "", ratio >= 1.7 if cores == 2 else None,
+                   note="whole command, start-up included")
+        report.add("launcher", f"{name}: local_cores / sequential with 1 thread per job",
+                   wall["sequential, 1 thread"] / wall["local_cores"], "x", note="the gain from the processes alone")
 
 
 def bench_compile(report: Report, tasks: dict, device, repeats: int, n_steps: int) -> None:
@@ -472,7 +481,7 @@ def main(argv: list[str] | None = None) -> dict:
             bench_startup(report, 1 if tiny else 3, tiny, tmp)
             save()
         if "launcher" not in skipped:
-            bench_launcher(report, tmp, 2, n_jobs=4, steps=300)
+            bench_launcher(report, tmp, 2)
             save()
         if "compile" not in skipped:
             bench_compile(report, {t: o for t, o in tasks.items() if t in ("modadd", "wikitext2")}, device, repeats, 3)
