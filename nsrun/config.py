@@ -98,6 +98,7 @@ def validate_train(cfg) -> None:
         if not torch.cuda.is_available():
             raise ConfigError("train.device", f"{device} requested but no CUDA device is available; use auto or cpu")
     require_int(cfg, "eval.batch_size", 1)
+    require_int(cfg, "eval.n_examples", 1, optional=True)
 
 
 def validate_model(cfg) -> None:

@@ -37,6 +37,11 @@ DONE_MARKER = "DONE"
 RESUMABLE_KEYS = ("train.steps", "train.device", "train.threads", "train.progress", "eval.batch_size", "logger",
                   "train.parallel_backend", "train.compile")
 
+# keys added after runs were made, with the value that reproduces what runs made before them did: a saved
+# config without such a key counts as having that value, so old run dirs still skip and resume
+ADDED_KEYS = {"eval.n_examples": None, "stability.sensitivity_positions": None, "task.eval_examples": None,
+              "task.stability_examples": None, "task.sensitivity_positions": None}
+
 
 class Interrupted(Exception):
     """Raised inside the loop when a signal asks the run to stop (a checkpoint has been written)."""
@@ -53,15 +58,24 @@ def run_id_for(run_dir: Path) -> str:
     return hashlib.sha1(str(Path(run_dir).resolve()).encode()).hexdigest()[:16]
 
 
+def _parent(d: dict, key: str) -> tuple[dict | None, str]:
+    *parents, leaf = key.split(".")
+    for p in parents:
+        d = d.get(p) if isinstance(d, dict) else None
+    return (d if isinstance(d, dict) else None), leaf
+
+
 def _comparable(cfg) -> dict:
+    """The resolved config without RESUMABLE_KEYS and with ADDED_KEYS filled in where missing."""
     d = OmegaConf.to_container(cfg, resolve=True) if not isinstance(cfg, dict) else dict(cfg)
     for key in RESUMABLE_KEYS:
-        *parents, leaf = key.split(".")
-        node = d
-        for p in parents:
-            node = node.get(p, {}) if isinstance(node, dict) else {}
-        if isinstance(node, dict):
+        node, leaf = _parent(d, key)
+        if node is not None:
             node.pop(leaf, None)
+    for key, value in ADDED_KEYS.items():
+        node, leaf = _parent(d, key)
+        if node is not None:
+            node.setdefault(leaf, value)
     return d
 
 
@@ -115,11 +129,22 @@ def evaluate(model, task, x, y, batch_size: int) -> tuple[float, float]:
     return total_loss / count, correct / count
 
 
+def eval_subset(split, n_examples: int | None, split_index: int):
+    """``(x, y)`` of a fixed random subset of ``n_examples`` examples of a split, the same for every run and
+    seed (so that runs are compared on one set); the whole split when ``n_examples`` is null or too large."""
+    if n_examples is None or n_examples >= len(split.x):
+        return split.x, split.y
+    g = torch.Generator().manual_seed(2_147_483_647 - split_index)
+    idx = torch.randperm(len(split.x), generator=g)[:n_examples].sort().values.to(split.x.device)
+    return split.x[idx], split.y[idx]
+
+
 def eval_metrics(model, task, cfg, step: int) -> dict:
-    """Everything logged at an eval step."""
-    train_loss, train_acc = evaluate(model, task, task.train.x, task.train.y, cfg.eval.batch_size)
-    val = task.val_split(step)
-    val_loss, val_acc = evaluate(model, task, val.x, val.y, cfg.eval.batch_size)
+    """Everything logged at an eval step (loss and accuracy on ``eval.n_examples`` examples per split)."""
+    n_examples = cfg.eval.get("n_examples")
+    train_loss, train_acc = evaluate(model, task, *eval_subset(task.train, n_examples, 0), cfg.eval.batch_size)
+    val_loss, val_acc = evaluate(model, task, *eval_subset(task.val_split(step), n_examples, 1),
+                                 cfg.eval.batch_size)
     row = {"train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss, "val_acc": val_acc}
     row.update(task.extra_metrics(val_loss))
     if cfg.get("stability") is not None and cfg.stability.enabled:

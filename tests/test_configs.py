@@ -59,6 +59,9 @@ BAD = [
     (["train.nosuchkey=1"], "train.nosuchkey", "steps"),
     (["nosuchkey=1"], "nosuchkey", "train"),
     (["model.activation=tanh"], "model.activation", "relu"),
+    (["eval.n_examples=0"], "eval.n_examples", ">= 1 or null"),
+    (["stability.sensitivity_positions=0"], "stability.sensitivity_positions", ">= 1 or null"),
+    (["task=wikitext2", "task.eval_examples=-5"], "task.eval_examples", ">= 1 or null"),
 ]
 
 

@@ -206,3 +206,16 @@ def test_stage_features_end_at_the_models_hidden_state():
     stages = theory.stage_features(model, x)
     _, hidden = model(x, return_hidden=True)
     torch.testing.assert_close(stages["1.out"], hidden[-1])
+
+
+def test_sensitivity_from_sampled_positions_is_unbiased_and_marks_the_unsampled():
+    f = _softmax_model(k=6, v=5, seed=4)
+    x = torch.randint(0, 6, (400, 8), generator=gen(5))
+    full = average_sensitivity(f, x, torch.arange(6), generator=gen(6))
+    same = average_sensitivity(f, x, torch.arange(6), generator=gen(6), n_positions=8)
+    assert same.total == pytest.approx(full.total, rel=1e-6)  # m = P: every position, nothing rescaled
+    draws = [average_sensitivity(f, x, torch.arange(6), generator=gen(100 + i), n_positions=2) for i in range(40)]
+    assert all(int(d.per_position.isnan().sum()) == 6 and d.n == 400 * 2 for d in draws)
+    mean = sum(d.total for d in draws) / len(draws)
+    assert mean == pytest.approx(full.total, rel=0.05)  # P/m rescaling: the sampled sum estimates the full one
+    assert draws[0].mean_per_position == pytest.approx(draws[0].total / 8)

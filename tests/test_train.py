@@ -127,3 +127,35 @@ def test_interrupted_run_resumes_to_identical_metrics(tmp_path, sig):
     assert (run / "metrics.jsonl").read_text() == (ref / "metrics.jsonl").read_text()
     steps = [json.loads(line)["step"] for line in (run / "timing.jsonl").read_text().splitlines()]
     assert steps == sorted(set(steps))
+
+
+def test_run_dir_made_before_a_key_was_added_still_resumes(tmp_path):
+    """A saved config that lacks a key added later (ADDED_KEYS) counts as having the value that reproduces the
+    old behaviour: the run dir resumes; a saved config of another value is still refused."""
+    from omegaconf import OmegaConf
+
+    from nsrun.train import RESOLVED_CONFIG
+
+    cfg = compose_cfg([*TINY, "train.steps=10", "train.eval_every=5"])
+    train(cfg, tmp_path)
+    saved = tmp_path / RESOLVED_CONFIG
+    old = OmegaConf.load(saved)
+    del old.eval["n_examples"], old.stability["sensitivity_positions"]
+    saved.write_text(OmegaConf.to_yaml(old))
+    before = (tmp_path / "metrics.jsonl").read_bytes()
+    train(compose_cfg([*TINY, "train.steps=15", "train.eval_every=5"]), tmp_path)
+    rows = read_jsonl(tmp_path / "metrics.jsonl")
+    assert (tmp_path / "metrics.jsonl").read_bytes().startswith(before) and rows[-1]["step"] == 15
+    with pytest.raises(UsageError, match="eval.n_examples"):
+        train(compose_cfg([*TINY, "train.steps=20", "train.eval_every=5", "eval.n_examples=100"]), tmp_path)
+
+
+def test_eval_subset_is_one_fixed_set_for_every_run():
+    from nsrun.tasks.base import Split
+    from nsrun.train import eval_subset
+
+    split = Split(torch.arange(1000).view(500, 2), torch.arange(500))
+    x, y = eval_subset(split, 100, 1)
+    assert len(x) == 100 and torch.equal(x[:, 0] // 2, y) and torch.equal(eval_subset(split, 100, 1)[1], y)
+    assert not torch.equal(eval_subset(split, 100, 0)[1], y)
+    assert eval_subset(split, None, 1)[1] is split.y and eval_subset(split, 500, 1)[1] is split.y

@@ -122,15 +122,25 @@ def gaussian_stability(f_emb: Callable, e: torch.Tensor, rho: float, sigma: floa
 def average_sensitivity(f: Callable, x: torch.Tensor, noise_tokens: torch.Tensor,
                         resample_mask: torch.Tensor | None = None, n_repeats: int = 1,
                         generator: torch.Generator | None = None, batch_size: int | None = None,
-                        clean: torch.Tensor | None = None) -> SensitivityEstimate:
-    """``AS = sum_i E || f(x) - f(x^(i)) ||^2`` over resampleable positions i (single-token resampling)."""
+                        clean: torch.Tensor | None = None, n_positions: int | None = None) -> SensitivityEstimate:
+    """``AS = sum_i E || f(x) - f(x^(i)) ||^2`` over resampleable positions i (single-token resampling).
+
+    With ``n_positions = m`` smaller than the number P of resampleable positions, m of them are drawn at random
+    (from ``generator``) and the sum is estimated as ``P/m`` times the sum over the drawn ones (unbiased; the
+    standard error then also covers the choice of positions only through the per-example spread).
+    ``per_position`` is NaN at the positions not drawn."""
     n, t = x.shape
     mask = torch.ones(t, dtype=torch.bool) if resample_mask is None else resample_mask.bool().cpu()
     positions = torch.nonzero(mask).flatten()
-    p = len(positions)
+    n_resampleable = len(positions)
     per_position = torch.zeros(t)
-    if p == 0:
+    if n_resampleable == 0:
         return SensitivityEstimate(0.0, 0.0, per_position, 0.0, 0)
+    if n_positions is not None and n_positions < n_resampleable:
+        drawn = torch.randperm(n_resampleable, generator=generator)[:n_positions].sort().values
+        per_position[positions] = float("nan")
+        positions = positions[drawn]
+    p = len(positions)
     sq = torch.zeros(n_repeats, p, n, dtype=torch.float64)
     resampled = [resample_positions(x, positions, noise_tokens, generator) for _ in range(n_repeats)]  # [P, N, T]
     for sl in _chunks(n, batch_size):
@@ -140,8 +150,8 @@ def average_sensitivity(f: Callable, x: torch.Tensor, noise_tokens: torch.Tensor
                 diff = (f(resampled[r][j, sl]).float() - c).pow(2).sum(-1)  # [n] or [n, T]
                 sq[r, j, sl] = diff.reshape(len(diff), -1).mean(1).double().cpu()
     per_position[positions] = sq.mean((0, 2)).float()
-    total, se = mean_and_stderr(sq.sum(1))
-    return SensitivityEstimate(total, total / p, per_position, se, n * p * n_repeats)
+    total, se = mean_and_stderr(sq.sum(1) * (n_resampleable / p))
+    return SensitivityEstimate(total, total / n_resampleable, per_position, se, n * p * n_repeats)
 
 
 @torch.no_grad()

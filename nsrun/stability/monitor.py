@@ -5,7 +5,8 @@ and each noise in ``noises`` and rho in ``rhos``, the row gets
 
 * ``stab_{noise}_{split}_rho{rho:g}``: ``E <p(X), p(Y)>`` (``..._se``: its standard error),
 * ``nstab_{noise}_{split}_rho{rho:g}``: the normalised ``E <p(X), p(Y)> / E <p(X), p(X)>``,
-* ``avgsens_{split}`` (and ``_se``): average sensitivity ``sum_i E ||p(x) - p(x^(i))||^2`` (``sensitivity``),
+* ``avgsens_{split}`` (and ``_se``): average sensitivity ``sum_i E ||p(x) - p(x^(i))||^2`` (``sensitivity``;
+  with ``sensitivity_positions = m``, estimated from m positions drawn at random at each eval),
 * ``hstab_{noise}_{split}_rho{rho:g}_l{l}`` / ``nhstab_...``: per-layer cross moment
   ``E[h_l(X) . h_l(Y)] / D`` of the residual stream after block l and its normalised form (``per_layer``).
 
@@ -30,6 +31,7 @@ from nsrun.stability.noise import embedding_scale, gaussian_noise, token_noise
 NOISES = ("token", "gaussian")
 SPLITS = ("train", "val")
 GAUSSIAN_ON = ("resampleable", "all")
+REUSE_LIMIT = 2**25  # floats (128 MiB) of clean outputs held for reuse at one eval
 
 
 def validate_monitor(cfg) -> None:
@@ -48,6 +50,7 @@ def validate_monitor(cfg) -> None:
     require_int(cfg, "stability.n_examples", 1, optional=True)
     require_int(cfg, "stability.n_repeats", 1)
     require_bool(cfg, "stability.sensitivity")
+    require_int(cfg, "stability.sensitivity_positions", 1, optional=True)
     require_bool(cfg, "stability.per_layer")
     require_number(cfg, "stability.sigma", 0, low_open=True, optional=True)
     require_choice(cfg, "stability.gaussian_on", GAUSSIAN_ON)
@@ -80,8 +83,6 @@ def stability_metrics(model, task, scfg, seed: int, step: int, batch_size: int |
     gauss_mask = mask if scfg.gaussian_on == "resampleable" else None
     f = lambda t: task.output_probs(model(t))
     f_emb = lambda e: task.output_probs(model(embeddings=e))
-    # per-example outputs [N, C] are computed once and reused; per-position [N, T, V] are streamed
-    reuse = task.kind == "classification"
     bs = batch_size
     for split_index, split in enumerate(SPLITS):
         if split not in scfg.splits:
@@ -90,7 +91,10 @@ def stability_metrics(model, task, scfg, seed: int, step: int, batch_size: int |
         x = data.x
         subset = fixed_subset(len(x), scfg.n_examples, seed, split_index)
         x = x if subset is None else x[subset.to(x.device)]
-        clean = batched(f, bs)(x) if reuse else None
+        # the clean outputs are computed once and shared by every rho, both noises and the sensitivity, unless
+        # per-position outputs [N, T, V] are too large to hold (then each estimator streams them)
+        per_example = task.n_outputs * (1 if task.kind == "classification" else task.seq_len)
+        clean = batched(f, bs)(x) if len(x) * per_example <= REUSE_LIMIT else None
         if "token" in scfg.noises:
             for rho in scfg.rhos:
                 est = noise_stability(f, x, rho, task.noise_tokens, mask, scfg.n_repeats, gen, bs, clean)
@@ -98,12 +102,12 @@ def stability_metrics(model, task, scfg, seed: int, step: int, batch_size: int |
         if "gaussian" in scfg.noises:
             e = model.embed(x)
             sigma = scfg.sigma or embedding_scale(model.tok_emb.weight, task.noise_tokens)
-            clean_e = batched(f_emb, bs)(e) if reuse else None
-            for rho in scfg.rhos:
-                est = gaussian_stability(f_emb, e, rho, sigma, gauss_mask, scfg.n_repeats, gen, bs, clean_e)
+            for rho in scfg.rhos:  # model(embeddings=model.embed(x)) is model(x): the clean outputs are shared
+                est = gaussian_stability(f_emb, e, rho, sigma, gauss_mask, scfg.n_repeats, gen, bs, clean)
                 _put(row, f"gaussian_{split}_{_key(rho)}", est)
         if scfg.sensitivity:
-            sens = average_sensitivity(f, x, task.noise_tokens, mask, scfg.n_repeats, gen, bs, clean)
+            sens = average_sensitivity(f, x, task.noise_tokens, mask, scfg.n_repeats, gen, bs, clean,
+                                       scfg.get("sensitivity_positions"))
             row[f"avgsens_{split}"] = sens.total
             row[f"avgsens_{split}_se"] = sens.stderr
         if scfg.per_layer:

@@ -43,7 +43,7 @@ def validate(cfg) -> None:
     for key in ("subset_seed", "data_seed"):
         if not _is_int(cfg[key]) or cfg[key] < 0:
             raise ConfigError(f"task.{key}", f"must be an integer >= 0, got {cfg[key]!r}")
-    for key in ("batch_size", "steps", "eval_every"):
+    for key in ("batch_size", "steps", "eval_every", "eval_examples", "stability_examples", "sensitivity_positions"):
         if cfg.get(key) is not None and (not _is_int(cfg[key]) or cfg[key] < 1):
             raise ConfigError(f"task.{key}", f"must be an integer >= 1 or null, got {cfg[key]!r}")
     if n <= MAX_EXHAUSTIVE_BITS:

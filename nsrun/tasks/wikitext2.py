@@ -91,7 +91,7 @@ def validate(cfg) -> None:
         raise ConfigError("task.context", f"must be an integer >= 2, got {cfg.context!r}")
     if cfg.stride is not None and (not _is_int(cfg.stride) or cfg.stride < 1):
         raise ConfigError("task.stride", f"must be an integer >= 1 or null (= task.context), got {cfg.stride!r}")
-    for key in ("batch_size", "steps", "eval_every"):
+    for key in ("batch_size", "steps", "eval_every", "eval_examples", "stability_examples", "sensitivity_positions"):
         if cfg.get(key) is not None and (not _is_int(cfg[key]) or cfg[key] < 1):
             raise ConfigError(f"task.{key}", f"must be an integer >= 1 or null, got {cfg[key]!r}")
     for key in ("train_file", "val_file", "hub_dataset", "hub_config", "hub_train_split", "hub_val_split"):
