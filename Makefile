@@ -30,7 +30,7 @@ lint:
 # the paper's experiments (conf/experiment/), figures and results table (nsrun/reproduce.py; see README).
 # Rerunning skips finished runs and resumes unfinished ones (fixed sweep dirs under runs/reproduce[-quick]/).
 #   make reproduce-figures LAUNCHER=submitit_slurm      # full sweeps on SLURM, then figures into results/reproduce
-#   make reproduce-figures-quick OUT=results/2026-11-24-quick   # reduced settings, < 45 min on 2 CPU cores
+#   make reproduce-figures-quick OUT=results/2026-11-25-quick   # reduced settings, about 20 min on 2 CPU cores
 #   make figures [QUICK=1]                              # figures + summary from existing run dirs, no training
 LAUNCHER ?= local_cores
 OUT ?=

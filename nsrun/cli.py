@@ -77,23 +77,34 @@ def _sweep_jobs(overrides: list[str], sweeper_params: dict) -> list[list[str]]:
     return [list(job) for batch in batches for job in batch]
 
 
-def prevalidate(argv: list[str]) -> None:
-    """Compose and validate every job of this command; exit 2 with one line on the first bad one."""
+def prevalidate(argv: list[str], prog: str = "nsrun", config_dir: str = CONF_DIR, config_name: str = "config",
+                validate=None, skip_on_cfg: bool = False) -> None:
+    """Compose and validate every job of this command (the sweeper's params included) with ``validate``
+    (default ``nsrun.config.validate``); print ``{prog}: error: ...`` and exit 2 on the first bad one.
+    ``skip_on_cfg``: do not validate for ``--cfg`` (when validation is expensive, e.g. loads a model)."""
     from hydra import compose, initialize_config_dir
     from hydra._internal.utils import get_args_parser
     from hydra.core.global_hydra import GlobalHydra
 
-    from nsrun.config import validate
     from nsrun.errors import ConfigError
+
+    if validate is None:
+        from nsrun.config import validate
+
+    def fail_(message: str) -> None:
+        print(f"{prog}: error: {message}", file=sys.stderr)
+        sys.exit(2)
 
     try:
         args = get_args_parser().parse_args(argv)
     except SystemExit:
-        fail("could not parse the command line; see nsrun --help")
+        fail_(f"could not parse the command line; see {prog} --help")
     if args.help or args.hydra_help or args.shell_completion or args.info or getattr(args, "version", False):
         return
-    config_dir = os.path.abspath(args.config_dir) if args.config_dir else CONF_DIR
-    config_name = args.config_name or "config"
+    if skip_on_cfg and args.cfg:
+        return
+    config_dir = os.path.abspath(args.config_dir) if args.config_dir else config_dir
+    config_name = args.config_name or config_name
     overrides = list(args.overrides)
     GlobalHydra.instance().clear()
     base_cfg = None
@@ -115,11 +126,11 @@ def prevalidate(argv: list[str]) -> None:
                     validate(cfg)
                 except ConfigError as e:
                     prefix = f"[job {' '.join(job)}] " if len(jobs) > 1 else ""
-                    fail(f"{prefix}{e}")
+                    fail_(f"{prefix}{e}")
     except SystemExit:
         raise
     except Exception as e:  # Hydra's composition and override errors
-        fail(format_hydra_error(e, base_cfg))
+        fail_(format_hydra_error(e, base_cfg))
     finally:
         GlobalHydra.instance().clear()
 

@@ -16,7 +16,8 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from nsrun.cli import CONF_DIR, _sweep_jobs, format_hydra_error
+from nsrun.cli import CONF_DIR
+from nsrun.cli import prevalidate as prevalidate_jobs
 from nsrun.config import DEVICE_RE, require_bool, require_choice, require_int, require_number
 from nsrun.errors import ConfigError
 
@@ -111,36 +112,8 @@ def validate(cfg: DictConfig) -> dict:
 
 def prevalidate(argv: list[str]) -> None:
     """Compose and validate every job of this command; exit 2 with one line on the first bad one."""
-    from hydra import compose, initialize_config_dir
-    from hydra._internal.utils import get_args_parser
-    from hydra.core.global_hydra import GlobalHydra
-
-    try:
-        args = get_args_parser().parse_args(argv)
-    except SystemExit:
-        fail(f"could not parse the command line; see {PROG} --help")
-    if args.help or args.hydra_help or args.shell_completion or args.info or args.cfg:
-        return
-    config_dir = os.path.abspath(args.config_dir) if args.config_dir else ANALYSIS_CONF_DIR
-    config_name = args.config_name or CONFIG_NAME
-    overrides = list(args.overrides)
-    GlobalHydra.instance().clear()
-    base_cfg = None
-    try:
-        with initialize_config_dir(config_dir=config_dir, version_base="1.3"):
-            base_cfg = compose(config_name=config_name)
-            jobs = _sweep_jobs(overrides, {}) if args.multirun else [overrides]
-            for job in jobs:
-                try:
-                    validate(compose(config_name=config_name, overrides=job))
-                except ConfigError as e:
-                    fail(f"{'[job ' + ' '.join(job) + '] ' if len(jobs) > 1 else ''}{e}")
-    except SystemExit:
-        raise
-    except Exception as e:  # Hydra's composition and override errors
-        fail(format_hydra_error(e, base_cfg))
-    finally:
-        GlobalHydra.instance().clear()
+    prevalidate_jobs(argv, prog=PROG, config_dir=ANALYSIS_CONF_DIR, config_name=CONFIG_NAME, validate=validate,
+                     skip_on_cfg=True)
 
 
 def model_label(cfg: DictConfig) -> str:
