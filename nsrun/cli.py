@@ -19,8 +19,8 @@ CONF_DIR = os.environ.get("NSRUN_CONFIG_DIR", str(Path(__file__).resolve().paren
 MAX_VALIDATED_JOBS = 1024
 
 
-def fail(message: str, code: int = 2) -> None:
-    print(f"nsrun: error: {message}", file=sys.stderr)
+def fail(message: str, code: int = 2, prog: str = "nsrun") -> None:
+    print(f"{prog}: error: {message}", file=sys.stderr)
     sys.exit(code)
 
 
@@ -91,14 +91,10 @@ def prevalidate(argv: list[str], prog: str = "nsrun", config_dir: str = CONF_DIR
     if validate is None:
         from nsrun.config import validate
 
-    def fail_(message: str) -> None:
-        print(f"{prog}: error: {message}", file=sys.stderr)
-        sys.exit(2)
-
     try:
         args = get_args_parser().parse_args(argv)
     except SystemExit:
-        fail_(f"could not parse the command line; see {prog} --help")
+        fail(f"could not parse the command line; see {prog} --help", prog=prog)
     if args.help or args.hydra_help or args.shell_completion or args.info or getattr(args, "version", False):
         return
     if skip_on_cfg and args.cfg:
@@ -126,11 +122,11 @@ def prevalidate(argv: list[str], prog: str = "nsrun", config_dir: str = CONF_DIR
                     validate(cfg)
                 except ConfigError as e:
                     prefix = f"[job {' '.join(job)}] " if len(jobs) > 1 else ""
-                    fail_(f"{prefix}{e}")
+                    fail(f"{prefix}{e}", prog=prog)
     except SystemExit:
         raise
     except Exception as e:  # Hydra's composition and override errors
-        fail_(format_hydra_error(e, base_cfg))
+        fail(format_hydra_error(e, base_cfg), prog=prog)
     finally:
         GlobalHydra.instance().clear()
 

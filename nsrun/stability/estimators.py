@@ -126,8 +126,8 @@ def average_sensitivity(f: Callable, x: torch.Tensor, noise_tokens: torch.Tensor
     """``AS = sum_i E || f(x) - f(x^(i)) ||^2`` over resampleable positions i (single-token resampling).
 
     With ``n_positions = m`` smaller than the number P of resampleable positions, m of them are drawn at random
-    (from ``generator``) and the sum is estimated as ``P/m`` times the sum over the drawn ones (unbiased; the
-    standard error then also covers the choice of positions only through the per-example spread).
+    (from ``generator``) and the sum is estimated as ``P/m`` times the sum over the drawn ones (unbiased over
+    the draw; the standard error is over examples and leaves out the variance of the choice of positions).
     ``per_position`` is NaN at the positions not drawn."""
     n, t = x.shape
     mask = torch.ones(t, dtype=torch.bool) if resample_mask is None else resample_mask.bool().cpu()
