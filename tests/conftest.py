@@ -33,8 +33,8 @@ def compose_cfg(overrides=(), config_name="config"):
         return compose(config_name=config_name, overrides=list(overrides))
 
 
-def run_cli(args, cwd=None, env=None, timeout=600, script="nsrun.cli"):
-    """Run ``python -m nsrun.cli ARGS`` (the console script's code) and return the CompletedProcess."""
+def run_cli(args, cwd=None, env=None, timeout=600, script="nsrun.commands.nsrun"):
+    """Run ``python -m nsrun.commands.nsrun ARGS`` (the console script's code) and return the CompletedProcess."""
     full_env = {**os.environ, "HYDRA_FULL_ERROR": "0", "WANDB_MODE": "offline", "WANDB_SILENT": "true",
                 **(env or {})}
     return subprocess.run([sys.executable, "-m", script, *args], cwd=cwd or ROOT, env=full_env,

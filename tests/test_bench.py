@@ -9,11 +9,11 @@ import sys
 
 import pytest
 
-from nsrun.bench import main
-from nsrun.config import validate
-from nsrun.errors import ConfigError
-from nsrun.tracking import read_jsonl
-from nsrun.train import train
+from nsrun.commands.bench import main
+from nsrun.runner.config import validate
+from nsrun.runner.errors import ConfigError
+from nsrun.runner.tracking import read_jsonl
+from nsrun.runner.train import train
 from tests.conftest import ROOT, TINY, compose_cfg
 
 
@@ -32,8 +32,8 @@ def test_tiny_bench_writes_json(tmp_path):
 
 
 def test_help_is_unchanged_by_the_shared_group_listing():
-    plain = "import sys; sys.argv = ['nsrun', '--help']; from nsrun.cli import hydra_entry; hydra_entry()"
-    fast = ("import sys; sys.argv = ['nsrun', '--help']; from nsrun.cli import hydra_entry, "
+    plain = "import sys; sys.argv = ['nsrun', '--help']; from nsrun.commands.nsrun import hydra_entry; hydra_entry()"
+    fast = ("import sys; sys.argv = ['nsrun', '--help']; from nsrun.commands.nsrun import hydra_entry, "
             "reuse_group_listing_repository; reuse_group_listing_repository(); hydra_entry()")
     outs = [subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
             for code in (plain, fast)]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from nsrun.config import validate
+from nsrun.runner.config import validate
 from tests.conftest import CONF, SHARED, compose_cfg, run_cli
 
 GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir() and p.name not in ("experiment", "hydra", "analysis"))

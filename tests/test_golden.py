@@ -40,7 +40,7 @@ def test_pinned_config_gives_golden_metrics(tmp_path, name):
 
 
 def test_run_dirs_of_earlier_code_skip_or_resume(tmp_path):
-    from nsrun.train import train
+    from nsrun.runner.train import train
     from tests.conftest import compose_cfg
 
     shutil.copytree(GOLDEN / "old_runs", tmp_path, dirs_exist_ok=True)

@@ -89,8 +89,8 @@ def test_bad_input_gives_one_line_and_exit_2(tmp_path, args, message):
     (["influence.junta_fraction=1.5"], "influence.junta_fraction: must be a number in (0, 1]"),
 ])
 def test_validation_names_the_key(args, message):
-    from nsrun.errors import ConfigError
     from nsrun.influence.cli import validate
+    from nsrun.runner.errors import ConfigError
 
     with pytest.raises(ConfigError) as error:
         validate(compose_analysis(args))

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from nsrun.onset import (
+from nsrun.analysis.onset import (
     accuracy_onset,
     compare_ci,
     level_crossing,

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from nsrun.errors import UsageError
-from nsrun.local_pool import visible_gpus, worker_slots
-from nsrun.train import train
+from nsrun.launch.local_pool import visible_gpus, worker_slots
+from nsrun.runner.errors import UsageError
+from nsrun.runner.train import train
 from tests.conftest import TINY, compose_cfg, run_cli
 
 

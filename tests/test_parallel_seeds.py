@@ -9,9 +9,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from nsrun.parallel_seeds import Rendezvous
-from nsrun.tracking import read_jsonl
-from nsrun.train import train
+from nsrun.runner.parallel_seeds import Rendezvous
+from nsrun.runner.tracking import read_jsonl
+from nsrun.runner.train import train
 from tests.conftest import TINY, compose_cfg, run_cli
 
 BASE = [*TINY, "train.eval_every=10", "logger=none", "stability.n_examples=64", "stability.rhos=[0.5]"]

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from nsrun.config import validate
-from nsrun.errors import ConfigError
-from nsrun.tasks import build_task
-from nsrun.tasks.parity import READOUT
-from nsrun.train import train
+from nsrun.runner.config import validate
+from nsrun.runner.errors import ConfigError
+from nsrun.runner.train import train
+from nsrun.science.tasks import build_task
+from nsrun.science.tasks.parity import READOUT
 from tests.conftest import compose_cfg, run_cli
 
 

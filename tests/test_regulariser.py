@@ -7,14 +7,14 @@ import math
 import pytest
 import torch
 
-from nsrun.config import validate
-from nsrun.errors import ConfigError
-from nsrun.model import build_model
-from nsrun.objective import CrossEntropy, build_objective
-from nsrun.stability.schedules import build_schedule
-from nsrun.tasks import build_task
-from nsrun.tracking import read_jsonl
-from nsrun.train import train
+from nsrun.runner.config import validate
+from nsrun.runner.errors import ConfigError
+from nsrun.runner.objective import CrossEntropy, build_objective
+from nsrun.runner.tracking import read_jsonl
+from nsrun.runner.train import train
+from nsrun.science.model import build_model
+from nsrun.science.stability.schedules import build_schedule
+from nsrun.science.tasks import build_task
 from tests.conftest import TINY, compose_cfg, run_cli
 
 
@@ -159,12 +159,12 @@ def test_regularised_run_logs_the_stability_curve_and_resumes_identically(tmp_pa
 def test_theory_command_writes_tables_and_plots(tmp_path):
     out = tmp_path / "theory"
     res = run_cli(["model=tiny", "task.p=23", "--rhos", "0.5,1", "--n-examples", "64", "--n-repeats", "1",
-                   "--mc-samples", "20000", "--depth", "3", "--out", str(out)], script="nsrun.theory_cli")
+                   "--mc-samples", "20000", "--depth", "3", "--out", str(out)], script="nsrun.commands.theory")
     assert res.returncode == 0, res.stderr
     assert "Interval propagation" in res.stdout and "closed form" in res.stdout
     for name in ("relu.csv", "recurrence.csv", "attention.csv", "intervals.csv", "theory.png", "intervals.png"):
         assert (out / name).stat().st_size > 0, name
-    bad = run_cli(["--rhos", "0.5,2"], script="nsrun.theory_cli")
+    bad = run_cli(["--rhos", "0.5,2"], script="nsrun.commands.theory")
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "--rhos" in bad.stderr
-    missing = run_cli(["--run", str(tmp_path / "nope")], script="nsrun.theory_cli")
+    missing = run_cli(["--run", str(tmp_path / "nope")], script="nsrun.commands.theory")
     assert missing.returncode == 2 and "not a run directory" in missing.stderr and "Traceback" not in missing.stderr

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from nsrun import reproduce
-from nsrun.config import validate
+from nsrun.analysis import reproduce
+from nsrun.runner.config import validate
 from tests.conftest import CONF, SHARED, compose_cfg
 
 EXPERIMENT_CONFIGS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
@@ -68,7 +68,7 @@ def test_experiment_configs_compose_and_validate(name, tmp_path):
 
 
 def test_weight_decay_peer_is_plain_cross_entropy():
-    from nsrun.objective import REGULARISERS, CrossEntropy
+    from nsrun.runner.objective import REGULARISERS, CrossEntropy
 
     cfg = compose_cfg(["reg=weight_decay", "task.p=23", "model=tiny"])
     assert cfg.optim.weight_decay == 3.0 and cfg.reg.name == "weight_decay"

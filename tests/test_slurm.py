@@ -16,9 +16,9 @@ import time
 
 import pytest
 
-from nsrun.checkpoint import load_checkpoint
-from nsrun.tracking import read_jsonl
-from nsrun.train import run_id_for
+from nsrun.runner.checkpoint import load_checkpoint
+from nsrun.runner.tracking import read_jsonl
+from nsrun.runner.train import run_id_for
 from tests.conftest import ROOT, run_cli
 
 pytestmark = pytest.mark.slurm
@@ -133,7 +133,7 @@ def test_preempted_job_is_requeued_and_resumes_to_identical_metrics(slurm_env, t
     sweep = tmp_path / "sweep"
     run = sweep / "0"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "nsrun.cli", "-m", *LAUNCHER, *config, f"hydra.sweep.dir={sweep}"],
+        [sys.executable, "-m", "nsrun.commands.nsrun", "-m", *LAUNCHER, *config, f"hydra.sweep.dir={sweep}"],
         cwd=ROOT, env={**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", **slurm_env},
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:

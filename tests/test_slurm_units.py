@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 import signal
 
-from nsrun.launch import _one_line, record_slurm_env
-from nsrun.tracking import read_jsonl
-from nsrun.train import stop_on_signals
+from nsrun.launch.slurm import _one_line, record_slurm_env
+from nsrun.runner.tracking import read_jsonl
+from nsrun.runner.train import stop_on_signals
 
 
 def test_stop_signal_is_handed_over_to_the_previous_handler_after_the_checkpoint():

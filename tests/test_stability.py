@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from nsrun.stability import (
+from nsrun.science.stability import (
     average_sensitivity,
     gaussian_noise,
     gaussian_stability,
@@ -173,8 +173,8 @@ def test_attention_random_w_approaches_rho_s_as_d_grows():
 
 
 def _tiny_model_and_task():
-    from nsrun.model import build_model
-    from nsrun.tasks import build_task
+    from nsrun.science.model import build_model
+    from nsrun.science.tasks import build_task
     from tests.conftest import TINY, compose_cfg
 
     cfg = compose_cfg(TINY)

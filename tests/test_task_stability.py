@@ -7,11 +7,11 @@ import math
 import pytest
 import torch
 
-from nsrun.model import build_model
-from nsrun.stability.estimators import noise_stability
-from nsrun.tasks import build_task
-from nsrun.tracking import read_jsonl
-from nsrun.train import train
+from nsrun.runner.tracking import read_jsonl
+from nsrun.runner.train import train
+from nsrun.science.model import build_model
+from nsrun.science.stability.estimators import noise_stability
+from nsrun.science.tasks import build_task
 from tests.conftest import SHARED, compose_cfg
 
 COMMON = ["train.threads=1", "train.progress=none", "logger=none", "stability.n_examples=64",

@@ -13,12 +13,12 @@ import pytest
 import wandb
 from wandb.proto import wandb_internal_pb2
 
-from nsrun.checkpoint import load_checkpoint
-from nsrun.config import validate
-from nsrun.errors import ConfigError
-from nsrun.tracking import read_jsonl
-from nsrun.train import run_id_for, train
-from nsrun.wandb_logger import sweep_group
+from nsrun.runner.checkpoint import load_checkpoint
+from nsrun.runner.config import validate
+from nsrun.runner.errors import ConfigError
+from nsrun.runner.tracking import read_jsonl
+from nsrun.runner.train import run_id_for, train
+from nsrun.runner.wandb_logger import sweep_group
 from tests.conftest import ROOT, TINY, compose_cfg, run_cli
 
 WANDB = [*TINY, "logger=wandb", "stability.rhos=[0.25]", "stability.noises=[token]", "stability.splits=[val]",
@@ -106,7 +106,7 @@ def test_resumed_run_continues_the_same_wandb_run(tmp_path):
 
 
 def test_failing_run_finishes_its_wandb_run_and_the_next_run_logs(tmp_path, monkeypatch):
-    import nsrun.train as train_module
+    import nsrun.runner.train as train_module
 
     real_eval = train_module.eval_metrics
 
@@ -128,7 +128,7 @@ def test_failing_run_finishes_its_wandb_run_and_the_next_run_logs(tmp_path, monk
 
 MODE_PROBE = """
 import os
-from nsrun.wandb_logger import resolve_mode
+from nsrun.runner.wandb_logger import resolve_mode
 print(resolve_mode(None), resolve_mode("online"), end=" ")
 os.environ["WANDB_API_KEY"] = "k" * 40
 print(resolve_mode(None), end=" ")

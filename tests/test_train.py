@@ -11,10 +11,10 @@ import time
 import pytest
 import torch
 
-from nsrun.checkpoint import load_checkpoint
-from nsrun.errors import UsageError
-from nsrun.tracking import read_jsonl
-from nsrun.train import batch_indices, train
+from nsrun.runner.checkpoint import load_checkpoint
+from nsrun.runner.errors import UsageError
+from nsrun.runner.tracking import read_jsonl
+from nsrun.runner.train import batch_indices, train
 from tests.conftest import TINY, compose_cfg, run_cli
 
 
@@ -101,7 +101,7 @@ def _wait_for_checkpoint(run_dir, proc, timeout=120):
 
 
 def _popen(args, cwd):
-    return subprocess.Popen([sys.executable, "-m", "nsrun.cli", *args], cwd=cwd,
+    return subprocess.Popen([sys.executable, "-m", "nsrun.commands.nsrun", *args], cwd=cwd,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -134,7 +134,7 @@ def test_run_dir_made_before_a_key_was_added_still_resumes(tmp_path):
     old behaviour: the run dir resumes; a saved config of another value is still refused."""
     from omegaconf import OmegaConf
 
-    from nsrun.train import RESOLVED_CONFIG
+    from nsrun.runner.train import RESOLVED_CONFIG
 
     cfg = compose_cfg([*TINY, "train.steps=10", "train.eval_every=5"])
     train(cfg, tmp_path)
@@ -151,8 +151,8 @@ def test_run_dir_made_before_a_key_was_added_still_resumes(tmp_path):
 
 
 def test_eval_subset_is_one_fixed_set_for_every_run():
-    from nsrun.tasks.base import Split
-    from nsrun.train import eval_subset
+    from nsrun.runner.train import eval_subset
+    from nsrun.science.tasks.base import Split
 
     split = Split(torch.arange(1000).view(500, 2), torch.arange(500))
     x, y = eval_subset(split, 100, 1)

@@ -7,12 +7,12 @@ import math
 import pytest
 import torch
 
-from nsrun.config import validate
-from nsrun.errors import ConfigError
-from nsrun.model import build_model
-from nsrun.tasks import build_task, wikitext2
-from nsrun.tracking import read_jsonl
-from nsrun.train import evaluate, train
+from nsrun.runner.config import validate
+from nsrun.runner.errors import ConfigError
+from nsrun.runner.tracking import read_jsonl
+from nsrun.runner.train import evaluate, train
+from nsrun.science.model import build_model
+from nsrun.science.tasks import build_task, wikitext2
 from tests.conftest import SHARED, compose_cfg, run_cli
 
 DATA = SHARED / "data" / "wikitext-2"

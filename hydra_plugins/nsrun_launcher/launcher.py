@@ -5,7 +5,7 @@ the later jobs are neither waited for nor reported, and its wait relies on ``sac
 for a job that died without a result on a cluster without accounting). These subclasses submit exactly
 as it does (same executor parameters, same job array, same ``checkpoint`` for requeue on preemption and
 timeout, Hydra's output layout ``multirun/DATE/TIME/N`` with ``.submitit/``), then wait for every job with
-``squeue`` and report the failed ones with their log paths (see :mod:`nsrun.launch`).
+``squeue`` and report the failed ones with their log paths (see :mod:`nsrun.launch.slurm`).
 
 Selected by the configs in ``conf/hydra/launcher/`` (``hydra/launcher=submitit_slurm`` and the named
 profiles). Hydra only instantiates launchers that live in the ``hydra_plugins`` package.
@@ -25,11 +25,11 @@ from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import LocalLauncher, SlurmLauncher
 from omegaconf import OmegaConf
 
-from nsrun.launch import silence_schema_warning
+from nsrun.launch.slurm import silence_schema_warning
 
 log = logging.getLogger(__name__)
 
-silence_schema_warning()  # in the jobs, which compose the sweep config again (nsrun.cli does it in the main process)
+silence_schema_warning()  # in the jobs, which compose the sweep config again (the nsrun command does it itself)
 
 
 class _WaitForAll:
@@ -38,7 +38,7 @@ class _WaitForAll:
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         import submitit
 
-        from nsrun.launch import wait_and_report
+        from nsrun.launch.slurm import wait_and_report
 
         assert self.config is not None
         assert len(job_overrides) > 0

@@ -1,7 +1,7 @@
 """The Hydra launcher behind ``hydra/launcher=local_cores`` and ``hydra/launcher=local_gpus``.
 
 Hydra discovers launchers only inside the ``hydra_plugins`` package; the work is done in
-``nsrun.local_pool``, imported when a sweep starts so that plugin discovery stays fast.
+``nsrun.launch.local_pool``, imported when a sweep starts so that plugin discovery stays fast.
 """
 
 from __future__ import annotations
@@ -29,6 +29,6 @@ class LocalPoolLauncher(Launcher):
         self.task_function = task_function
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        from nsrun.local_pool import launch
+        from nsrun.launch.local_pool import launch
 
         return launch(self, job_overrides, initial_job_idx)

@@ -7,8 +7,8 @@
 * ``Stab_rho = E<f(X), f(Y)>`` under token noise for each rho, and the bounds of :mod:`nsrun.influence.fourier`
   on ``W_{>=k} / E||f||^2``: ``AS / (2 k E||f||^2)`` and ``min_rho (1 - Stab_rho / E||f||^2) / (1 - r^k)``.
 
-Estimates reuse :func:`nsrun.stability.average_sensitivity` (one input at a time, its resampled copies in
-batches) and :func:`nsrun.stability.noise_stability`.
+Estimates reuse :func:`nsrun.science.stability.average_sensitivity` (one input at a time, its resampled copies in
+batches) and :func:`nsrun.science.stability.noise_stability`.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import torch
 
 from nsrun.influence.fourier import best_stability_bound, effective_correlation, influence_bound, junta_size
 from nsrun.influence.fourier import stability_bound as stability_bound_at
-from nsrun.stability.estimators import StabilityEstimate, average_sensitivity, mean_and_stderr, noise_stability
+from nsrun.science.stability.estimators import StabilityEstimate, average_sensitivity, mean_and_stderr, noise_stability
 
 
 def per_input_influence(f: Callable, x: torch.Tensor, noise_tokens: torch.Tensor,

@@ -16,10 +16,10 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from nsrun.cli import CONF_DIR
-from nsrun.cli import prevalidate as prevalidate_jobs
-from nsrun.config import DEVICE_RE, require_bool, require_choice, require_int, require_number
-from nsrun.errors import ConfigError
+from nsrun.commands.nsrun import CONF_DIR
+from nsrun.commands.nsrun import prevalidate as prevalidate_jobs
+from nsrun.runner.config import DEVICE_RE, require_bool, require_choice, require_int, require_number
+from nsrun.runner.errors import ConfigError
 
 PROG = "nsrun-influence"
 ANALYSIS_CONF_DIR = os.path.join(CONF_DIR, "analysis")

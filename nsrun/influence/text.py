@@ -33,8 +33,8 @@ def wikitext2_lines(split: str = "test", data_dir: str | Path | None = None) -> 
     else the hub. ConfigError (key ``text.data_dir``) if neither loads."""
     from omegaconf import OmegaConf
 
-    from nsrun.errors import ConfigError
-    from nsrun.tasks.wikitext2 import load_texts
+    from nsrun.runner.errors import ConfigError
+    from nsrun.science.tasks.wikitext2 import load_texts
 
     directory = Path(data_dir).expanduser() if data_dir else default_data_dir()
     local = directory is not None and (directory / LOCAL_FILES[split]).is_file()

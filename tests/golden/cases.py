@@ -23,7 +23,7 @@ def overrides(name: str) -> list[str]:
 
 def run_case(name: str, tmp: Path) -> dict[str, Path]:
     """Train case ``name`` into ``tmp``; return ``{suffix: metrics.jsonl path}`` ('' or '.seed_S')."""
-    from nsrun.train import train
+    from nsrun.runner.train import train
     from tests.conftest import compose_cfg
 
     train(compose_cfg(overrides(name)), tmp / name)

@@ -17,16 +17,16 @@ from __future__ import annotations
 
 import torch
 
-from nsrun.config import require_bool, require_choice, require_int, require_number, select
-from nsrun.errors import ConfigError
-from nsrun.stability.estimators import (
+from nsrun.runner.config import require_bool, require_choice, require_int, require_number, select
+from nsrun.runner.errors import ConfigError
+from nsrun.science.stability.estimators import (
     average_sensitivity,
     batched,
     cross_moments,
     gaussian_stability,
     noise_stability,
 )
-from nsrun.stability.noise import embedding_scale, gaussian_noise, token_noise
+from nsrun.science.stability.noise import embedding_scale, gaussian_noise, token_noise
 
 NOISES = ("token", "gaussian")
 SPLITS = ("train", "val")

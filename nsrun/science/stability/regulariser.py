@@ -13,10 +13,10 @@ import math
 
 import torch
 
-from nsrun.config import require_bool, require_choice, require_int, require_number
-from nsrun.stability.estimators import inner
-from nsrun.stability.noise import embedding_scale, gaussian_noise, token_noise
-from nsrun.stability.schedules import build_schedule
+from nsrun.runner.config import require_bool, require_choice, require_int, require_number
+from nsrun.science.stability.estimators import inner
+from nsrun.science.stability.noise import embedding_scale, gaussian_noise, token_noise
+from nsrun.science.stability.schedules import build_schedule
 
 NOISES = ("token", "gaussian")
 GAUSSIAN_ON = ("resampleable", "all")

@@ -68,8 +68,8 @@ def compose_config(overrides: list[str]):
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from nsrun.cli import CONF_DIR, format_hydra_error
-    from nsrun.errors import UsageError
+    from nsrun.commands.nsrun import CONF_DIR, format_hydra_error
+    from nsrun.runner.errors import UsageError
 
     GlobalHydra.instance().clear()
     try:
@@ -85,8 +85,8 @@ def load_model(args):
     """(cfg, task, model, description) from a run directory or from composed overrides."""
     from omegaconf import OmegaConf
 
-    from nsrun.config import validate
-    from nsrun.errors import UsageError
+    from nsrun.runner.config import validate
+    from nsrun.runner.errors import UsageError
 
     if args.run:
         run = Path(args.run)
@@ -101,14 +101,14 @@ def load_model(args):
     validate(cfg)
     import torch
 
-    from nsrun.model import build_model
-    from nsrun.tasks import build_task
+    from nsrun.science.model import build_model
+    from nsrun.science.tasks import build_task
 
     task = build_task(cfg.task)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, task)
     if args.run:
-        from nsrun.checkpoint import load_checkpoint
+        from nsrun.runner.checkpoint import load_checkpoint
 
         ckpt = load_checkpoint(ckpt_path)
         model.load_state_dict(ckpt["model"])
@@ -137,9 +137,9 @@ def run(args) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    from nsrun.stability import theory
-    from nsrun.stability.monitor import fixed_subset
-    from nsrun.stability.noise import embedding_scale
+    from nsrun.science.stability import theory
+    from nsrun.science.stability.monitor import fixed_subset
+    from nsrun.science.stability.noise import embedding_scale
 
     cfg, task, model, what = load_model(args)
     out = Path(args.out) if args.out else (Path(args.run) / "theory" if args.run else Path("theory"))
@@ -262,7 +262,7 @@ def run(args) -> None:
 
 def main(argv=None) -> None:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    from nsrun.errors import ConfigError, UsageError
+    from nsrun.runner.errors import ConfigError, UsageError
 
     try:
         run(args)

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
-from nsrun.errors import UsageError
+from nsrun.runner.errors import UsageError
 
 log = logging.getLogger(__name__)
 

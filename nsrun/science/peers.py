@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from nsrun.config import require_number
+from nsrun.runner.config import require_number
 
 
 class GrokFastEMA:

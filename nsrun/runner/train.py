@@ -21,13 +21,13 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from nsrun.checkpoint import CHECKPOINT_DIR, LAST, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from nsrun.config import validate
-from nsrun.errors import UsageError
-from nsrun.model import build_model
-from nsrun.objective import build_objective
-from nsrun.tasks import build_task
-from nsrun.tracking import METRICS_FILE, TIMING_FILE, JsonlWriter, build_logger
+from nsrun.runner.checkpoint import CHECKPOINT_DIR, LAST, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from nsrun.runner.config import validate
+from nsrun.runner.errors import UsageError
+from nsrun.runner.objective import build_objective
+from nsrun.runner.tracking import METRICS_FILE, TIMING_FILE, JsonlWriter, build_logger
+from nsrun.science.model import build_model
+from nsrun.science.tasks import build_task
 
 log = logging.getLogger("nsrun")
 
@@ -148,7 +148,7 @@ def eval_metrics(model, task, cfg, step: int) -> dict:
     row = {"train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss, "val_acc": val_acc}
     row.update(task.extra_metrics(val_loss))
     if cfg.get("stability") is not None and cfg.stability.enabled:
-        from nsrun.stability.monitor import stability_metrics
+        from nsrun.science.stability.monitor import stability_metrics
 
         row.update(stability_metrics(model, task, cfg.stability, cfg.seed, step, cfg.eval.batch_size))
     return row
@@ -224,7 +224,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
     """Train ``cfg`` into ``run_dir`` (resuming if it holds a checkpoint); return the last metrics row."""
     validate(cfg)
     if cfg.train.get("parallel_seeds", 1) > 1:
-        from nsrun.parallel_seeds import train_seeds
+        from nsrun.runner.parallel_seeds import train_seeds
 
         return train_seeds(cfg, run_dir)
     run_dir = Path(run_dir)

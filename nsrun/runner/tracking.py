@@ -91,13 +91,13 @@ class NullLogger:
 
 
 def _wandb_logger(cfg, run_dir: Path, run_id: str | None = None):
-    from nsrun.wandb_logger import WandbLogger
+    from nsrun.runner.wandb_logger import WandbLogger
 
     return WandbLogger(cfg, run_dir, run_id)
 
 
 def _validate_wandb(cfg) -> None:
-    from nsrun.wandb_logger import validate
+    from nsrun.runner.wandb_logger import validate
 
     validate(cfg)
 
@@ -108,7 +108,7 @@ LOGGER_VALIDATORS = {"wandb": _validate_wandb}
 
 
 def validate_logger(cfg) -> None:
-    from nsrun.config import require_choice
+    from nsrun.runner.config import require_choice
 
     require_choice(cfg, "logger.name", tuple(LOGGERS))
     LOGGER_VALIDATORS.get(cfg.logger.name, lambda cfg: None)(cfg)

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import torch
 
-from nsrun.errors import ConfigError
-from nsrun.tasks.base import Split, Task
+from nsrun.runner.errors import ConfigError
+from nsrun.science.tasks.base import Split, Task
 
 READOUT = 2
 VAL_SETS = ("fixed", "fresh")

@@ -30,7 +30,7 @@ def math_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bo
 
 
 class Attention(nn.Module):
-    math_attention = False  # True: plain-op attention (set by nsrun.parallel_seeds on its vmapped model)
+    math_attention = False  # True: plain-op attention (set by nsrun.runner.parallel_seeds on its vmapped model)
 
     def __init__(self, d_model: int, n_heads: int, causal: bool):
         super().__init__()

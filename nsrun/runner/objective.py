@@ -2,13 +2,13 @@
 
 An objective is called once per step as ``loss, stats = objective(model, x, y, step)`` and returns the
 scalar to minimise and a dict of floats to log. ``reg=none`` is plain cross-entropy; the noise-stability
-regulariser lives in the science package (``nsrun.stability``) and registers itself here.
+regulariser lives in the science package (``nsrun.science.stability``) and registers itself here.
 """
 
 from __future__ import annotations
 
-from nsrun.config import require_choice, require_number
-from nsrun.errors import ConfigError
+from nsrun.runner.config import require_choice, require_number
+from nsrun.runner.errors import ConfigError
 
 
 class CrossEntropy:
@@ -33,31 +33,31 @@ def _validate_none(cfg) -> None:
 
 
 def _validate_grokfast(cfg) -> None:
-    from nsrun.peers import validate_grokfast
+    from nsrun.science.peers import validate_grokfast
 
     validate_grokfast(cfg)
 
 
 def _build_grokfast(cfg, task):
-    from nsrun.peers import build_grokfast
+    from nsrun.science.peers import build_grokfast
 
     return build_grokfast(cfg, task)
 
 
 def _validate_stability(cfg) -> None:
-    from nsrun.stability.regulariser import validate
+    from nsrun.science.stability.regulariser import validate
 
     validate(cfg)
 
 
 def _build_stability(cfg, task):
-    from nsrun.stability.regulariser import build
+    from nsrun.science.stability.regulariser import build
 
     return build(cfg, task)
 
 
 def _validate_schedule(cfg) -> None:
-    from nsrun.stability.schedules import validate_schedule
+    from nsrun.science.stability.schedules import validate_schedule
 
     validate_schedule(cfg)
 
@@ -71,7 +71,7 @@ REGULARISERS = {
     "weight_decay": (_validate_none, lambda cfg, task: CrossEntropy(task)),  # the strength is optim.weight_decay
     "stability": (_validate_stability, _build_stability),
 }
-# noise.name -> validate(cfg); the schedules themselves are in nsrun.stability.schedules
+# noise.name -> validate(cfg); the schedules themselves are in nsrun.science.stability.schedules
 SCHEDULES = {
     "constant": _validate_schedule,
     "linear_warmup": _validate_schedule,

@@ -1,13 +1,14 @@
 """Reproduce the paper's experiments: run the sweeps of ``conf/experiment/``, then the figures and the results table.
 
-    python -m nsrun.reproduce run --quick                 # quick sweeps (local, one job per core), then figures
-    python -m nsrun.reproduce run --launcher submitit_slurm   # the full sweeps on SLURM, then figures
-    python -m nsrun.reproduce figures --quick --out DIR   # figures + summary from existing run dirs, no training
+    python -m nsrun.analysis.reproduce run --quick   # quick sweeps (local, one job per core), then figures
+    python -m nsrun.analysis.reproduce run --launcher submitit_slurm  # the full sweeps on SLURM, then figures
+    python -m nsrun.analysis.reproduce figures --quick --out DIR  # figures + summary from run dirs, no training
 
 Each experiment is one Hydra sweep with a fixed sweep directory (``runs/reproduce[-quick]/NAME/reg=...,seed=...``),
 so rerunning the same command skips the runs that finished (``DONE``) and resumes the unfinished ones.
-Onsets, grouping and bootstrap statistics come from :mod:`nsrun.onset` and :mod:`nsrun.compare`; the theory
-figure from :mod:`nsrun.stability.theory` through ``nsrun-theory``; the influence figure from the committed
+Onsets, grouping and bootstrap statistics come from :mod:`nsrun.analysis.onset` and
+:mod:`nsrun.analysis.compare`; the theory
+figure from :mod:`nsrun.science.stability.theory` through ``nsrun-theory``; the influence figure from the committed
 ``nsrun-influence`` result (``results/influence/*/summary.json``).
 """
 
@@ -25,8 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from nsrun.compare import analyse, choose_baselines, find_runs, fmt_ci, group_runs
-from nsrun.onset import bootstrap_ci, median, median_ci, median_rows, run_onsets, stability_key
+from nsrun.analysis.compare import analyse, choose_baselines, find_runs, fmt_ci, group_runs
+from nsrun.analysis.onset import bootstrap_ci, median, median_ci, median_rows, run_onsets, stability_key
 
 PROG = "nsrun-reproduce"
 BASELINE = {"reg.name": "none"}
@@ -165,7 +166,8 @@ def reg_name(group) -> str:
 
 
 def load_experiment(exp: Experiment, sweep_dir: Path, quick: bool, n_boot: int = N_BOOT) -> Loaded | None:
-    """The finished runs under ``sweep_dir`` with their onsets (nsrun.onset) and group statistics (nsrun.compare)."""
+    """The finished runs under ``sweep_dir`` with their onsets (nsrun.analysis.onset) and group statistics
+    (nsrun.analysis.compare)."""
     if not sweep_dir.is_dir():
         return None
     runs = find_runs([sweep_dir])
@@ -192,7 +194,7 @@ def load_experiment(exp: Experiment, sweep_dir: Path, quick: bool, n_boot: int =
 
 def merge_by_regulariser(groups: list) -> tuple[list, list[str]]:
     """One group per ``reg.name``: an experiment's sweep varies only the regulariser and the seed, so groups
-    that nsrun.compare keeps apart (configs that differ in another key, e.g. a key a task config gained
+    that nsrun.analysis.compare keeps apart (configs that differ in another key, e.g. a key a task config gained
     between runs) are merged, and each differing key is reported as a note."""
     merged, notes = {}, []
     for g in groups:
@@ -510,7 +512,7 @@ THEORY_ARGS = {"full": ["--n-examples", "1024", "--mc-samples", "200000"],
 def theory_tables(out: Path, trained_run: Path | None, random_overrides: list[str], level: str = "full") -> dict:
     """Run ``nsrun-theory`` for a random-init model (the experiment's config) and for a trained run; return
     the CSV rows of both (ReLU closed form vs Monte Carlo, intervals per stage). ``level``: THEORY_ARGS key."""
-    from nsrun import theory_cli
+    from nsrun.commands import theory as theory_cli
 
     common = ["--rhos", "0,0.25,0.5,0.9", *THEORY_ARGS[level]]
     tables = {}
@@ -541,7 +543,7 @@ def _number(v: str):
 def plot_theory(tables: dict, out: Path) -> list[Path]:
     """Figure 5: ReLU closed form vs Monte Carlo; predicted interval vs measured normalised cross moment per
     stage of a random and a trained model (rho = 0.25 and 0.5)."""
-    from nsrun.stability import theory
+    from nsrun.science.stability import theory
 
     plt = _plt()
     models = [m for m in ("random", "trained") if m in tables]
@@ -767,7 +769,7 @@ def run_sweeps(quick: bool, launcher: str | None, only: list[str], extra: list[s
     With ``root`` the sweeps go to ``root/NAME`` instead of the configs' own sweep dirs; ``quick_lines``: lines
     of the quick WikiText-2 training and evaluation files. Returns the number of failed sweeps."""
     nsrun = shutil.which("nsrun")
-    base = [nsrun] if nsrun else [sys.executable, "-c", "from nsrun.cli import main; main()"]
+    base = [nsrun] if nsrun else [sys.executable, "-c", "from nsrun.commands.nsrun import main; main()"]
     failed = 0
     for name in only:
         cmd = [*base, "-m", f"+experiment={EXPERIMENTS[name].config(quick)}"]

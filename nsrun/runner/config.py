@@ -1,9 +1,9 @@
 """Validation of a composed nsrun config, run on the whole config before any compute starts.
 
-Each check raises :class:`nsrun.errors.ConfigError` naming the key and the allowed values; the command
+Each check raises :class:`nsrun.runner.errors.ConfigError` naming the key and the allowed values; the command
 line turns it into one line on stderr and exit code 2. Task-, regulariser- and schedule-specific keys
-are checked by the module that owns them (see the registries in ``nsrun.tasks`` and
-``nsrun.objective``).
+are checked by the module that owns them (see the registries in ``nsrun.science.tasks`` and
+``nsrun.runner.objective``).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import re
 
 from omegaconf import DictConfig, ListConfig
 
-from nsrun.errors import ConfigError
+from nsrun.runner.errors import ConfigError
 
 DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
 PROGRESS = ("auto", "bar", "log", "none")
@@ -102,7 +102,7 @@ def validate_train(cfg) -> None:
 
 
 def validate_model(cfg) -> None:
-    from nsrun.model import ACTIVATIONS, POS_EMBS
+    from nsrun.science.model import ACTIVATIONS, POS_EMBS
 
     for key in ("n_layers", "d_model", "n_heads", "d_mlp"):
         require_int(cfg, f"model.{key}", 1)
@@ -131,10 +131,10 @@ def validate_optim(cfg) -> None:
 
 def validate(cfg: DictConfig) -> None:
     """Check every section of a composed config; raise ConfigError on the first bad key."""
-    from nsrun.objective import validate_objective
-    from nsrun.stability.monitor import validate_monitor
-    from nsrun.tasks import TASKS, validate_task
-    from nsrun.tracking import validate_logger
+    from nsrun.runner.objective import validate_objective
+    from nsrun.runner.tracking import validate_logger
+    from nsrun.science.stability.monitor import validate_monitor
+    from nsrun.science.tasks import TASKS, validate_task
 
     require_choice(cfg, "task.name", tuple(TASKS))
     validate_task(cfg.task)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from nsrun.errors import ConfigError
-from nsrun.tasks.base import Split, Task
+from nsrun.runner.errors import ConfigError
+from nsrun.science.tasks.base import Split, Task
 
 OPERATIONS = ("add", "sub", "mul", "div")
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-CONF_DIR = os.environ.get("NSRUN_CONFIG_DIR", str(Path(__file__).resolve().parent.parent / "conf"))
+CONF_DIR = os.environ.get("NSRUN_CONFIG_DIR", str(Path(__file__).resolve().parents[2] / "conf"))
 MAX_VALIDATED_JOBS = 1024
 
 
@@ -80,16 +80,16 @@ def _sweep_jobs(overrides: list[str], sweeper_params: dict) -> list[list[str]]:
 def prevalidate(argv: list[str], prog: str = "nsrun", config_dir: str = CONF_DIR, config_name: str = "config",
                 validate=None, skip_on_cfg: bool = False) -> None:
     """Compose and validate every job of this command (the sweeper's params included) with ``validate``
-    (default ``nsrun.config.validate``); print ``{prog}: error: ...`` and exit 2 on the first bad one.
+    (default ``nsrun.runner.config.validate``); print ``{prog}: error: ...`` and exit 2 on the first bad one.
     ``skip_on_cfg``: do not validate for ``--cfg`` (when validation is expensive, e.g. loads a model)."""
     from hydra import compose, initialize_config_dir
     from hydra._internal.utils import get_args_parser
     from hydra.core.global_hydra import GlobalHydra
 
-    from nsrun.errors import ConfigError
+    from nsrun.runner.errors import ConfigError
 
     if validate is None:
-        from nsrun.config import validate
+        from nsrun.runner.config import validate
 
     try:
         args = get_args_parser().parse_args(argv)
@@ -135,9 +135,9 @@ def prevalidate(argv: list[str], prog: str = "nsrun", config_dir: str = CONF_DIR
 def hydra_entry(cfg: DictConfig):
     from hydra.core.hydra_config import HydraConfig
 
-    from nsrun.errors import ConfigError, UsageError
-    from nsrun.launch import record_slurm_env, submitit_executor
-    from nsrun.train import Interrupted, train
+    from nsrun.launch.slurm import record_slurm_env, submitit_executor
+    from nsrun.runner.errors import ConfigError, UsageError
+    from nsrun.runner.train import Interrupted, train
 
     run_dir = HydraConfig.get().runtime.output_dir
     multirun = HydraConfig.get().mode.name == "MULTIRUN"
@@ -176,7 +176,7 @@ def reuse_group_listing_repository() -> None:
 
 
 def main() -> None:
-    from nsrun.launch import silence_schema_warning
+    from nsrun.launch.slurm import silence_schema_warning
 
     if {"--help", "-h", "--hydra-help"} & set(sys.argv[1:]):
         reuse_group_listing_repository()

@@ -30,8 +30,8 @@ from urllib.parse import urlparse
 
 import torch
 
-from nsrun.errors import ConfigError
-from nsrun.tasks.base import Split, Task
+from nsrun.runner.errors import ConfigError
+from nsrun.science.tasks.base import Split, Task
 
 TOKENIZERS = ("bpe", "wordlevel")
 UNK, EOS = "<unk>", "<eos>"

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import math
 
-from nsrun.config import require_int, require_number, select
-from nsrun.errors import ConfigError
+from nsrun.runner.config import require_int, require_number, select
+from nsrun.runner.errors import ConfigError
 
 SCHEDULE_NAMES = ("constant", "linear_warmup", "cosine", "step")
 

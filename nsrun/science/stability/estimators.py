@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from nsrun.stability.noise import gaussian_noise, resample_positions, token_noise
+from nsrun.science.stability.noise import gaussian_noise, resample_positions, token_noise
 
 
 @dataclass

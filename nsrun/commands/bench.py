@@ -1,6 +1,6 @@
 """``make bench``: what nsrun costs in wall-clock time, measured side by side in one process.
 
-    python -m nsrun.bench [--tiny] [--out PATH] [--device auto|cpu|cuda] [--skip SECTION ...]
+    python -m nsrun.commands.bench [--tiny] [--out PATH] [--device auto|cpu|cuda] [--skip SECTION ...]
 
 Every comparison interleaves its variants (A, B, A, B, ...) after warm-up and reports the median over
 repeats, so load on the machine slows both sides alike: the ratios are what count, not the seconds.
@@ -37,7 +37,7 @@ from pathlib import Path
 
 import torch
 
-from nsrun.cli import CONF_DIR
+from nsrun.commands.nsrun import CONF_DIR
 
 ROOT = Path(CONF_DIR).resolve().parent
 SECTIONS = ("steps", "eval", "seeds", "startup", "launcher", "compile")
@@ -92,7 +92,7 @@ _tasks: dict = {}
 def build_task_cached(cfg, device):
     from omegaconf import OmegaConf
 
-    from nsrun.tasks import build_task
+    from nsrun.science.tasks import build_task
 
     key = (OmegaConf.to_yaml(cfg.task), str(device))
     if key not in _tasks:
@@ -101,13 +101,13 @@ def build_task_cached(cfg, device):
 
 
 class Trainer:
-    """One run's model, optimiser and objective; ``step()`` is the body of nsrun.train's loop."""
+    """One run's model, optimiser and objective; ``step()`` is the body of nsrun.runner.train's loop."""
 
     def __init__(self, overrides: list[str], device: torch.device, seed: int = 0):
-        from nsrun.config import validate
-        from nsrun.model import build_model
-        from nsrun.objective import build_objective
-        from nsrun.train import lr_lambda, make_optimizer
+        from nsrun.runner.config import validate
+        from nsrun.runner.objective import build_objective
+        from nsrun.runner.train import lr_lambda, make_optimizer
+        from nsrun.science.model import build_model
 
         self.cfg = compose([*overrides, f"seed={seed}"])
         validate(self.cfg)
@@ -122,7 +122,7 @@ class Trainer:
         self.step_no = 0
 
     def batch(self):
-        from nsrun.train import batch_indices
+        from nsrun.runner.train import batch_indices
 
         idx = batch_indices(len(self.task.train.x), self.cfg.train.batch_size, self.cfg.seed, self.step_no)
         if idx is None:
@@ -148,15 +148,15 @@ class Trainer:
 
 
 class SeedBatch:
-    """K seeds of one config trained as nsrun.parallel_seeds' vmap backend does."""
+    """K seeds of one config trained as nsrun.runner.parallel_seeds' vmap backend does."""
 
     def __init__(self, overrides: list[str], device: torch.device, k: int):
         from concurrent.futures import ThreadPoolExecutor
 
-        from nsrun.model import build_model
-        from nsrun.objective import build_objective
-        from nsrun.parallel_seeds import SeedModel, SeedStack, seed_config
-        from nsrun.train import lr_lambda, make_optimizer
+        from nsrun.runner.objective import build_objective
+        from nsrun.runner.parallel_seeds import SeedModel, SeedStack, seed_config
+        from nsrun.runner.train import lr_lambda, make_optimizer
+        from nsrun.science.model import build_model
 
         self.cfg = compose(overrides)
         self.task = build_task_cached(self.cfg, device)
@@ -174,7 +174,7 @@ class SeedBatch:
         self.step_no = 0
 
     def step(self) -> None:
-        from nsrun.parallel_seeds import seed_batches, vmapped_step
+        from nsrun.runner.parallel_seeds import seed_batches, vmapped_step
 
         xs, ys = seed_batches(self.task, self.seeds, self.cfg.train.batch_size, self.step_no)
         vmapped_step(self.stack, self.objectives, self.seed_models, self.optimizer, xs, ys, self.step_no, self.pool,
@@ -291,7 +291,7 @@ def bench_optimizers(runner: Trainer, device, repeats: int) -> dict[str, float]:
 def bench_eval(report: Report, tasks: dict, device, repeats: int, step_seconds: dict) -> None:
     from omegaconf import open_dict
 
-    from nsrun.train import eval_metrics
+    from nsrun.runner.train import eval_metrics
 
     for task, overrides in tasks.items():
         runner = Trainer(overrides, device)
@@ -340,7 +340,7 @@ def bench_seeds(report: Report, tasks: dict, device, repeats: int, ks: list[int]
 def run_cli(args: list[str], cwd: Path, check: bool = True) -> float:
     env = {**os.environ, "WANDB_MODE": "disabled", "HYDRA_FULL_ERROR": "1"}
     nsrun = shutil.which("nsrun")
-    cmd = [nsrun] if nsrun else [sys.executable, "-m", "nsrun.cli"]
+    cmd = [nsrun] if nsrun else [sys.executable, "-m", "nsrun.commands.nsrun"]
     t0 = time.perf_counter()
     res = subprocess.run([*cmd, *args], cwd=cwd, env=env, capture_output=True, text=True)
     elapsed = time.perf_counter() - t0
@@ -368,7 +368,7 @@ LAUNCHER_WORKLOADS = {  # a sweep of 4 jobs; steps such that a job trains for so
 def bench_launcher(report: Report, tmp: Path, repeats: int, n_jobs: int = 4) -> None:
     """Sweeps of ``n_jobs`` runs: Hydra's basic launcher (one after another, with torch's default threads and
     with 1 thread) vs ``hydra/launcher=local_cores``; wall time of the whole command, start-up included."""
-    from nsrun.local_pool import available_cores
+    from nsrun.launch.local_pool import available_cores
 
     cores = available_cores()
     for workload, overrides in LAUNCHER_WORKLOADS.items():
@@ -420,7 +420,7 @@ def machine(device: torch.device) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(prog="python -m nsrun.bench", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m nsrun.commands.bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--tiny", action="store_true", help="tiny models and few repeats (CI smoke run)")
     parser.add_argument("--out", help="JSON file to write (default benchmarks/results/bench_{device}.json)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")

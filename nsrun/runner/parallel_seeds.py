@@ -56,7 +56,7 @@ def resolve_backend(cfg, device: torch.device) -> str:
 
 def train_seeds(cfg: DictConfig, run_dir: str | Path) -> dict:
     """Train seeds ``cfg.seed .. cfg.seed + K - 1`` into ``run_dir/seed_S``; return ``{seed: last row}``."""
-    from nsrun.train import resolve_device, train
+    from nsrun.runner.train import resolve_device, train
 
     run_dir = Path(run_dir)
     seeds = list(range(cfg.seed, cfg.seed + cfg.train.parallel_seeds))
@@ -230,7 +230,7 @@ def _objective_calls(pool, objectives, models, xs, ys, step, rendezvous):
 
 def seed_batches(task, seeds: list[int], batch_size: int | None, step: int) -> tuple[list, list]:
     """Each seed's training batch at ``step`` (its own data order, as in its single run)."""
-    from nsrun.train import batch_indices
+    from nsrun.runner.train import batch_indices
 
     xs, ys = [], []
     for s in seeds:
@@ -290,7 +290,7 @@ def clip_per_seed(params: list[torch.Tensor], max_norm: float) -> None:
 def _catch_up(cfg, run_dir: Path, seeds: list[int], ckpts: list[dict | None]) -> bool:
     """Bring seeds whose checkpoint lags (a run stopped while writing its checkpoints) to the step of the
     most advanced one with the plain loop; returns whether anything ran."""
-    from nsrun.train import DONE_MARKER, train
+    from nsrun.runner.train import DONE_MARKER, train
 
     steps = [c["step"] if c is not None else 0 for c in ckpts]
     target = max(steps)
@@ -309,12 +309,10 @@ def _catch_up(cfg, run_dir: Path, seeds: list[int], ckpts: list[dict | None]) ->
 
 
 def train_vmapped(cfg: DictConfig, run_dir: Path, seeds: list[int]) -> dict:
-    from nsrun.checkpoint import CHECKPOINT_DIR, LAST, load_checkpoint, rng_state, save_checkpoint
-    from nsrun.model import build_model
-    from nsrun.objective import build_objective
-    from nsrun.tasks import build_task
-    from nsrun.tracking import METRICS_FILE, TIMING_FILE, JsonlWriter, build_logger
-    from nsrun.train import (
+    from nsrun.runner.checkpoint import CHECKPOINT_DIR, LAST, load_checkpoint, rng_state, save_checkpoint
+    from nsrun.runner.objective import build_objective
+    from nsrun.runner.tracking import METRICS_FILE, TIMING_FILE, JsonlWriter, build_logger
+    from nsrun.runner.train import (
         DONE_MARKER,
         RESOLVED_CONFIG,
         Interrupted,
@@ -327,6 +325,8 @@ def train_vmapped(cfg: DictConfig, run_dir: Path, seeds: list[int]) -> dict:
         run_id_for,
         stop_on_signals,
     )
+    from nsrun.science.model import build_model
+    from nsrun.science.tasks import build_task
 
     K = len(seeds)
     cfgs = [seed_config(cfg, s) for s in seeds]

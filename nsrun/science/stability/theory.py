@@ -37,7 +37,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from nsrun.stability.noise import gaussian_noise, token_noise
+from nsrun.science.stability.noise import gaussian_noise, token_noise
 
 # -------------------------------------------------------------------------------------------- ReLU
 

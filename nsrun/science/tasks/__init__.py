@@ -6,9 +6,9 @@ from importlib import import_module
 
 # name -> module; each module defines validate(cfg) and a Task subclass built by build(cfg)
 TASKS = {
-    "modadd": ("nsrun.tasks.modadd", "ModularArithmetic"),
-    "parity": ("nsrun.tasks.parity", "SparseParity"),
-    "wikitext2": ("nsrun.tasks.wikitext2", "WikiText2"),
+    "modadd": ("nsrun.science.tasks.modadd", "ModularArithmetic"),
+    "parity": ("nsrun.science.tasks.parity", "SparseParity"),
+    "wikitext2": ("nsrun.science.tasks.wikitext2", "WikiText2"),
 }
 
 

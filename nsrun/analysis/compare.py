@@ -7,7 +7,7 @@ logger), and writes
 per group the median onset step with a bootstrap interval, the runs that never reached it, the speedup
 against a baseline group in steps and in training seconds, and the lag between stability onset and
 accuracy onset: a rich table on stdout, ``compare.csv``, ``runs.csv``, ``compare.md`` and
-``overlay.png``. Onset detection and the statistics are in :mod:`nsrun.onset`; nothing here needs wandb.
+``overlay.png``. Onset detection and the statistics are in :mod:`nsrun.analysis.onset`; nothing here needs wandb.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import yaml
 
-from nsrun.onset import compare_ci, median, median_ci, run_onsets, stability_key
+from nsrun.analysis.onset import compare_ci, median, median_ci, run_onsets, stability_key
 
 PROG = "nsrun-compare"
 METRICS_FILE, TIMING_FILE, DONE_MARKER = "metrics.jsonl", "timing.jsonl", "DONE"
