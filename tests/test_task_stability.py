@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
+from nsrun.runner.objective import build_model
 from nsrun.runner.tracking import read_jsonl
 from nsrun.runner.train import train
-from nsrun.science.model import build_model
 from nsrun.science.stability.estimators import noise_stability
 from nsrun.science.tasks import build_task
 from tests.conftest import SHARED, compose_cfg

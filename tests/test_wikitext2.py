@@ -9,9 +9,9 @@ import torch
 
 from nsrun.runner.config import validate
 from nsrun.runner.errors import ConfigError
+from nsrun.runner.objective import build_model
 from nsrun.runner.tracking import read_jsonl
 from nsrun.runner.train import evaluate, train
-from nsrun.science.model import build_model
 from nsrun.science.tasks import build_task, wikitext2
 from tests.conftest import SHARED, compose_cfg, run_cli
 

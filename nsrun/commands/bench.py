@@ -105,9 +105,8 @@ class Trainer:
 
     def __init__(self, overrides: list[str], device: torch.device, seed: int = 0):
         from nsrun.runner.config import validate
-        from nsrun.runner.objective import build_objective
+        from nsrun.runner.objective import build_model, build_objective
         from nsrun.runner.train import lr_lambda, make_optimizer
-        from nsrun.science.model import build_model
 
         self.cfg = compose([*overrides, f"seed={seed}"])
         validate(self.cfg)
@@ -153,10 +152,9 @@ class SeedBatch:
     def __init__(self, overrides: list[str], device: torch.device, k: int):
         from concurrent.futures import ThreadPoolExecutor
 
-        from nsrun.runner.objective import build_objective
+        from nsrun.runner.objective import build_model, build_objective
         from nsrun.runner.parallel_seeds import SeedModel, SeedStack, seed_config
         from nsrun.runner.train import lr_lambda, make_optimizer
-        from nsrun.science.model import build_model
 
         self.cfg = compose(overrides)
         self.task = build_task_cached(self.cfg, device)

@@ -101,7 +101,7 @@ def load_model(args):
     validate(cfg)
     import torch
 
-    from nsrun.science.model import build_model
+    from nsrun.runner.objective import build_model
     from nsrun.science.tasks import build_task
 
     task = build_task(cfg.task)

@@ -1,4 +1,5 @@
-"""The training objective: cross-entropy, plus the regulariser chosen by ``reg.name``.
+"""The science objects built from a config: the model, and the training objective (cross-entropy, plus the
+regulariser chosen by ``reg.name``). A temporary home: the config schema package replaces it.
 
 An objective is called once per step as ``loss, stats = objective(model, x, y, step)`` and returns the
 scalar to minimise and a dict of floats to log. ``reg=none`` is plain cross-entropy; the noise-stability
@@ -26,6 +27,27 @@ class CrossEntropy:
 
     def load_state_dict(self, state: dict) -> None:
         pass
+
+
+def build_model(cfg_model, task):
+    """The transformer of ``cfg.model`` for ``task`` (its vocabulary, outputs, length and masking)."""
+    from nsrun.science.model import Transformer
+
+    return Transformer(
+        vocab_size=task.vocab_size,
+        n_outputs=task.n_outputs,
+        seq_len=task.seq_len,
+        n_layers=cfg_model.n_layers,
+        d_model=cfg_model.d_model,
+        n_heads=cfg_model.n_heads,
+        d_mlp=cfg_model.d_mlp,
+        activation=cfg_model.activation,
+        layer_norm=cfg_model.layer_norm,
+        pos_emb=cfg_model.pos_emb,
+        causal=task.causal,
+        init_std=cfg_model.init_std,
+        last_position_only=task.kind == "classification",
+    )
 
 
 def _validate_none(cfg) -> None:

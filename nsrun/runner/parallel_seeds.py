@@ -143,6 +143,10 @@ class SeedModel:
     def tok_emb(self):
         return SimpleNamespace(weight=self.stack.params["tok_emb.weight"][self.k])
 
+    @property
+    def token_embeddings(self) -> torch.Tensor:
+        return self.stack.params["tok_emb.weight"][self.k]
+
     def named_parameters(self):
         for name, p in self.stack.params.items():
             yield name, ParamSlice(p, self.k)
@@ -162,8 +166,8 @@ class SeedStack:
         self.params = {name: p.detach().requires_grad_() for name, p in params.items()}
         self.template = models[0]  # supplies the buffers; its own parameters are replaced in every call
         for module in self.template.modules():
-            if hasattr(module, "math_attention"):
-                module.math_attention = True
+            if hasattr(module, "plain_ops"):
+                module.plain_ops = True
         self.rendezvous = Rendezvous(self._run_batch)
 
     def __len__(self) -> int:
@@ -310,7 +314,7 @@ def _catch_up(cfg, run_dir: Path, seeds: list[int], ckpts: list[dict | None]) ->
 
 def train_vmapped(cfg: DictConfig, run_dir: Path, seeds: list[int]) -> dict:
     from nsrun.runner.checkpoint import CHECKPOINT_DIR, LAST, load_checkpoint, rng_state, save_checkpoint
-    from nsrun.runner.objective import build_objective
+    from nsrun.runner.objective import build_model, build_objective
     from nsrun.runner.tracking import METRICS_FILE, TIMING_FILE, JsonlWriter, build_logger
     from nsrun.runner.train import (
         DONE_MARKER,
@@ -325,7 +329,6 @@ def train_vmapped(cfg: DictConfig, run_dir: Path, seeds: list[int]) -> dict:
         run_id_for,
         stop_on_signals,
     )
-    from nsrun.science.model import build_model
     from nsrun.science.tasks import build_task
 
     K = len(seeds)

@@ -24,9 +24,8 @@ from omegaconf import DictConfig, OmegaConf
 from nsrun.runner.checkpoint import CHECKPOINT_DIR, LAST, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from nsrun.runner.config import validate
 from nsrun.runner.errors import UsageError
-from nsrun.runner.objective import build_objective
+from nsrun.runner.objective import build_model, build_objective
 from nsrun.runner.tracking import METRICS_FILE, TIMING_FILE, JsonlWriter, build_logger
-from nsrun.science.model import build_model
 from nsrun.science.tasks import build_task
 
 log = logging.getLogger("nsrun")

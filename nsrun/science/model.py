@@ -1,10 +1,11 @@
 """A decoder-only transformer in plain PyTorch (nanoGPT-style), sized by ``conf/model``.
 
-Shapes: tokens ``idx: [B, T]`` -> token embeddings ``e: [B, T, D]`` -> (+ positions) residual stream
-``h_0`` -> ``n_layers`` blocks ``h_l = h_{l-1} + attn(h_{l-1}); h_l = h_l + mlp(h_l)`` -> logits
-``[B, T, n_outputs]``. ``forward(embeddings=...)`` starts from given token embeddings, so that
-Gaussian noise can be put on ``e`` (SCIENCE.md section 1); ``return_hidden=True`` also returns the
-residual stream after each block, ``[h_1, ..., h_L]``, for per-layer stability.
+Shapes: tokens ``idx: [B, T]`` -> token embeddings ``e = embed(idx): [B, T, D]`` -> (+ positions) residual
+stream ``h_0`` -> ``n_layers`` blocks ``h_l = h_{l-1} + attn(h_{l-1}); h_l = h_l + mlp(h_l)`` -> logits
+``[B, T, n_outputs]``. ``forward(embeddings=...)`` starts from given token embeddings, so that Gaussian noise
+can be put on ``e`` (SCIENCE.md section 1); ``stages(...)`` returns the residual stream after each block,
+``[h_1, ..., h_L]``, for per-layer stability and the theory. ``embed``, ``forward``, ``stages`` and
+``token_embeddings`` are the model protocol of docs/architecture.md.
 """
 
 from __future__ import annotations
@@ -19,18 +20,28 @@ ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU}
 POS_EMBS = ("learned", "sinusoidal", "none")
 
 
-def math_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool) -> torch.Tensor:
-    """``softmax(q k^T / sqrt(d)) v`` in plain ops (what scaled_dot_product_attention computes); used under
-    ``torch.func.vmap``, which has no batching rule for the CPU flash-attention kernel."""
-    att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.shape[-1]))
+def attention_weights(q: torch.Tensor, k: torch.Tensor, causal: bool, scale: float | None = None) -> torch.Tensor:
+    """``A = softmax(q k^T * scale)`` in plain ops, ``scale = 1 / sqrt(d)`` by default: ``q [..., Tq, d]``,
+    ``k [..., Tk, d]`` -> ``[..., Tq, Tk]``. Causal: query i sees keys 0..i (as scaled_dot_product_attention)."""
+    att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.shape[-1]) if scale is None else scale)
     if causal:
         Tq, Tk = att.shape[-2:]
-        att = att.masked_fill(torch.ones(Tq, Tk, dtype=torch.bool, device=q.device).triu(Tk - Tq + 1), float("-inf"))
-    return att.softmax(-1) @ v
+        att = att.masked_fill(torch.ones(Tq, Tk, dtype=torch.bool, device=q.device).triu(1), float("-inf"))
+    return att.softmax(-1)
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, plain_ops: bool = False) -> torch.Tensor:
+    """``softmax(q k^T / sqrt(d)) v``: ``[B, H, Tq, d]`` from queries ``[B, H, Tq, d]`` and keys/values
+    ``[B, H, Tk, d]``. ``scaled_dot_product_attention`` normally; ``plain_ops`` computes the same in plain ops
+    (``attention_weights(q, k) @ v``), for ``torch.func.vmap``, which has no batching rule for the CPU
+    flash-attention kernel."""
+    if plain_ops:
+        return attention_weights(q, k, causal) @ v
+    return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
 
 
 class Attention(nn.Module):
-    math_attention = False  # True: plain-op attention (set by nsrun.runner.parallel_seeds on its vmapped model)
+    plain_ops = False  # True: plain-op attention (set by the runner on a model it runs under vmap)
 
     def __init__(self, d_model: int, n_heads: int, causal: bool):
         super().__init__()
@@ -39,28 +50,37 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(d_model, 3 * d_model, bias=False)
         self.out = nn.Linear(d_model, d_model, bias=False)
 
+    def _split_heads(self, t: torch.Tensor) -> torch.Tensor:
+        """``[B, T, D] -> [B, H, T, D/H]``."""
+        B, T, D = t.shape
+        return t.view(B, T, self.n_heads, D // self.n_heads).transpose(1, 2)
+
+    def heads(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per-head queries, keys and values ``[B, H, T, D/H]`` of ``h: [B, T, D]``."""
+        B, T, D = h.shape
+        # projections on [B*T, D] rows: the same matmuls, and under vmap one batched matmul per weight
+        q, k, v = self.qkv(h.reshape(B * T, D)).view(B, T, 3 * D).split(D, dim=-1)
+        return self._split_heads(q), self._split_heads(k), self._split_heads(v)
+
+    def weights(self, h: torch.Tensor) -> torch.Tensor:
+        """The attention matrices ``[B, H, T, T]`` of ``h: [B, T, D]`` (the theory reads them)."""
+        q, k, _ = self.heads(h)
+        return attention_weights(q, k, self.causal)
+
     def forward(self, h: torch.Tensor, last_only: bool = False) -> torch.Tensor:
         """``h: [B, T, D]`` -> ``[B, T, D]``, or ``[B, 1, D]`` (queries at the last position only)."""
         B, T, D = h.shape
-        H = self.n_heads
-        # projections on [B*T, D] rows: the same matmuls, and under vmap one batched matmul per weight
-        rows = h.reshape(B * T, D)
         if last_only:
+            rows = h.reshape(B * T, D)  # made before h[:, -1]: autograd then sums their gradients as before
             w_q, w_kv = self.qkv.weight.split([D, 2 * D], dim=0)
             q = F.linear(h[:, -1], w_q).view(B, 1, D)
             k, v = F.linear(rows, w_kv).view(B, T, 2 * D).split(D, dim=-1)
+            q, k, v = self._split_heads(q), self._split_heads(k), self._split_heads(v)
         else:
-            q, k, v = self.qkv(rows).view(B, T, 3 * D).split(D, dim=-1)
-        Tq = q.shape[1]
-        # [B, T, D] -> [B, H, T, D/H]
-        q = q.view(B, Tq, H, D // H).transpose(1, 2)
-        k, v = (t.view(B, T, H, D // H).transpose(1, 2) for t in (k, v))
+            q, k, v = self.heads(h)
+        Tq = q.shape[2]
         # the last query sees every key, so it needs no causal mask
-        causal = self.causal and not last_only
-        if self.math_attention:
-            y = math_attention(q, k, v, causal)
-        else:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+        y = attention(q, k, v, self.causal and not last_only, self.plain_ops)
         return self.out(y.transpose(1, 2).reshape(B * Tq, D)).view(B, Tq, D)
 
 
@@ -72,9 +92,23 @@ class Block(nn.Module):
         self.ln2 = nn.LayerNorm(d_model) if layer_norm else nn.Identity()
         self.mlp = nn.Sequential(nn.Linear(d_model, d_mlp), ACTIVATIONS[activation](), nn.Linear(d_mlp, d_model))
 
+    def parts(self, h: torch.Tensor, last_only: bool = False) -> dict[str, torch.Tensor]:
+        """The block's computation on ``h: [B, T, D]``, every intermediate ``[B, T', .]`` (``T' = 1`` with
+        ``last_only``): ``attn``, ``mid = h + attn``, ``mlp_pre`` (first linear), ``mlp_act``, ``mlp``,
+        ``out = mid + mlp`` (the residual stream after the block)."""
+        residual = h[:, -1:] if last_only else h  # made before attn: the order autograd sums gradients in
+        a = self.attn(self.ln1(h), last_only)
+        mid = residual + a
+        rows = self.ln2(mid).reshape(-1, mid.shape[-1])
+        pre = self.mlp[0](rows)
+        act = self.mlp[1](pre)
+        m = self.mlp[2](act).view(mid.shape)
+        shape = mid.shape[:-1]
+        return {"attn": a, "mid": mid, "mlp_pre": pre.view(*shape, -1), "mlp_act": act.view(*shape, -1),
+                "mlp": m, "out": mid + m}
+
     def forward(self, h: torch.Tensor, last_only: bool = False) -> torch.Tensor:
-        h = (h[:, -1:] if last_only else h) + self.attn(self.ln1(h), last_only)
-        return h + self.mlp(self.ln2(h).reshape(-1, h.shape[-1])).view(h.shape)
+        return self.parts(h, last_only)["out"]
 
 
 def sinusoidal_positions(seq_len: int, d_model: int) -> torch.Tensor:
@@ -123,42 +157,42 @@ class Transformer(nn.Module):
             elif name.endswith("bias"):
                 nn.init.zeros_(p)
 
+    @property
+    def token_embeddings(self) -> torch.Tensor:
+        """The embedding table ``[V, D]``."""
+        return self.tok_emb.weight
+
     def embed(self, idx: torch.Tensor) -> torch.Tensor:
         """Token embeddings ``[B, T, D]`` (positions are added in forward)."""
         return self.tok_emb(idx)
 
-    def forward(self, idx: torch.Tensor | None = None, embeddings: torch.Tensor | None = None,
-                return_hidden: bool = False):
-        e = self.embed(idx) if embeddings is None else embeddings  # [B, T, D]
+    def with_positions(self, e: torch.Tensor) -> torch.Tensor:
+        """``h_0 = e + positions``: the residual stream entering the first block, ``[B, T, D]``."""
         T = e.shape[1]
         if self.pos_emb is not None:
-            e = e + self.pos_emb.weight[:T]
-        elif self.pos_table is not None:
-            e = e + self.pos_table[:T]
-        # a classifier reads only the last position: the last block then computes only that query
-        last_only = self.last_position_only and not return_hidden
-        h, hidden = e, []
+            return e + self.pos_emb.weight[:T]
+        if self.pos_table is not None:
+            return e + self.pos_table[:T]
+        return e
+
+    def _residual_stream(self, e: torch.Tensor, last_only: bool) -> list[torch.Tensor]:
+        """``[h_0, h_1, ..., h_L]``; with ``last_only`` the last block computes only the last position."""
+        hs = [self.with_positions(e)]
         for i, block in enumerate(self.blocks):
-            h = block(h, last_only=last_only and i == len(self.blocks) - 1)
-            hidden.append(h)
-        h = self.ln_f(h)
+            hs.append(block(hs[-1], last_only=last_only and i == len(self.blocks) - 1))
+        return hs
+
+    def stages(self, idx: torch.Tensor | None = None, embeddings: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """The residual stream after each block, ``[h_1, ..., h_L]``, each ``[B, T, D]``."""
+        e = self.embed(idx) if embeddings is None else embeddings
+        return self._residual_stream(e, last_only=False)[1:]
+
+    def forward(self, idx: torch.Tensor | None = None, embeddings: torch.Tensor | None = None,
+                return_hidden: bool = False):
+        """Logits ``[B, T, n_outputs]`` (and ``stages`` with ``return_hidden``) from tokens or embeddings."""
+        e = self.embed(idx) if embeddings is None else embeddings  # [B, T, D]
+        # a classifier reads only the last position: the last block then computes only that query
+        hs = self._residual_stream(e, last_only=self.last_position_only and not return_hidden)
+        h = self.ln_f(hs[-1])
         logits = self.unembed(h.reshape(-1, h.shape[-1])).view(*h.shape[:-1], -1)  # [B, T, n_outputs]
-        return (logits, hidden) if return_hidden else logits
-
-
-def build_model(cfg, task) -> Transformer:
-    return Transformer(
-        vocab_size=task.vocab_size,
-        n_outputs=task.n_outputs,
-        seq_len=task.seq_len,
-        n_layers=cfg.n_layers,
-        d_model=cfg.d_model,
-        n_heads=cfg.n_heads,
-        d_mlp=cfg.d_mlp,
-        activation=cfg.activation,
-        layer_norm=cfg.layer_norm,
-        pos_emb=cfg.pos_emb,
-        causal=task.causal,
-        init_std=cfg.init_std,
-        last_position_only=task.kind == "classification",
-    )
+        return (logits, hs[1:]) if return_hidden else logits
