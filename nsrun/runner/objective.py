@@ -1,32 +1,13 @@
-"""The science objects built from a config: the model, and the training objective (cross-entropy, plus the
-regulariser chosen by ``reg.name``). A temporary home: the config schema package replaces it.
-
-An objective is called once per step as ``loss, stats = objective(model, x, y, step)`` and returns the
-scalar to minimise and a dict of floats to log. ``reg=none`` is plain cross-entropy; the noise-stability
-regulariser lives in the science package (``nsrun.science.stability``) and registers itself here.
+"""The science objects built from a config: model, training objective (cross-entropy, plus the
+regulariser chosen by ``reg.name``, its noise following the ``noise`` schedule) and the stability monitor's
+settings. A temporary home: the config schema package (``nsrun.runner.config``) replaces it.
 """
 
 from __future__ import annotations
 
 from nsrun.runner.config import require_choice, require_number
 from nsrun.runner.errors import ConfigError
-
-
-class CrossEntropy:
-    """``loss = CE(M(X), target)``."""
-
-    def __init__(self, task):
-        self.task = task
-
-    def __call__(self, model, x, y, step: int):
-        loss = self.task.loss(model(x), y)
-        return loss, {"ce": loss.detach()}
-
-    def state_dict(self) -> dict:
-        return {}
-
-    def load_state_dict(self, state: dict) -> None:
-        pass
+from nsrun.science.objective import CrossEntropy
 
 
 def build_model(cfg_model, task):
@@ -50,6 +31,27 @@ def build_model(cfg_model, task):
     )
 
 
+def build_schedule(cfg):
+    """The noise schedule ``step -> (rho, gamma)`` of ``cfg.noise`` around ``reg.rho`` and ``reg.gamma``."""
+    from nsrun.science.stability.schedules import Schedule
+
+    keys = {k: v for k, v in cfg.noise.items() if k != "name"}
+    return Schedule(cfg.noise.name, cfg.reg.rho, cfg.reg.gamma, cfg.train.steps, **keys)
+
+
+def monitor_settings(cfg):
+    """The stability monitor's settings, or None when ``stability.enabled`` is false (or the section is absent)."""
+    from nsrun.science.stability.monitor import MonitorSettings
+
+    if "stability" not in cfg or not cfg.stability.enabled:
+        return None
+    s = cfg.stability
+    return MonitorSettings(rhos=tuple(s.rhos), noises=tuple(s.noises), splits=tuple(s.splits),
+                           n_examples=s.n_examples, n_repeats=s.n_repeats, sensitivity=s.sensitivity,
+                           sensitivity_positions=s.get("sensitivity_positions"), per_layer=s.per_layer,
+                           sigma=s.sigma, gaussian_on=s.gaussian_on)
+
+
 def _validate_none(cfg) -> None:
     pass
 
@@ -61,9 +63,9 @@ def _validate_grokfast(cfg) -> None:
 
 
 def _build_grokfast(cfg, task):
-    from nsrun.science.peers import build_grokfast
+    from nsrun.science.peers import GrokFastEMA
 
-    return build_grokfast(cfg, task)
+    return GrokFastEMA(task, alpha=cfg.reg.alpha, lamb=cfg.reg.lamb)
 
 
 def _validate_stability(cfg) -> None:
@@ -73,9 +75,12 @@ def _validate_stability(cfg) -> None:
 
 
 def _build_stability(cfg, task):
-    from nsrun.science.stability.regulariser import build
+    from nsrun.science.stability.regulariser import StabilityRegulariser
 
-    return build(cfg, task)
+    r = cfg.reg
+    return StabilityRegulariser(task, build_schedule(cfg), S=r.S, noise=r.noise, stop_grad_clean=r.stop_grad_clean,
+                                batch_fraction=r.batch_fraction, sigma=r.sigma, gaussian_on=r.gaussian_on,
+                                seed=cfg.seed)
 
 
 def _validate_schedule(cfg) -> None:
@@ -84,9 +89,7 @@ def _validate_schedule(cfg) -> None:
     validate_schedule(cfg)
 
 
-# reg.name -> (validate(cfg), build(cfg, task) -> objective). An objective may define
-# ``after_backward(model)``, called between backward and the optimiser step (gradient filters), and
-# ``log_stats() -> dict``, whose means since the last eval are added to the eval row (``reg_term``).
+# reg.name -> (validate(cfg), build(cfg, task) -> objective); objectives are described in nsrun.science.objective
 REGULARISERS = {
     "none": (_validate_none, lambda cfg, task: CrossEntropy(task)),
     "grokfast": (_validate_grokfast, _build_grokfast),

@@ -147,9 +147,10 @@ def eval_metrics(model, task, cfg, step: int) -> dict:
     row = {"train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss, "val_acc": val_acc}
     row.update(task.extra_metrics(val_loss))
     if cfg.get("stability") is not None and cfg.stability.enabled:
+        from nsrun.runner.objective import monitor_settings
         from nsrun.science.stability.monitor import stability_metrics
 
-        row.update(stability_metrics(model, task, cfg.stability, cfg.seed, step, cfg.eval.batch_size))
+        row.update(stability_metrics(model, task, monitor_settings(cfg), cfg.seed, step, cfg.eval.batch_size))
     return row
 
 

@@ -14,7 +14,7 @@ from nsrun.runner.config import require_number
 class GrokFastEMA:
     """Cross-entropy with GrokFast's low-pass gradient filter (EMA of past gradients, amplified)."""
 
-    def __init__(self, task, alpha: float = 0.98, lamb: float = 2.0):
+    def __init__(self, task, alpha: float, lamb: float):
         self.task = task
         self.alpha = alpha
         self.lamb = lamb
@@ -45,7 +45,3 @@ class GrokFastEMA:
 def validate_grokfast(cfg) -> None:
     require_number(cfg, "reg.alpha", 0, 1, high_open=True)
     require_number(cfg, "reg.lamb", 0)
-
-
-def build_grokfast(cfg, task) -> GrokFastEMA:
-    return GrokFastEMA(task, alpha=cfg.reg.alpha, lamb=cfg.reg.lamb)

@@ -1,4 +1,4 @@
-"""Stability logging at eval steps (the ``stability:`` section of conf/config.yaml).
+"""Stability logging at eval steps (the ``stability:`` section of conf/config.yaml, as :class:`MonitorSettings`).
 
 For each split in ``splits``, on a fixed random subset of ``n_examples`` inputs (chosen from the run seed),
 and each noise in ``noises`` and rho in ``rhos``, the row gets
@@ -15,6 +15,8 @@ The noise comes from a generator seeded by ``(seed, step)`` only, so a resumed r
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from nsrun.runner.config import require_bool, require_choice, require_int, require_number, select
@@ -26,11 +28,16 @@ from nsrun.science.stability.estimators import (
     gaussian_stability,
     noise_stability,
 )
-from nsrun.science.stability.noise import embedding_scale, gaussian_noise, token_noise
+from nsrun.science.stability.noise import (
+    GAUSSIAN_ON,
+    NOISES,
+    embedding_scale,
+    gaussian_mask,
+    gaussian_noise,
+    token_noise,
+)
 
-NOISES = ("token", "gaussian")
 SPLITS = ("train", "val")
-GAUSSIAN_ON = ("resampleable", "all")
 REUSE_LIMIT = 2**25  # floats (128 MiB) of clean outputs held for reuse at one eval
 
 
@@ -56,6 +63,33 @@ def validate_monitor(cfg) -> None:
     require_choice(cfg, "stability.gaussian_on", GAUSSIAN_ON)
 
 
+@dataclass(frozen=True)
+class MonitorSettings:
+    """What :func:`stability_metrics` logs (module docstring). ``n_examples`` None: the whole split;
+    ``sensitivity_positions`` None: every resampleable position; ``sigma`` None: the RMS entry of the noise
+    tokens' embeddings **[ours]**; ``gaussian_on``: Gaussian noise on the resampleable positions or all."""
+
+    rhos: tuple[float, ...] = (0.25, 0.5, 0.9)
+    noises: tuple[str, ...] = NOISES
+    splits: tuple[str, ...] = SPLITS
+    n_examples: int | None = 2048
+    n_repeats: int = 1
+    sensitivity: bool = True
+    sensitivity_positions: int | None = None
+    per_layer: bool = False
+    sigma: float | None = None
+    gaussian_on: str = "resampleable"
+
+    def __post_init__(self):
+        for name, values, allowed in (("noises", self.noises, NOISES), ("splits", self.splits, SPLITS)):
+            if not all(v in allowed for v in values):
+                raise ValueError(f"{name} must be drawn from {', '.join(allowed)}, got {values!r}")
+        if not self.rhos or not all(0 <= r <= 1 for r in self.rhos):
+            raise ValueError(f"rhos must be a non-empty list of numbers in [0, 1], got {self.rhos!r}")
+        if self.gaussian_on not in GAUSSIAN_ON:
+            raise ValueError(f"gaussian_on must be one of {', '.join(GAUSSIAN_ON)}, got {self.gaussian_on!r}")
+
+
 def eval_generator(seed: int, step: int) -> torch.Generator:
     """The eval-noise generator: a function of (seed, step) only."""
     return torch.Generator().manual_seed((int(seed) * 1_000_003 + int(step)) * 2 + 1)
@@ -73,45 +107,47 @@ def _key(rho: float) -> str:
 
 
 @torch.no_grad()
-def stability_metrics(model, task, scfg, seed: int, step: int, batch_size: int | None = None) -> dict[str, float]:
-    """The stability columns of an eval row (see the module docstring for the key names)."""
+def stability_metrics(model, task, settings: MonitorSettings, seed: int, step: int,
+                      batch_size: int | None = None) -> dict[str, float]:
+    """The stability columns of an eval row (see the module docstring for the key names); ``model`` follows
+    the model protocol, ``batch_size`` bounds the examples per forward pass (None: one pass)."""
     was_training = model.training
     model.eval()
     gen = eval_generator(seed, step)
     row: dict[str, float] = {}
     mask = task.resample_mask
-    gauss_mask = mask if scfg.gaussian_on == "resampleable" else None
+    gauss_mask = gaussian_mask(mask, settings.gaussian_on)
     f = lambda t: task.output_probs(model(t))
     f_emb = lambda e: task.output_probs(model(embeddings=e))
     bs = batch_size
     for split_index, split in enumerate(SPLITS):
-        if split not in scfg.splits:
+        if split not in settings.splits:
             continue
-        data = task.val_split(step) if split == "val" and hasattr(task, "val_split") else getattr(task, split)
+        data = task.val_split(step) if split == "val" else task.train
         x = data.x
-        subset = fixed_subset(len(x), scfg.n_examples, seed, split_index)
+        subset = fixed_subset(len(x), settings.n_examples, seed, split_index)
         x = x if subset is None else x[subset.to(x.device)]
         # the clean outputs are computed once and shared by every rho, both noises and the sensitivity, unless
         # per-position outputs [N, T, V] are too large to hold (then each estimator streams them)
         per_example = task.n_outputs * (1 if task.kind == "classification" else task.seq_len)
         clean = batched(f, bs)(x) if len(x) * per_example <= REUSE_LIMIT else None
-        if "token" in scfg.noises:
-            for rho in scfg.rhos:
-                est = noise_stability(f, x, rho, task.noise_tokens, mask, scfg.n_repeats, gen, bs, clean)
+        if "token" in settings.noises:
+            for rho in settings.rhos:
+                est = noise_stability(f, x, rho, task.noise_tokens, mask, settings.n_repeats, gen, bs, clean)
                 _put(row, f"token_{split}_{_key(rho)}", est)
-        if "gaussian" in scfg.noises:
+        if "gaussian" in settings.noises:
             e = model.embed(x)
-            sigma = scfg.sigma or embedding_scale(model.tok_emb.weight, task.noise_tokens)
-            for rho in scfg.rhos:  # model(embeddings=model.embed(x)) is model(x): the clean outputs are shared
-                est = gaussian_stability(f_emb, e, rho, sigma, gauss_mask, scfg.n_repeats, gen, bs, clean)
+            sigma = settings.sigma or embedding_scale(model.token_embeddings, task.noise_tokens)
+            for rho in settings.rhos:  # model(embeddings=model.embed(x)) is model(x): the clean outputs are shared
+                est = gaussian_stability(f_emb, e, rho, sigma, gauss_mask, settings.n_repeats, gen, bs, clean)
                 _put(row, f"gaussian_{split}_{_key(rho)}", est)
-        if scfg.sensitivity:
-            sens = average_sensitivity(f, x, task.noise_tokens, mask, scfg.n_repeats, gen, bs, clean,
-                                       scfg.get("sensitivity_positions"))
+        if settings.sensitivity:
+            sens = average_sensitivity(f, x, task.noise_tokens, mask, settings.n_repeats, gen, bs, clean,
+                                       settings.sensitivity_positions)
             row[f"avgsens_{split}"] = sens.total
             row[f"avgsens_{split}_se"] = sens.stderr
-        if scfg.per_layer:
-            row.update(_per_layer(model, task, scfg, x, split, gen, gauss_mask))
+        if settings.per_layer:
+            row.update(_per_layer(model, task, settings, x, split, gen, gauss_mask))
     if was_training:
         model.train()
     return row
@@ -123,17 +159,17 @@ def _put(row: dict, suffix: str, est) -> None:
     row[f"nstab_{suffix}"] = est.normalised
 
 
-def _per_layer(model, task, scfg, x, split, gen, gauss_mask) -> dict[str, float]:
+def _per_layer(model, task, settings: MonitorSettings, x, split, gen, gauss_mask) -> dict[str, float]:
     row = {}
-    for noise in scfg.noises:
-        for rho in scfg.rhos:
+    for noise in settings.noises:
+        for rho in settings.rhos:
             if noise == "token":
                 y = token_noise(x, rho, task.noise_tokens, task.resample_mask, gen)
-                moments = cross_moments(lambda t: model(t, return_hidden=True)[1], x, y)
+                moments = cross_moments(model.stages, x, y)
             else:
                 e = model.embed(x)
-                sigma = scfg.sigma or embedding_scale(model.tok_emb.weight, task.noise_tokens)
-                moments = cross_moments(lambda t: model(embeddings=t, return_hidden=True)[1], e,
+                sigma = settings.sigma or embedding_scale(model.token_embeddings, task.noise_tokens)
+                moments = cross_moments(lambda t: model.stages(embeddings=t), e,
                                         gaussian_noise(e, rho, sigma, gen, gauss_mask))
             for layer, est in enumerate(moments, start=1):
                 row[f"hstab_{noise}_{split}_{_key(rho)}_l{layer}"] = est.mean

@@ -16,6 +16,16 @@ import math
 
 import torch
 
+NOISES = ("token", "gaussian")
+GAUSSIAN_ON = ("resampleable", "all")  # the positions Gaussian noise perturbs: the task's resampleable ones, or all
+
+
+def gaussian_mask(resample_mask: torch.Tensor, gaussian_on: str) -> torch.Tensor | None:
+    """The ``mask`` of :func:`gaussian_noise` for ``gaussian_on``: ``resample_mask [T]``, or None (all positions)."""
+    if gaussian_on not in GAUSSIAN_ON:
+        raise ValueError(f"gaussian_on must be one of {', '.join(GAUSSIAN_ON)}, got {gaussian_on!r}")
+    return resample_mask if gaussian_on == "resampleable" else None
+
 
 def _device_of(generator: torch.Generator | None, fallback: torch.device) -> torch.device:
     return generator.device if generator is not None else fallback

@@ -15,11 +15,15 @@ import torch
 
 from nsrun.runner.config import require_bool, require_choice, require_int, require_number
 from nsrun.science.stability.estimators import inner
-from nsrun.science.stability.noise import embedding_scale, gaussian_noise, token_noise
-from nsrun.science.stability.schedules import build_schedule
+from nsrun.science.stability.noise import (
+    GAUSSIAN_ON,
+    NOISES,
+    embedding_scale,
+    gaussian_mask,
+    gaussian_noise,
+    token_noise,
+)
 
-NOISES = ("token", "gaussian")
-GAUSSIAN_ON = ("resampleable", "all")
 NOISE_SEED_OFFSET = 7_919  # the regulariser's noise generator is seeded with seed + this
 
 
@@ -37,18 +41,30 @@ def validate(cfg) -> None:
 
 
 class StabilityRegulariser:
-    """``loss, stats = objective(model, x, y, step)``; noise comes from a checkpointed generator."""
+    """``loss, stats = objective(model, x, y, step)`` for a ``task`` and a noise ``schedule``
+    (``step -> (rho, gamma)``); the noise comes from a checkpointed generator seeded with
+    ``seed + NOISE_SEED_OFFSET``. ``sigma`` None: the RMS entry of the noise tokens' embeddings."""
 
-    def __init__(self, cfg, task):
+    def __init__(self, task, schedule, *, S: int, noise: str = "token", stop_grad_clean: bool = False,
+                 batch_fraction: float = 1.0, sigma: float | None = None, gaussian_on: str = "resampleable",
+                 seed: int):
+        if S not in (0, 1):
+            raise ValueError(f"S must be 0 or 1, got {S!r}")
+        if noise not in NOISES:
+            raise ValueError(f"noise must be one of {', '.join(NOISES)}, got {noise!r}")
+        if not 0 < batch_fraction <= 1:
+            raise ValueError(f"batch_fraction must be in (0, 1], got {batch_fraction!r}")
+        if gaussian_on not in GAUSSIAN_ON:
+            raise ValueError(f"gaussian_on must be one of {', '.join(GAUSSIAN_ON)}, got {gaussian_on!r}")
         self.task = task
-        self.schedule = build_schedule(cfg)
-        self.sign = (-1.0) ** int(cfg.reg.S)
-        self.noise = cfg.reg.noise
-        self.stop_grad_clean = bool(cfg.reg.stop_grad_clean)
-        self.batch_fraction = float(cfg.reg.batch_fraction)
-        self.sigma = cfg.reg.sigma
-        self.gaussian_on = cfg.reg.gaussian_on
-        self.generator = torch.Generator().manual_seed(int(cfg.seed) + NOISE_SEED_OFFSET)
+        self.schedule = schedule
+        self.sign = (-1.0) ** int(S)
+        self.noise = noise
+        self.stop_grad_clean = bool(stop_grad_clean)
+        self.batch_fraction = float(batch_fraction)
+        self.sigma = sigma
+        self.gaussian_on = gaussian_on
+        self.generator = torch.Generator().manual_seed(int(seed) + NOISE_SEED_OFFSET)
         self.term_sum = torch.zeros((), dtype=torch.float64)  # sum of the added loss terms since the last eval
         self.stab_sum = torch.zeros((), dtype=torch.float64)
         self.count = 0
@@ -70,8 +86,8 @@ class StabilityRegulariser:
             logits = model(torch.cat([x, x_noisy]))
         else:
             e = model.embed(x)
-            sigma = self.sigma or embedding_scale(model.tok_emb.weight, self.task.noise_tokens)
-            mask = self.task.resample_mask if self.gaussian_on == "resampleable" else None
+            sigma = self.sigma or embedding_scale(model.token_embeddings, self.task.noise_tokens)
+            mask = gaussian_mask(self.task.resample_mask, self.gaussian_on)
             e_sub = e if subset is None else e[subset]
             logits = model(embeddings=torch.cat([e, gaussian_noise(e_sub, rho, sigma, self.generator, mask)]))
         ce = self.task.loss(logits[:n], y)
@@ -114,7 +130,3 @@ class StabilityRegulariser:
         self.stab_sum = state["stab_sum"].clone()
         self.count = int(state["count"])
         self.last = {k: float(v) for k, v in state["last"].items()}
-
-
-def build(cfg, task) -> StabilityRegulariser:
-    return StabilityRegulariser(cfg, task)

@@ -33,6 +33,13 @@ class Schedule:
     """``schedule(step) -> (rho, gamma)``."""
 
     def __init__(self, name: str, rho: float, gamma: float, train_steps: int, **keys):
+        """``keys``: the schedule's own values (module docstring); ``train_steps`` is the cosine's default
+        ``total_steps``."""
+        if name not in SCHEDULE_NAMES:
+            raise ValueError(f"name must be one of {', '.join(SCHEDULE_NAMES)}, got {name!r}")
+        for k in ("milestones", "rho_values", "gamma_values"):
+            if keys.get(k) is not None:
+                keys[k] = [int(v) if k == "milestones" else float(v) for v in keys[k]]
         self.name, self.rho, self.gamma, self.keys = name, float(rho), float(gamma), keys
         if name == "cosine" and keys.get("total_steps") is None:
             self.keys["total_steps"] = train_steps
@@ -59,16 +66,6 @@ class Schedule:
 
     def __call__(self, step: int) -> tuple[float, float]:
         return self.value("rho", step), self.value("gamma", step)
-
-
-def build_schedule(cfg) -> Schedule:
-    keys = {k: v for k, v in cfg.noise.items() if k != "name"}
-    if "milestones" in keys:
-        keys["milestones"] = list(keys["milestones"])
-    for k in ("rho_values", "gamma_values"):
-        if keys.get(k) is not None:
-            keys[k] = [float(v) for v in keys[k]]
-    return Schedule(cfg.noise.name, cfg.reg.rho, cfg.reg.gamma, cfg.train.steps, **keys)
 
 
 def _require_list(cfg, key: str, length: int, low: float | None, high: float | None) -> None:
