@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import subprocess
 import sys
@@ -11,6 +13,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
+import nsrun.runner.config  # noqa: F401  (registers the config schema, conf/'s option files name it)
+
 ROOT = Path(__file__).resolve().parent.parent
 CONF = ROOT / "conf"
 SHARED = ROOT.parent / "shared"
@@ -19,11 +23,11 @@ SHARED = ROOT.parent / "shared"
 os.environ["WANDB_MODE"] = "offline"
 os.environ.setdefault("WANDB_SILENT", "true")
 
-# a tiny modular-addition setting that trains in seconds on one CPU thread; logger=none because wandb
-# init + finish add about 1-1.5 s per run (tests/test_tracking.py covers logger=wandb)
+# a tiny modular-addition baseline that trains in seconds on one CPU thread (reg=none; a later reg=... wins);
+# logger=none because wandb init + finish add about 1-1.5 s per run (tests/test_tracking.py covers logger=wandb)
 TINY = [
     "task.p=23", "task.train_fraction=0.5", "model=tiny", "train.threads=1", "train.progress=none",
-    "optim.warmup_steps=0", "logger=none",
+    "optim.warmup_steps=0", "logger=none", "reg=none",
 ]
 
 
@@ -39,6 +43,19 @@ def run_cli(args, cwd=None, env=None, timeout=600, script="nsrun.commands.nsrun"
                 **(env or {})}
     return subprocess.run([sys.executable, "-m", script, *args], cwd=cwd or ROOT, env=full_env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+def refusal(overrides) -> str:
+    """The one line with which ``nsrun OVERRIDES`` is refused (exit 2) before anything is created: the console
+    script's composition and validation, run in this process."""
+    from nsrun.commands.nsrun import prevalidate
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), pytest.raises(SystemExit) as exited:
+        prevalidate(list(overrides))
+    lines = err.getvalue().splitlines()
+    assert exited.value.code == 2 and len(lines) == 1, err.getvalue()
+    return lines[0]
 
 
 @pytest.fixture

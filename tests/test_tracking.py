@@ -14,12 +14,10 @@ import wandb
 from wandb.proto import wandb_internal_pb2
 
 from nsrun.runner.checkpoint import load_checkpoint
-from nsrun.runner.config import validate
-from nsrun.runner.errors import ConfigError
 from nsrun.runner.tracking import read_jsonl
 from nsrun.runner.train import run_id_for, train
 from nsrun.runner.wandb_logger import sweep_group
-from tests.conftest import ROOT, TINY, compose_cfg, run_cli
+from tests.conftest import ROOT, TINY, compose_cfg, refusal, run_cli
 
 WANDB = [*TINY, "logger=wandb", "stability.rhos=[0.25]", "stability.noises=[token]", "stability.splits=[val]",
          "stability.sensitivity=false"]
@@ -193,7 +191,5 @@ def test_default_group_is_the_sweep_or_the_job_of_parallel_seeds(tmp_path):
 
 
 def test_bad_logger_settings_are_refused():
-    with pytest.raises(ConfigError, match="logger.mode"):
-        validate(compose_cfg([*WANDB, "logger.mode=sometimes"]))
-    with pytest.raises(ConfigError, match="logger.tags"):
-        validate(compose_cfg([*WANDB, "logger.tags=oops"]))
+    assert "logger.mode" in refusal([*WANDB, "logger.mode=sometimes"])
+    assert "logger.tags" in refusal([*WANDB, "logger.tags=oops"])

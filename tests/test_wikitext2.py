@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from nsrun.runner.config import validate
+from nsrun.runner.config import preflight, validate
 from nsrun.runner.errors import ConfigError
 from nsrun.runner.objective import build_model
 from nsrun.runner.tracking import read_jsonl
@@ -137,9 +137,9 @@ def test_bad_input_one_line_exit_2(tmp_path, overrides, key, text):
 
 def test_missing_file_and_unreachable_hub_are_config_errors(cache_dir, monkeypatch):
     with pytest.raises(ConfigError, match=r"^task.train_file: .*train.txt not found; set task.train_file"):
-        validate(wt2_cfg(cache_dir, "task.train_file=train.txt"))
+        preflight(wt2_cfg(cache_dir, "task.train_file=train.txt"))
     for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens on the discard port
     with pytest.raises(ConfigError, match=r"^task.data_dir: .*hub cannot be reached.*task.data_dir=DIR"):
-        validate(wt2_cfg(cache_dir, data_dir="null"))
+        preflight(wt2_cfg(cache_dir, data_dir="null"))

@@ -15,7 +15,8 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-CONF_DIR = os.environ.get("NSRUN_CONFIG_DIR", str(Path(__file__).resolve().parents[2] / "conf"))
+from nsrun.runner.config import CONF_DIR  # also registers the config schema that conf/'s option files name
+
 MAX_VALIDATED_JOBS = 1024
 
 
@@ -29,39 +30,52 @@ def _child_keys(cfg, parent: str) -> list[str]:
     return sorted(str(k) for k in node.keys()) if isinstance(node, DictConfig) else []
 
 
-def format_hydra_error(exc: BaseException, base_cfg: DictConfig | None) -> str:
-    """One line for a Hydra composition/override error."""
+def _unknown_key(full: str, cfg: DictConfig | None, schema: bool) -> str:
+    """One line for a key that the config does not have: from nsrun's schema (which options have the key,
+    did you mean), else the keys the config has there."""
+    if schema:
+        from nsrun.runner.config import unknown_key
+
+        return str(unknown_key(full, cfg))
+    parent = full.rpartition(".")[0]
+    keys = _child_keys(cfg, parent) if cfg is not None else []
+    if not keys:  # e.g. hydra.launcher.*, not in the composed job config
+        return f"{full}: unknown key"
+    where = f"under '{parent}'" if parent else "at the top level"
+    return f"{full}: unknown key; allowed keys {where}: {', '.join(keys)}"
+
+
+def format_hydra_error(exc: BaseException, base_cfg: DictConfig | None, schema: bool = True) -> str:
+    """One line for a Hydra composition/override error; ``base_cfg``: the config the overrides apply to (its
+    selected options name the keys that exist), ``schema``: it is nsrun's config (conf/config.yaml)."""
     msg = str(exc)
-    if msg.startswith("Error merging override") and exc.__cause__ is not None:  # e.g. a typed hydra.launcher key
-        return format_hydra_error(exc.__cause__, base_cfg)
+    override = re.match(r"Error merging override (\S+?)=(.*)", msg)
+    if override and exc.__cause__ is not None:  # a typed key (nsrun's schema, hydra.launcher)
+        m = re.search(r"full_key: (\S+)", str(exc.__cause__))
+        if m and "is not a ListConfig" in str(exc.__cause__):
+            return f"{m.group(1)}: must be a list, got {override.group(2)!r}"
+        return format_hydra_error(exc.__cause__, base_cfg, schema)
     m = re.search(r"Could not find '([^']+)/([^'/]+)'", msg)
     if m:
         group, option = m.group(1), m.group(2)
         opts = re.search(r"Available options in '[^']+':\s*\n((?:\s*\t.*\n?)*)", msg)
         allowed = ", ".join(o.strip() for o in opts.group(1).splitlines() if o.strip()) if opts else "none"
         return f"{group}={option}: unknown option for config group '{group}'; allowed: {allowed}"
-    m = re.search(r"Key '([^']+)' is not in struct\s*\n\s*full_key: (\S+)", msg)
+    m = re.search(r"Key '([^']+)' is not in struct\s*\n\s*full_key: (\S+)", msg) or re.search(
+        r"Could not override '([^']+)'", msg)
     if m:
-        full = m.group(2)
-        parent = full.rpartition(".")[0]
-        keys = _child_keys(base_cfg, parent) if base_cfg is not None else []
-        where = f" under '{parent}'" if parent else ""
-        return f"{full}: unknown key; allowed keys{where}: {', '.join(keys)}"
-    m = re.search(r"Could not override '([^']+)'", msg)
-    if m:
-        full = m.group(1)
-        parent = full.rpartition(".")[0]
-        keys = _child_keys(base_cfg, parent) if base_cfg is not None else []
-        where = f"under '{parent}'" if parent else "at the top level"
-        if not keys:  # e.g. hydra.launcher.*, not in the composed job config
-            return f"{full}: unknown key"
-        return f"{full}: unknown key; allowed keys {where}: {', '.join(keys)}"
+        return _unknown_key(m.group(m.lastindex), base_cfg, schema)
     m = re.search(r"Error parsing override '([^']+)'", msg)
     if isinstance(exc, Exception) and type(exc).__name__ == "OverrideParseException":
         return f"could not parse override{' ' + repr(m.group(1)) if m else ''}: {msg.splitlines()[0]}"
-    m = re.search(r"Value '(.*?)' (?:of type '\w+' )?could not be converted to (\w+)\s*\n\s*full_key: (\S+)", msg)
+    m = re.search(r"field '([^']+)' is not Optional", msg)
     if m:
-        return f"{m.group(3)}: expected {m.group(2).lower()}, got {m.group(1)!r}"
+        return f"{m.group(1)}: must not be null"
+    m = re.search(r"could not be converted to \w+\s*\n\s*full_key: (\S+)", msg)
+    if m:
+        from nsrun.runner.config import type_error
+
+        return str(type_error(m.group(1), exc))
     lines = [ln.strip() for ln in msg.splitlines() if ln.strip() and not ln.startswith("Set the environment")]
     return " ".join(lines[:2]) if lines else type(exc).__name__
 
@@ -77,10 +91,29 @@ def _sweep_jobs(overrides: list[str], sweeper_params: dict) -> list[list[str]]:
     return [list(job) for batch in batches for job in batch]
 
 
+def _fixed(overrides: list[str]) -> list[str]:
+    """The overrides that are not sweeps (``seed=0,1`` is one): what every job of a multirun shares."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    return [o.input_line for o in parsed if not o.is_sweep_override()]
+
+
+def _job_context(compose, config_name: str, job: list[str], base_cfg):
+    """The config that a failing job's key overrides apply to: its option choices (``reg=none``) composed
+    without the key overrides, else the default config."""
+    choices = [o for o in job if "." not in o.split("=", 1)[0] and "/" not in o.split("=", 1)[0]]
+    try:
+        return compose(config_name=config_name, overrides=choices)
+    except Exception:
+        return base_cfg
+
+
 def prevalidate(argv: list[str], prog: str = "nsrun", config_dir: str = CONF_DIR, config_name: str = "config",
                 validate=None, skip_on_cfg: bool = False) -> None:
     """Compose and validate every job of this command (the sweeper's params included) with ``validate``
-    (default ``nsrun.runner.config.validate``); print ``{prog}: error: ...`` and exit 2 on the first bad one.
+    (default: nsrun's schema, ``nsrun.runner.config.validate``, then its ``preflight`` unless the jobs run on
+    SLURM, where each job runs it on its node); print ``{prog}: error: ...`` and exit 2 on the first bad one.
     ``skip_on_cfg``: do not validate for ``--cfg`` (when validation is expensive, e.g. loads a model)."""
     from hydra import compose, initialize_config_dir
     from hydra._internal.utils import get_args_parser
@@ -88,8 +121,9 @@ def prevalidate(argv: list[str], prog: str = "nsrun", config_dir: str = CONF_DIR
 
     from nsrun.runner.errors import ConfigError
 
-    if validate is None:
-        from nsrun.runner.config import validate
+    schema = validate is None
+    if schema:
+        from nsrun.runner.config import preflight, validate
 
     try:
         args = get_args_parser().parse_args(argv)
@@ -103,30 +137,36 @@ def prevalidate(argv: list[str], prog: str = "nsrun", config_dir: str = CONF_DIR
     config_name = args.config_name or config_name
     overrides = list(args.overrides)
     GlobalHydra.instance().clear()
-    base_cfg = None
+    base_cfg, job, jobs, checked = None, overrides, [overrides], set()
     try:
         with initialize_config_dir(config_dir=config_dir, version_base="1.3"):
             base_cfg = compose(config_name=config_name)
+            remote = False
             if args.multirun:
-                try:
-                    hydra_cfg = compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
-                    params = dict(hydra_cfg.hydra.sweeper.get("params") or {})
-                except Exception:
-                    params = {}
-                jobs = _sweep_jobs(overrides, params)
-            else:
-                jobs = [overrides]
+                hydra_cfg = compose(config_name=config_name, overrides=_fixed(overrides), return_hydra_config=True)
+                remote = "Slurm" in str(hydra_cfg.hydra.launcher.get("_target_", ""))
+                jobs = _sweep_jobs(overrides, dict(hydra_cfg.hydra.sweeper.get("params") or {}))
             for job in jobs[:MAX_VALIDATED_JOBS]:
                 cfg = compose(config_name=config_name, overrides=job)
                 try:
                     validate(cfg)
+                    if schema and not remote and not args.cfg:
+                        key = OmegaConf.to_yaml(OmegaConf.masked_copy(cfg, ["train", "task"]), resolve=True)
+                        if key not in checked:
+                            checked.add(key)
+                            preflight(cfg)
                 except ConfigError as e:
                     prefix = f"[job {' '.join(job)}] " if len(jobs) > 1 else ""
                     fail(f"{prefix}{e}", prog=prog)
     except SystemExit:
         raise
     except Exception as e:  # Hydra's composition and override errors
-        fail(format_hydra_error(e, base_cfg), prog=prog)
+        context, prefix = base_cfg, ""
+        if base_cfg is not None:
+            with initialize_config_dir(config_dir=config_dir, version_base="1.3"):
+                context = _job_context(compose, config_name, job, base_cfg)
+            prefix = f"[job {' '.join(job)}] " if len(jobs) > 1 else ""
+        fail(prefix + format_hydra_error(e, context, schema), prog=prog)
     finally:
         GlobalHydra.instance().clear()
 
@@ -156,6 +196,48 @@ def hydra_entry(cfg: DictConfig):
         fail(str(e), code=130)
 
 
+# groups of conf/ that have no schema of their own (Hydra's launcher group; the experiments, added with +)
+OTHER_GROUPS = {"hydra/launcher": "where the jobs of a multirun (-m) run: local cores or GPUs, or SLURM",
+                "+experiment": "one of the paper's experiments: its settings and its sweep (use with -m)"}
+HELP_INDENT = 16
+
+
+def _option_lines(group: str, name: str, chosen: bool) -> list[str]:
+    """``name: what it is`` for an option with a schema of its own, and for reg and noise its keys."""
+    from nsrun.runner.config import OPTIONS, field_names
+
+    pad = " " * (HELP_INDENT + 2)
+    mark = " (chosen)" if chosen else ""
+    schema = OPTIONS.get(group, {}).get(name)
+    doc = (schema.__doc__ or "").strip().splitlines()[0].rstrip(".") if schema else ""
+    lines = [f"{pad}{name}{mark}: {doc}"]
+    if group in ("reg", "noise"):
+        keys = [k for k in field_names(schema) if k != "name"]
+        lines.append(f"{pad}    keys: {' '.join(f'{group}.{k}' for k in keys) if keys else 'none'}")
+    return lines
+
+
+def groups_help(choices) -> str:
+    """The config groups for ``nsrun --help``: each with one line on what it configures and its options
+    (the chosen one marked; for reg and noise, the keys each option has)."""
+    from nsrun.runner.config import GROUPS, OPTIONS
+
+    lines = []
+    for group, line in [*((g, GROUPS[g]) for g in ("task", "model", "optim", "reg", "noise", "logger")),
+                        *OTHER_GROUPS.items()]:
+        names = sorted(f.stem for f in (Path(CONF_DIR) / group.lstrip("+")).glob("*.yaml"))
+        chosen = (choices or {}).get(group.lstrip("+"))
+        lines.append(f"{group:<{HELP_INDENT}}{line}")
+        if group in OPTIONS:
+            lines += [out for n in names for out in _option_lines(group, n, n == chosen)]
+        else:
+            lines.append(" " * (HELP_INDENT + 2) + " | ".join(f"{n} (chosen)" if n == chosen else n for n in names))
+    return "\n".join(lines)
+
+
+OmegaConf.register_new_resolver("nsrun_groups", groups_help, replace=True)
+
+
 def reuse_group_listing_repository() -> None:
     """Hydra's --help lists every config group and rebuilds its config repository (a deep copy) for each
     listing, about a second for nsrun's groups; within one command the repository does not change, so the
@@ -177,11 +259,15 @@ def reuse_group_listing_repository() -> None:
 
 def main() -> None:
     from nsrun.launch.slurm import silence_schema_warning
+    from nsrun.runner.threads import prepare_environment
 
+    prepare_environment()  # OpenMP's wait policy, before anything imports torch (nsrun/runner/threads.py)
     if {"--help", "-h", "--hydra-help"} & set(sys.argv[1:]):
         reuse_group_listing_repository()
 
     silence_schema_warning()  # nsrun's defaults for hydra/launcher=submitit_slurm (conf/hydra/launcher/)
+    if ({"--cfg", "-c"} & set(sys.argv[1:])) and "--resolve" not in sys.argv:
+        sys.argv.append("--resolve")  # --cfg shows the values a run will use, not their interpolations
     prevalidate(sys.argv[1:])
     hydra_entry()
 

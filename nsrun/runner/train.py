@@ -75,6 +75,8 @@ def _comparable(cfg) -> dict:
         node, leaf = _parent(d, key)
         if node is not None:
             node.setdefault(leaf, value)
+    if isinstance(d.get("reg"), dict) and d["reg"].get("name") != "stability":  # rho/gamma of old baselines
+        d["reg"].pop("rho", None), d["reg"].pop("gamma", None)
     return d
 
 

@@ -1,0 +1,64 @@
+"""``logger``: where metrics go besides the run directory's own files (which stay the source of truth)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from omegaconf import MISSING
+
+from nsrun.runner.config.checks import is_list
+from nsrun.runner.config.schema import describe, option, section
+from nsrun.runner.errors import ConfigError
+
+describe("logger", "an experiment tracker beside the local logs: wandb (offline unless logged in) or none")
+
+WANDB_MODES = (None, "online", "offline", "disabled")
+
+
+@option("logger", "none")
+@dataclass
+class NoLogger:
+    """Local logs only: metrics.jsonl, timing.jsonl and .hydra/ in the run directory."""
+
+    name: str = "none"
+
+    def build(self, cfg, run_dir: Path, run_id: str | None):
+        from nsrun.runner.tracking import NullLogger
+
+        return NullLogger(cfg, run_dir, run_id)
+
+
+@option("logger", "wandb")
+@dataclass
+class WandbLoggerConfig:
+    """Weights & Biases (offline unless logged in; never prompts)."""
+
+    name: str = "wandb"
+    project: str | None = MISSING
+    entity: str | None = MISSING
+    group: str | None = MISSING
+    job_type: str | None = MISSING
+    tags: list[str] = MISSING
+    mode: str | None = MISSING
+    dir: str | None = MISSING
+
+    def check(self) -> None:
+        if self.mode not in WANDB_MODES:
+            raise ConfigError("logger.mode", f"must be null, online, offline or disabled, got {self.mode!r}")
+        for key in ("project", "entity", "group", "job_type", "dir"):
+            value = getattr(self, key)
+            if value is not None and not isinstance(value, str):
+                raise ConfigError(f"logger.{key}", f"must be a string or null, got {value!r}")
+        if not is_list(self.tags) or not all(isinstance(t, str) for t in self.tags):
+            raise ConfigError("logger.tags", f"must be a list of strings, got {self.tags!r}")
+
+    def build(self, cfg, run_dir: Path, run_id: str | None):
+        from nsrun.runner.wandb_logger import WandbLogger
+
+        return WandbLogger(cfg, run_dir, run_id)
+
+
+def build_logger(cfg, run_dir: Path, run_id: str | None = None):
+    """The tracker of ``cfg.logger`` for the run in ``run_dir`` (``run_id``: its stable id, e.g. wandb's)."""
+    return section(cfg, "logger").build(cfg, Path(run_dir), run_id)

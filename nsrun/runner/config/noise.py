@@ -1,0 +1,93 @@
+"""``noise``: the noise schedule, the regulariser's rho and gamma as functions of the step (reg=stability).
+
+``reg.rho`` and ``reg.gamma`` are the base values; the formulas are in nsrun/science/stability/schedules.py.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from omegaconf import MISSING
+
+from nsrun.runner.config.checks import check_int, check_number, is_int, is_list, is_number
+from nsrun.runner.config.schema import describe, option
+from nsrun.runner.errors import ConfigError
+
+describe("noise", "the noise schedule of reg=stability: rho and gamma as functions of the training step")
+
+
+class _Schedule:
+    def build(self, rho: float, gamma: float, train_steps: int):
+        """The schedule ``step -> (rho, gamma)`` around the base values ``rho`` and ``gamma``."""
+        from nsrun.science.stability.schedules import Schedule
+
+        keys = {k: v for k, v in vars(self).items() if k != "name"}
+        return Schedule(self.name, rho, gamma, train_steps, **keys)
+
+
+@option("noise", "constant")
+@dataclass
+class ConstantNoise(_Schedule):
+    """rho and gamma stay at reg.rho and reg.gamma."""
+
+    name: str = "constant"
+
+
+@option("noise", "linear_warmup")
+@dataclass
+class LinearWarmupNoise(_Schedule):
+    """From (rho_start, gamma_start) at step 0 linearly to (reg.rho, reg.gamma) at warmup_steps."""
+
+    name: str = "linear_warmup"
+    warmup_steps: int = MISSING
+    rho_start: float = MISSING
+    gamma_start: float = MISSING
+
+    def check(self) -> None:
+        check_int("noise.warmup_steps", self.warmup_steps, 0)
+        check_number("noise.rho_start", self.rho_start, 0, 1)
+        check_number("noise.gamma_start", self.gamma_start, 0)
+
+
+@option("noise", "cosine")
+@dataclass
+class CosineNoise(_Schedule):
+    """Cosine from (reg.rho, reg.gamma) at step 0 to (rho_end, gamma_end) at total_steps."""
+
+    name: str = "cosine"
+    total_steps: int | None = MISSING
+    rho_end: float = MISSING
+    gamma_end: float = MISSING
+
+    def check(self) -> None:
+        check_int("noise.total_steps", self.total_steps, 1, optional=True)
+        check_number("noise.rho_end", self.rho_end, 0, 1)
+        check_number("noise.gamma_end", self.gamma_end, 0)
+
+
+def _check_values(key: str, values, length: int, low: float, high: float | None) -> None:
+    if values is None:
+        return
+    ok = is_list(values) and len(values) == length and all(
+        is_number(v) and v >= low and (high is None or v <= high) for v in values)
+    if not ok:
+        rng = f"in [{low}, {high if high is not None else 'inf'}]"
+        raise ConfigError(key, f"must be null or a list of {length} numbers {rng} (one per milestone), got {values!r}")
+
+
+@option("noise", "step")
+@dataclass
+class StepNoise(_Schedule):
+    """Piecewise constant: reg.rho and reg.gamma, then rho_values[j] / gamma_values[j] from milestones[j]."""
+
+    name: str = "step"
+    milestones: list[int] = MISSING
+    rho_values: list[float] | None = MISSING
+    gamma_values: list[float] | None = MISSING
+
+    def check(self) -> None:
+        m = self.milestones
+        if not is_list(m) or not m or not all(is_int(s) and s >= 0 for s in m) or list(m) != sorted(set(m)):
+            raise ConfigError("noise.milestones", f"must be a non-empty increasing list of steps >= 0, got {m!r}")
+        _check_values("noise.rho_values", self.rho_values, len(m), 0, 1)
+        _check_values("noise.gamma_values", self.gamma_values, len(m), 0, None)

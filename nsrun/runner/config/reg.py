@@ -1,0 +1,124 @@
+"""``reg``: what is added to the cross-entropy (the noise-stability regulariser, or a peer accelerator).
+
+An objective is called once per step as ``loss, stats = objective(model, x, y, step)``. It may define
+``after_backward(model)`` (called between backward and the optimiser step: gradient filters) and
+``log_stats() -> dict`` (means since the last eval, added to the eval row).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from omegaconf import MISSING
+
+from nsrun.runner.config.checks import check_bool, check_choice, check_int, check_number
+from nsrun.runner.config.schema import OPTIONS, KeyWithoutEffect, describe, option, section
+from nsrun.runner.errors import ConfigError
+
+describe("reg", "the regulariser added to the cross-entropy, or a peer grokking accelerator")
+
+NOISES = ("token", "gaussian")
+GAUSSIAN_ON = ("resampleable", "all")
+
+
+@option("reg", "none")
+@dataclass
+class NoReg:
+    """Plain cross-entropy: the baseline."""
+
+    name: str = "none"
+
+    def build(self, task, schedule, seed: int):
+        from nsrun.science.objective import CrossEntropy
+
+        return CrossEntropy(task)
+
+
+@option("reg", "stability")
+@dataclass
+class StabilityReg:
+    """The paper's regulariser (Definition 6.1): CE + gamma (-1)^S <p(X), p(Y)>, Y a noisy copy of X."""
+
+    scheduled = True  # rho and gamma follow the noise schedule (the noise group)
+    name: str = "stability"
+    rho: float = MISSING
+    gamma: float = MISSING
+    S: int = MISSING
+    noise: str = MISSING
+    stop_grad_clean: bool = MISSING
+    batch_fraction: float = MISSING
+    sigma: float | None = MISSING
+    gaussian_on: str = MISSING
+
+    def check(self) -> None:
+        check_number("reg.rho", self.rho, 0, 1)
+        check_number("reg.gamma", self.gamma, 0)
+        check_int("reg.S", self.S, 0)
+        check_choice("reg.S", self.S, (0, 1))
+        check_choice("reg.noise", self.noise, NOISES)
+        check_bool("reg.stop_grad_clean", self.stop_grad_clean)
+        check_number("reg.batch_fraction", self.batch_fraction, 0, 1, low_open=True)
+        check_number("reg.sigma", self.sigma, 0, low_open=True, optional=True)
+        check_choice("reg.gaussian_on", self.gaussian_on, GAUSSIAN_ON)
+        if self.noise != "gaussian":
+            for key, unused in (("sigma", None), ("gaussian_on", "resampleable")):
+                if getattr(self, key) != unused:
+                    raise KeyWithoutEffect(f"reg.{key}", f"has no effect with reg.noise={self.noise}; "
+                                                         "set reg.noise=gaussian")
+
+    def build(self, task, schedule, seed: int):
+        from nsrun.science.stability.regulariser import StabilityRegulariser
+
+        return StabilityRegulariser(task, schedule, S=self.S, noise=self.noise, stop_grad_clean=self.stop_grad_clean,
+                                    batch_fraction=self.batch_fraction, sigma=self.sigma,
+                                    gaussian_on=self.gaussian_on, seed=seed)
+
+
+@option("reg", "grokfast")
+@dataclass
+class GrokFastReg:
+    """GrokFast-EMA (Lee et al. 2024), a peer: g <- g + lamb * EMA_alpha(g)."""
+
+    name: str = "grokfast"
+    alpha: float = MISSING
+    lamb: float = MISSING
+
+    def check(self) -> None:
+        check_number("reg.alpha", self.alpha, 0, 1, high_open=True)
+        check_number("reg.lamb", self.lamb, 0)
+
+    def build(self, task, schedule, seed: int):
+        from nsrun.science.peers import GrokFastEMA
+
+        return GrokFastEMA(task, alpha=self.alpha, lamb=self.lamb)
+
+
+@option("reg", "weight_decay")
+@dataclass
+class WeightDecayReg:
+    """Weight decay alone (Omnigrok), a peer: plain cross-entropy with optim.weight_decay 3.0."""
+
+    name: str = "weight_decay"
+
+    def build(self, task, schedule, seed: int):
+        from nsrun.science.objective import CrossEntropy
+
+        return CrossEntropy(task)
+
+
+def check_schedule_used(reg, noise) -> None:
+    """A noise schedule other than ``constant`` is refused where the regulariser has no rho or gamma."""
+    if noise.name != "constant" and not getattr(reg, "scheduled", False):
+        users = " or ".join(f"reg={n}" for n, c in OPTIONS["reg"].items() if getattr(c, "scheduled", False))
+        raise KeyWithoutEffect(f"noise={noise.name}", f"has no effect with reg={reg.name}; choose {users}")
+
+
+def build_objective(cfg, task):
+    """The training objective of ``cfg.reg`` for ``task``: its noise follows ``cfg.noise`` and ``cfg.seed``."""
+    reg = section(cfg, "reg")
+    schedule = None
+    if getattr(reg, "scheduled", False):
+        schedule = section(cfg, "noise").build(reg.rho, reg.gamma, section(cfg, "train").steps)
+    if "seed" not in cfg:
+        raise ConfigError("seed", "is missing from the config")
+    return reg.build(task, schedule, int(cfg.seed))

@@ -1,0 +1,194 @@
+"""``task``: what is learned (the data, its split, and a task's own defaults for ``train.*``)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from omegaconf import MISSING
+
+from nsrun.runner.config.checks import check_choice, check_int, check_number, check_str, is_int
+from nsrun.runner.config.schema import HINTS, describe, option, section
+from nsrun.runner.errors import ConfigError
+
+describe("task", "what is learned: the data, its train/validation split, and the task's defaults for train.*")
+
+# a task file may set these: the defaults of train.batch_size, train.steps, train.eval_every, eval.n_examples,
+# stability.n_examples and stability.sensitivity_positions (conf/config.yaml picks them up with oc.select)
+TRAIN_DEFAULTS = {"batch_size": "train.batch_size", "steps": "train.steps", "eval_every": "train.eval_every",
+                  "eval_examples": "eval.n_examples", "stability_examples": "stability.n_examples",
+                  "sensitivity_positions": "stability.sensitivity_positions"}
+OPERATIONS = ("add", "sub", "mul", "div")
+VAL_SETS = ("fixed", "fresh")
+TOKENIZERS = ("bpe", "wordlevel")
+MAX_EXHAUSTIVE_BITS = 20  # parity: up to 2^20 inputs, training and fixed validation inputs do not overlap
+SHARED_DATA_HINT = "../shared/data/wikitext-2"
+
+
+def is_prime(n: int) -> bool:
+    return n >= 2 and all(n % d for d in range(2, int(n**0.5) + 1))
+
+
+for _key, _target in TRAIN_DEFAULTS.items():
+    HINTS[f"task.{_key}"] = f"is a task file's default for {_target}; set {_target} instead"
+
+
+def _check_train_defaults(task) -> None:
+    for key in TRAIN_DEFAULTS:
+        if hasattr(task, key):
+            check_int(f"task.{key}", getattr(task, key), 1, optional=True)
+
+
+@option("task", "modadd")
+@dataclass
+class ModAddTask:
+    """Modular arithmetic (Power et al. 2022): "a op b =" -> (a op b) mod p."""
+
+    name: str = "modadd"
+    p: int = MISSING
+    operation: str = MISSING
+    train_fraction: float = MISSING
+    split_seed: int = MISSING
+
+    def check(self) -> None:
+        if not is_int(self.p) or self.p < 3 or not is_prime(self.p):
+            raise ConfigError("task.p", f"must be a prime >= 3, got {self.p!r}")
+        check_choice("task.operation", self.operation, OPERATIONS)
+        check_number("task.train_fraction", self.train_fraction, 0, 1, low_open=True, high_open=True)
+        check_int("task.split_seed", self.split_seed)
+
+    def build(self):
+        from nsrun.science.tasks.modadd import ModularArithmetic
+
+        return ModularArithmetic(self)
+
+
+@option("task", "parity")
+@dataclass
+class ParityTask:
+    """Noisy k-sparse parity (Barak et al. 2022): n bits, label = XOR of k hidden bits."""
+
+    name: str = "parity"
+    n_bits: int = MISSING
+    k: int = MISSING
+    label_noise: float = MISSING
+    n_train: int = MISSING
+    n_val: int = MISSING
+    val_set: str = MISSING
+    subset_seed: int = MISSING
+    data_seed: int = MISSING
+    batch_size: int | None = MISSING
+    steps: int | None = MISSING
+    eval_every: int | None = MISSING
+    stability_examples: int | None = MISSING
+    sensitivity_positions: int | None = MISSING
+
+    def check(self) -> None:
+        check_int("task.n_bits", self.n_bits, 1)
+        check_int("task.k", self.k, 1)
+        if self.k > self.n_bits:
+            raise ConfigError("task.k", f"must be <= task.n_bits={self.n_bits}, got {self.k}")
+        check_number("task.label_noise", self.label_noise, 0, 0.5, high_open=True)
+        check_int("task.n_train", self.n_train, 1)
+        check_int("task.n_val", self.n_val, 1)
+        check_choice("task.val_set", self.val_set, VAL_SETS)
+        check_int("task.subset_seed", self.subset_seed, 0)
+        check_int("task.data_seed", self.data_seed, 0)
+        _check_train_defaults(self)
+        if self.n_bits <= MAX_EXHAUSTIVE_BITS:
+            needed = self.n_train + (self.n_val if self.val_set == "fixed" else 0)
+            if needed > 2**self.n_bits:
+                what = "n_train + n_val" if self.val_set == "fixed" else "n_train"
+                raise ConfigError("task.n_train", f"{what} must be <= 2^n_bits = {2**self.n_bits} distinct inputs, "
+                                                  f"got {needed}")
+
+    def build(self):
+        from nsrun.science.tasks.parity import SparseParity
+
+        return SparseParity(self)
+
+
+@option("task", "wikitext2")
+@dataclass
+class WikiText2Task:
+    """WikiText-2 next-token prediction with a trained tokenizer (the paper: vocabulary 500)."""
+
+    name: str = "wikitext2"
+    data_dir: str | None = MISSING
+    train_file: str = MISSING
+    val_file: str = MISSING
+    hub_dataset: str = MISSING
+    hub_config: str = MISSING
+    hub_train_split: str = MISSING
+    hub_val_split: str = MISSING
+    tokenizer: str = MISSING
+    vocab_size: int = MISSING
+    cache_dir: str | None = MISSING
+    context: int = MISSING
+    stride: int | None = MISSING
+    batch_size: int | None = MISSING
+    steps: int | None = MISSING
+    eval_every: int | None = MISSING
+    eval_examples: int | None = MISSING
+    stability_examples: int | None = MISSING
+    sensitivity_positions: int | None = MISSING
+
+    def check(self) -> None:
+        check_choice("task.tokenizer", self.tokenizer, TOKENIZERS)
+        check_int("task.vocab_size", self.vocab_size, 10)
+        check_int("task.context", self.context, 2)
+        if self.stride is not None and (not is_int(self.stride) or self.stride < 1):
+            raise ConfigError("task.stride", f"must be an integer >= 1 or null (= task.context), got {self.stride!r}")
+        _check_train_defaults(self)
+        for key in ("train_file", "val_file", "hub_dataset", "hub_config", "hub_train_split", "hub_val_split"):
+            check_str(f"task.{key}", getattr(self, key))
+        if self.cache_dir is not None and not isinstance(self.cache_dir, str):
+            raise ConfigError("task.cache_dir", f"must be a directory path or null, got {self.cache_dir!r}")
+        if self.data_dir is not None and not isinstance(self.data_dir, str):
+            raise ConfigError("task.data_dir", f"must be a directory path or null (the hub), got {self.data_dir!r}")
+
+    def preflight(self) -> None:
+        """The data and the tokenizer cache are where the run will look for them; the hub answers if used."""
+        from nsrun.science.tasks.wikitext2 import default_cache_dir, hub_unreachable_reason
+
+        cache = Path(self.cache_dir).expanduser() if self.cache_dir else default_cache_dir()
+        existing = next(p for p in (cache, *cache.parents) if p.exists())
+        if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+            raise ConfigError("task.cache_dir", f"{cache} is not writable (the tokenizer is cached there); "
+                                                "set task.cache_dir to a writable directory")
+        if self.data_dir is not None:
+            data_dir = Path(self.data_dir).expanduser()
+            if not data_dir.is_dir():
+                raise ConfigError("task.data_dir", f"directory {data_dir} does not exist; set task.data_dir=DIR "
+                                                   f"holding {self.train_file} and {self.val_file} "
+                                                   f"(e.g. {SHARED_DATA_HINT})")
+            for key in ("train_file", "val_file"):
+                path = data_dir / getattr(self, key)
+                if not path.is_file():
+                    raise ConfigError(f"task.{key}", f"{path} not found; set task.{key} to a text file in "
+                                                     f"task.data_dir={self.data_dir}")
+        elif not _skip_hub_check():
+            reason = hub_unreachable_reason(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+            if reason:
+                raise ConfigError("task.data_dir", f"is null (load {self.hub_dataset}/{self.hub_config} from the "
+                                                   f"hub) but the hub cannot be reached ({reason}); "
+                                                   f"offline, set task.data_dir=DIR holding {self.train_file} "
+                                                   f"and {self.val_file} (e.g. task.data_dir={SHARED_DATA_HINT})")
+
+    def build(self):
+        from nsrun.science.tasks.wikitext2 import WikiText2
+
+        return WikiText2(self)
+
+
+def _skip_hub_check() -> bool:
+    """True when a direct TCP check says nothing: offline mode (cached copies) or a proxy in between."""
+    offline = any(os.environ.get(v, "").lower() in ("1", "true", "yes", "on")
+                  for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+    return offline or any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"))
+
+
+def build_task(cfg):
+    """The task of ``cfg.task`` (its data loaded, on the CPU)."""
+    return section(cfg, "task").build()
