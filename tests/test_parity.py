@@ -7,8 +7,8 @@ import torch
 
 from nsrun.runner.config import validate
 from nsrun.runner.errors import ConfigError
+from nsrun.runner.objective import build_task
 from nsrun.runner.train import train
-from nsrun.science.tasks import build_task
 from nsrun.science.tasks.parity import READOUT
 from tests.conftest import compose_cfg, run_cli
 

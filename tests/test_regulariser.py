@@ -9,10 +9,9 @@ import torch
 
 from nsrun.runner.config import validate
 from nsrun.runner.errors import ConfigError
-from nsrun.runner.objective import CrossEntropy, build_model, build_objective, build_schedule
+from nsrun.runner.objective import CrossEntropy, build_model, build_objective, build_schedule, build_task
 from nsrun.runner.tracking import read_jsonl
 from nsrun.runner.train import train
-from nsrun.science.tasks import build_task
 from tests.conftest import TINY, compose_cfg, run_cli
 
 

@@ -173,8 +173,7 @@ def test_attention_random_w_approaches_rho_s_as_d_grows():
 
 
 def _tiny_model_and_task():
-    from nsrun.runner.objective import build_model
-    from nsrun.science.tasks import build_task
+    from nsrun.runner.objective import build_model, build_task
     from tests.conftest import TINY, compose_cfg
 
     cfg = compose_cfg(TINY)

@@ -7,11 +7,10 @@ import math
 import pytest
 import torch
 
-from nsrun.runner.objective import build_model
+from nsrun.runner.objective import build_model, build_task
 from nsrun.runner.tracking import read_jsonl
 from nsrun.runner.train import train
 from nsrun.science.stability.estimators import noise_stability
-from nsrun.science.tasks import build_task
 from tests.conftest import SHARED, compose_cfg
 
 COMMON = ["train.threads=1", "train.progress=none", "logger=none", "stability.n_examples=64",

@@ -9,10 +9,10 @@ import torch
 
 from nsrun.runner.config import preflight, validate
 from nsrun.runner.errors import ConfigError
-from nsrun.runner.objective import build_model
+from nsrun.runner.objective import build_model, build_task
 from nsrun.runner.tracking import read_jsonl
 from nsrun.runner.train import evaluate, train
-from nsrun.science.tasks import build_task, wikitext2
+from nsrun.science.tasks import wikitext2
 from tests.conftest import SHARED, compose_cfg, run_cli
 
 DATA = SHARED / "data" / "wikitext-2"
@@ -40,7 +40,9 @@ def task(cache_dir):
 
 
 def test_shared_files_load_through_datasets(cache_dir):
-    texts = wikitext2.load_texts(wt2_cfg(cache_dir).task)
+    t = wt2_cfg(cache_dir).task
+    texts = wikitext2.load_texts(t.data_dir, t.train_file, t.val_file, t.hub_dataset, t.hub_config,
+                                 t.hub_train_split, t.hub_val_split)
     assert texts["train"] == nonblank_lines(DATA / "valid.txt")
     assert texts["validation"] == nonblank_lines(DATA / "test.txt")
     assert texts["train"][0] == "= Homarus gammarus ="
@@ -86,7 +88,7 @@ def test_tokenizer_cache_is_reused(task, cache_dir, monkeypatch):
     again = build_task(wt2_cfg(cache_dir).task)
     assert not again.tokenizer_trained and again.tokenizer_path == task.tokenizer_path
     assert torch.equal(again.train.x, task.train.x)
-    other = wikitext2.tokenizer_cache_path(wt2_cfg(cache_dir, "task.vocab_size=400").task, ["text"])
+    other = wikitext2.tokenizer_cache_path("bpe", 400, str(cache_dir), ["text"])
     assert other != task.tokenizer_path
 
 

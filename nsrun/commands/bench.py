@@ -92,7 +92,7 @@ _tasks: dict = {}
 def build_task_cached(cfg, device):
     from omegaconf import OmegaConf
 
-    from nsrun.science.tasks import build_task
+    from nsrun.runner.objective import build_task
 
     key = (OmegaConf.to_yaml(cfg.task), str(device))
     if key not in _tasks:

@@ -101,8 +101,7 @@ def load_model(args):
     validate(cfg)
     import torch
 
-    from nsrun.runner.objective import build_model
-    from nsrun.science.tasks import build_task
+    from nsrun.runner.objective import build_model, build_task
 
     task = build_task(cfg.task)
     torch.manual_seed(cfg.seed)

@@ -31,23 +31,17 @@ def default_data_dir() -> Path | None:
 def wikitext2_lines(split: str = "test", data_dir: str | Path | None = None) -> list[str]:
     """The stripped non-blank lines of a WikiText-2 split: local ``data_dir/{test,valid,train}.txt`` if found,
     else the hub. ConfigError (key ``text.data_dir``) if neither loads."""
-    from omegaconf import OmegaConf
-
     from nsrun.runner.errors import ConfigError
     from nsrun.science.tasks.wikitext2 import load_texts
 
     directory = Path(data_dir).expanduser() if data_dir else default_data_dir()
     local = directory is not None and (directory / LOCAL_FILES[split]).is_file()
-    source = OmegaConf.create({
-        "data_dir": str(directory) if local else None, "train_file": LOCAL_FILES[split],
-        "val_file": LOCAL_FILES[split], "hub_dataset": "wikitext", "hub_config": "wikitext-2-raw-v1",
-        "hub_train_split": split, "hub_val_split": split,
-    })
+    file = LOCAL_FILES[split]
     try:
-        return load_texts(source)["validation"]
-    except ConfigError as e:
-        file = LOCAL_FILES[split]
-        message = str(e).removeprefix("task.data_dir: ").replace("task.data_dir", "text.data_dir")
+        return load_texts(str(directory) if local else None, file, file, "wikitext", "wikitext-2-raw-v1",
+                          split, split)["validation"]
+    except ValueError as e:
+        message = str(e).removeprefix("data_dir: ").replace("data_dir", "text.data_dir")
         raise ConfigError("text.data_dir", message.replace(f"{file} and {file}", file)) from None
 
 

@@ -1,4 +1,4 @@
-"""The science objects built from a config: model, training objective (cross-entropy, plus the
+"""The science objects built from a config: task, model, training objective (cross-entropy, plus the
 regulariser chosen by ``reg.name``, its noise following the ``noise`` schedule) and the stability monitor's
 settings. A temporary home: the config schema package (``nsrun.runner.config``) replaces it.
 """
@@ -8,6 +8,25 @@ from __future__ import annotations
 from nsrun.runner.config import require_choice, require_number
 from nsrun.runner.errors import ConfigError
 from nsrun.science.objective import CrossEntropy
+
+
+def build_task(cfg_task):
+    """The task of ``cfg.task``: its constructor's keywords from the section (the ``train.*`` defaults a task
+    file may set are not the task's). A ValueError ``"<argument>: ..."`` becomes a ConfigError on
+    ``task.<argument>``."""
+    import inspect
+
+    from nsrun.science.tasks import task_class
+
+    cls = task_class(cfg_task.name)
+    kwargs = {k: cfg_task[k] for k in inspect.signature(cls).parameters if k in cfg_task}
+    try:
+        return cls(**kwargs)
+    except ValueError as e:
+        argument, sep, detail = str(e).partition(": ")
+        if sep and argument in kwargs:
+            raise ConfigError(f"task.{argument}", detail) from e
+        raise
 
 
 def build_model(cfg_model, task):

@@ -314,7 +314,7 @@ def _catch_up(cfg, run_dir: Path, seeds: list[int], ckpts: list[dict | None]) ->
 
 def train_vmapped(cfg: DictConfig, run_dir: Path, seeds: list[int]) -> dict:
     from nsrun.runner.checkpoint import CHECKPOINT_DIR, LAST, load_checkpoint, rng_state, save_checkpoint
-    from nsrun.runner.objective import build_model, build_objective
+    from nsrun.runner.objective import build_model, build_objective, build_task
     from nsrun.runner.tracking import METRICS_FILE, TIMING_FILE, JsonlWriter, build_logger
     from nsrun.runner.train import (
         DONE_MARKER,
@@ -329,7 +329,6 @@ def train_vmapped(cfg: DictConfig, run_dir: Path, seeds: list[int]) -> dict:
         run_id_for,
         stop_on_signals,
     )
-    from nsrun.science.tasks import build_task
 
     K = len(seeds)
     cfgs = [seed_config(cfg, s) for s in seeds]

@@ -24,9 +24,8 @@ from omegaconf import DictConfig, OmegaConf
 from nsrun.runner.checkpoint import CHECKPOINT_DIR, LAST, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from nsrun.runner.config import validate
 from nsrun.runner.errors import UsageError
-from nsrun.runner.objective import build_model, build_objective
+from nsrun.runner.objective import build_model, build_objective, build_task
 from nsrun.runner.tracking import METRICS_FILE, TIMING_FILE, JsonlWriter, build_logger
-from nsrun.science.tasks import build_task
 
 log = logging.getLogger("nsrun")
 
@@ -75,8 +74,6 @@ def _comparable(cfg) -> dict:
         node, leaf = _parent(d, key)
         if node is not None:
             node.setdefault(leaf, value)
-    if isinstance(d.get("reg"), dict) and d["reg"].get("name") != "stability":  # rho/gamma of old baselines
-        d["reg"].pop("rho", None), d["reg"].pop("gamma", None)
     return d
 
 

@@ -1,10 +1,10 @@
-"""Task registry: ``task.name`` -> (validate(cfg.task), build(cfg.task) -> Task)."""
+"""Task registry: ``task.name`` -> the Task class (constructed from plain keyword values)."""
 
 from __future__ import annotations
 
 from importlib import import_module
 
-# name -> module; each module defines validate(cfg) and a Task subclass built by build(cfg)
+# name -> (module, class); modules are imported on first use (wikitext2 pulls in datasets and tokenizers)
 TASKS = {
     "modadd": ("nsrun.science.tasks.modadd", "ModularArithmetic"),
     "parity": ("nsrun.science.tasks.parity", "SparseParity"),
@@ -12,14 +12,13 @@ TASKS = {
 }
 
 
-def _module(name: str):
-    return import_module(TASKS[name][0])
+def task_class(name: str) -> type:
+    """The Task class registered as ``name``."""
+    if name not in TASKS:
+        raise ValueError(f"name: must be one of {', '.join(TASKS)}, got {name!r}")
+    module_name, class_name = TASKS[name]
+    return getattr(import_module(module_name), class_name)
 
 
 def validate_task(cfg) -> None:
-    _module(cfg.name).validate(cfg)
-
-
-def build_task(cfg):
-    module_name, class_name = TASKS[cfg.name]
-    return getattr(import_module(module_name), class_name)(cfg)
+    import_module(TASKS[cfg.name][0]).validate(cfg)

@@ -41,14 +41,22 @@ def apply_operation(a: torch.Tensor, b: torch.Tensor, p: int, operation: str) ->
 
 
 class ModularArithmetic(Task):
+    """All pairs ``(a, b)`` (``b != 0`` for div), split at random (``split_seed``) into a ``train_fraction`` of
+    training examples and the rest for validation."""
+
     kind = "classification"
     causal = False
 
-    def __init__(self, cfg):
+    def __init__(self, p: int, operation: str = "add", train_fraction: float = 0.3, split_seed: int = 0):
+        if not is_prime(p) or p < 3:
+            raise ValueError(f"p: must be a prime >= 3, got {p!r}")
+        if operation not in OPERATIONS:
+            raise ValueError(f"operation: must be one of {', '.join(OPERATIONS)}, got {operation!r}")
+        if not 0 < train_fraction < 1:
+            raise ValueError(f"train_fraction: must be a number in (0, 1), got {train_fraction!r}")
         self.name = "modadd"
-        p = cfg.p
         self.p = p
-        self.operation = cfg.operation
+        self.operation = operation
         self.vocab_size = p + 1  # residues 0..p-1, then "=" as token p
         self.n_outputs = p
         self.seq_len = 3
@@ -59,9 +67,9 @@ class ModularArithmetic(Task):
             a, b = a[keep], b[keep]
         x = torch.stack([a, b, torch.full_like(a, p)], dim=1)
         y = apply_operation(a, b, p, self.operation)
-        gen = torch.Generator().manual_seed(cfg.split_seed)
+        gen = torch.Generator().manual_seed(split_seed)
         perm = torch.randperm(len(x), generator=gen)
-        n_train = max(1, min(len(x) - 1, round(cfg.train_fraction * len(x))))
+        n_train = max(1, min(len(x) - 1, round(train_fraction * len(x))))
         self.train = Split(x[perm[:n_train]], y[perm[:n_train]])
         self.val = Split(x[perm[n_train:]], y[perm[n_train:]])
         self.resample_mask = torch.tensor([True, True, False])

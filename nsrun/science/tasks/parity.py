@@ -79,31 +79,44 @@ def with_readout(bits: torch.Tensor) -> torch.Tensor:
 
 
 class SparseParity(Task):
+    """``n_train`` training inputs (``round(label_noise * n_train)`` labels flipped) and ``n_val`` clean
+    validation inputs, ``val_set`` ``fixed`` or ``fresh`` (module docstring)."""
+
     kind = "classification"
     causal = False
 
-    def __init__(self, cfg):
+    def __init__(self, n_bits: int, k: int, label_noise: float, n_train: int, n_val: int, val_set: str = "fixed",
+                 subset_seed: int = 0, data_seed: int = 0):
+        if not 1 <= k <= n_bits:
+            raise ValueError(f"k: must be in [1, n_bits={n_bits}], got {k!r}")
+        if not 0 <= label_noise < 0.5:
+            raise ValueError(f"label_noise: must be a number in [0, 0.5), got {label_noise!r}")
+        if val_set not in VAL_SETS:
+            raise ValueError(f"val_set: must be one of {', '.join(VAL_SETS)}, got {val_set!r}")
+        needed = n_train + (n_val if val_set == "fixed" else 0)
+        if n_bits <= MAX_EXHAUSTIVE_BITS and needed > 2**n_bits:
+            raise ValueError(f"n_train: the inputs drawn ({needed}) must be <= 2^n_bits = {2**n_bits} distinct inputs")
         self.name = "parity"
-        self.n_bits, self.k = cfg.n_bits, cfg.k
+        self.n_bits, self.k = n_bits, k
         self.vocab_size = 3  # bits 0, 1 and the readout token
         self.n_outputs = 2
         self.seq_len = self.n_bits + 1
-        self.subset = relevant_subset(self.n_bits, self.k, cfg.subset_seed)
-        self.data_seed = cfg.data_seed
-        self.n_val = cfg.n_val
-        self.fresh_val = cfg.val_set == "fresh"
+        self.subset = relevant_subset(self.n_bits, self.k, subset_seed)
+        self.data_seed = data_seed
+        self.n_val = n_val
+        self.fresh_val = val_set == "fresh"
 
-        gen = torch.Generator().manual_seed(cfg.data_seed)
-        n_fixed_val = 0 if self.fresh_val else cfg.n_val
+        gen = torch.Generator().manual_seed(data_seed)
+        n_fixed_val = 0 if self.fresh_val else n_val
         if self.n_bits <= MAX_EXHAUSTIVE_BITS:
-            bits = distinct_bits(cfg.n_train + n_fixed_val, self.n_bits, gen)
+            bits = distinct_bits(n_train + n_fixed_val, self.n_bits, gen)
         else:
-            bits = random_bits(cfg.n_train + n_fixed_val, self.n_bits, gen)
-        train_bits, val_bits = bits[: cfg.n_train], bits[cfg.n_train :]
+            bits = random_bits(n_train + n_fixed_val, self.n_bits, gen)
+        train_bits, val_bits = bits[:n_train], bits[n_train:]
         clean = parity_labels(train_bits, self.subset)
-        n_flipped = round(cfg.label_noise * cfg.n_train)
-        self.flipped = torch.zeros(cfg.n_train, dtype=torch.bool)
-        self.flipped[torch.randperm(cfg.n_train, generator=gen)[:n_flipped]] = True
+        n_flipped = round(label_noise * n_train)
+        self.flipped = torch.zeros(n_train, dtype=torch.bool)
+        self.flipped[torch.randperm(n_train, generator=gen)[:n_flipped]] = True
         self.train_clean_y = clean
         self.train = Split(with_readout(train_bits), torch.where(self.flipped, 1 - clean, clean))
         if self.fresh_val:

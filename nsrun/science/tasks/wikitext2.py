@@ -12,8 +12,8 @@ Examples are fixed windows of ``context + 1`` tokens cut from the token stream (
 ``context``, ``y`` = the last ``context``): training windows start every ``stride`` tokens, validation
 windows every ``context`` tokens (a fixed set).
 
-``validate`` checks the files, the cache directory and, for the hub, that its host takes a TCP connection
-(3 s timeout; skipped in HF offline mode or behind a proxy), so data problems are one line before compute.
+Bad values raise ``ValueError("<argument>: ...")``. ``hub_unreachable_reason(endpoint)`` says why the hub's
+host takes no TCP connection (3 s timeout), for a check before any compute.
 """
 
 from __future__ import annotations
@@ -49,8 +49,8 @@ def default_cache_dir() -> Path:
     return Path(base) / "nsrun" / "tokenizers"
 
 
-def cache_dir_of(cfg) -> Path:
-    return Path(cfg.cache_dir).expanduser() if cfg.cache_dir else default_cache_dir()
+def cache_dir_of(cache_dir: str | None) -> Path:
+    return Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
 
 
 def _skip_hub_check() -> bool:
@@ -77,9 +77,9 @@ def _offline_hint(cfg) -> str:
             f"(e.g. task.data_dir={SHARED_DATA_HINT})")
 
 
-def data_files(cfg) -> dict[str, Path]:
-    data_dir = Path(cfg.data_dir).expanduser()
-    return {"train": data_dir / cfg.train_file, "validation": data_dir / cfg.val_file}
+def data_files(data_dir: str, train_file: str, val_file: str) -> dict[str, Path]:
+    directory = Path(data_dir).expanduser()
+    return {"train": directory / train_file, "validation": directory / val_file}
 
 
 def validate(cfg) -> None:
@@ -99,7 +99,7 @@ def validate(cfg) -> None:
             raise ConfigError(f"task.{key}", f"must be a non-empty string, got {cfg[key]!r}")
     if cfg.cache_dir is not None and not isinstance(cfg.cache_dir, str):
         raise ConfigError("task.cache_dir", f"must be a directory path or null, got {cfg.cache_dir!r}")
-    cache = cache_dir_of(cfg)
+    cache = cache_dir_of(cfg.cache_dir)
     existing = next(p for p in (cache, *cache.parents) if p.exists())
     if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
         raise ConfigError("task.cache_dir", f"{cache} is not writable (the tokenizer is cached there); "
@@ -111,7 +111,8 @@ def validate(cfg) -> None:
         if not data_dir.is_dir():
             raise ConfigError("task.data_dir", f"directory {data_dir} does not exist; set task.data_dir=DIR holding "
                                                f"{cfg.train_file} and {cfg.val_file} (e.g. {SHARED_DATA_HINT})")
-        for key, path in zip(("train_file", "val_file"), data_files(cfg).values(), strict=True):
+        files = data_files(cfg.data_dir, cfg.train_file, cfg.val_file)
+        for key, path in zip(("train_file", "val_file"), files.values(), strict=True):
             if not path.is_file():
                 raise ConfigError(f"task.{key}", f"{path} not found; set task.{key} to a text file in "
                                                  f"task.data_dir={cfg.data_dir}")
@@ -123,41 +124,43 @@ def validate(cfg) -> None:
                                                f"the hub cannot be reached ({reason}); {_offline_hint(cfg)}")
 
 
-def load_texts(cfg) -> dict[str, list[str]]:
-    """``{"train": lines, "validation": lines}``: stripped, non-blank lines of each split."""
+def load_texts(data_dir: str | None, train_file: str, val_file: str, hub_dataset: str, hub_config: str,
+               hub_train_split: str, hub_val_split: str) -> dict[str, list[str]]:
+    """``{"train": lines, "validation": lines}``: stripped, non-blank lines of each split, from the files
+    ``data_dir/train_file`` and ``data_dir/val_file``, or from the hub when ``data_dir`` is None."""
     import datasets
 
     datasets.disable_progress_bars()
     datasets.logging.set_verbosity_error()
     try:
-        if cfg.data_dir is not None:
-            files = {split: str(path) for split, path in data_files(cfg).items()}
+        if data_dir is not None:
+            files = {split: str(path) for split, path in data_files(data_dir, train_file, val_file).items()}
             ds = datasets.load_dataset("text", data_files=files)
             splits = {"train": ds["train"], "validation": ds["validation"]}
         else:
-            ds = datasets.load_dataset(cfg.hub_dataset, cfg.hub_config)
-            splits = {"train": ds[cfg.hub_train_split], "validation": ds[cfg.hub_val_split]}
+            ds = datasets.load_dataset(hub_dataset, hub_config)
+            splits = {"train": ds[hub_train_split], "validation": ds[hub_val_split]}
     except Exception as e:
-        where = (f"task.data_dir={cfg.data_dir}" if cfg.data_dir is not None
-                 else f"the hub dataset {cfg.hub_dataset}/{cfg.hub_config}")
+        where = f"data_dir={data_dir}" if data_dir is not None else f"the hub dataset {hub_dataset}/{hub_config}"
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        hint = "check the files" if cfg.data_dir is not None else _offline_hint(cfg)
-        raise ConfigError("task.data_dir", f"could not load {where} ({reason}); {hint}") from e
+        hint = ("check the files" if data_dir is not None else
+                f"offline, set data_dir=DIR holding {train_file} and {val_file} (e.g. {SHARED_DATA_HINT})")
+        raise ValueError(f"data_dir: could not load {where} ({reason}); {hint}") from e
     return {split: [line.strip() for line in d["text"] if line.strip()] for split, d in splits.items()}
 
 
-def tokenizer_settings(cfg) -> dict:
-    return {"recipe": TOKENIZER_RECIPE, "tokenizer": cfg.tokenizer, "vocab_size": cfg.vocab_size,
+def tokenizer_settings(kind: str, vocab_size: int) -> dict:
+    return {"recipe": TOKENIZER_RECIPE, "tokenizer": kind, "vocab_size": vocab_size,
             "special_tokens": list(SPECIAL_TOKENS)}
 
 
-def tokenizer_cache_path(cfg, train_lines: list[str]) -> Path:
+def tokenizer_cache_path(kind: str, vocab_size: int, cache_dir: str | None, train_lines: list[str]) -> Path:
     """Where the tokenizer for these settings and this training text is cached."""
-    h = hashlib.sha256(json.dumps(tokenizer_settings(cfg), sort_keys=True).encode())
+    h = hashlib.sha256(json.dumps(tokenizer_settings(kind, vocab_size), sort_keys=True).encode())
     for line in train_lines:
         h.update(line.encode())
         h.update(b"\n")
-    return cache_dir_of(cfg) / f"{cfg.tokenizer}-{cfg.vocab_size}-{h.hexdigest()[:16]}.json"
+    return cache_dir_of(cache_dir) / f"{kind}-{vocab_size}-{h.hexdigest()[:16]}.json"
 
 
 def train_tokenizer(kind: str, vocab_size: int, lines: list[str]):
@@ -186,14 +189,14 @@ def strip_special_tokens(line: str) -> str:
     return line
 
 
-def load_or_train_tokenizer(cfg, train_lines: list[str]):
+def load_or_train_tokenizer(kind: str, vocab_size: int, cache_dir: str | None, train_lines: list[str]):
     """``(tokenizer, path, trained)``: the cached tokenizer if present, else a newly trained and cached one."""
     from tokenizers import Tokenizer
 
-    path = tokenizer_cache_path(cfg, train_lines)
+    path = tokenizer_cache_path(kind, vocab_size, cache_dir, train_lines)
     if path.exists():
         return Tokenizer.from_file(str(path)), path, False
-    tokenizer = train_tokenizer(cfg.tokenizer, cfg.vocab_size, train_lines)
+    tokenizer = train_tokenizer(kind, vocab_size, train_lines)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
     os.close(fd)
@@ -220,28 +223,34 @@ def windows(stream: torch.Tensor, context: int, stride: int) -> Split:
     """Windows of ``context + 1`` tokens starting every ``stride`` tokens: x = w[:-1], y = w[1:]."""
     n = (len(stream) - context - 1) // stride + 1
     if n < 1:
-        raise ConfigError("task.context", f"must be shorter than the token stream ({len(stream)} tokens), "
-                                          f"got {context}")
+        raise ValueError(f"context: must be shorter than the token stream ({len(stream)} tokens), got {context}")
     w = stream[torch.arange(n).unsqueeze(1) * stride + torch.arange(context + 1)]
     return Split(w[:, :-1].contiguous(), w[:, 1:].contiguous())
 
 
 class WikiText2(Task):
+    """Windows of ``context`` tokens of WikiText-2 (module docstring); ``stride`` None: ``context``."""
+
     kind = "lm"
     causal = True
 
-    def __init__(self, cfg):
+    def __init__(self, data_dir: str | None, train_file: str, val_file: str, hub_dataset: str, hub_config: str,
+                 hub_train_split: str, hub_val_split: str, tokenizer: str, vocab_size: int, cache_dir: str | None,
+                 context: int, stride: int | None = None):
+        if tokenizer not in TOKENIZERS:
+            raise ValueError(f"tokenizer: must be one of {', '.join(TOKENIZERS)}, got {tokenizer!r}")
         self.name = "wikitext2"
-        texts = load_texts(cfg)
-        self.tokenizer, self.tokenizer_path, self.tokenizer_trained = load_or_train_tokenizer(cfg, texts["train"])
+        texts = load_texts(data_dir, train_file, val_file, hub_dataset, hub_config, hub_train_split, hub_val_split)
+        self.tokenizer, self.tokenizer_path, self.tokenizer_trained = load_or_train_tokenizer(
+            tokenizer, vocab_size, cache_dir, texts["train"])
         self.vocab_size = self.tokenizer.get_vocab_size()
         self.n_outputs = self.vocab_size
-        self.seq_len = cfg.context
+        self.seq_len = context
         self.train_tokens = encode_lines(self.tokenizer, texts["train"])
         self.val_tokens = encode_lines(self.tokenizer, texts["validation"])
-        self.train = windows(self.train_tokens, cfg.context, cfg.stride or cfg.context)
-        self.val = windows(self.val_tokens, cfg.context, cfg.context)
-        self.resample_mask = torch.ones(cfg.context, dtype=torch.bool)
+        self.train = windows(self.train_tokens, context, stride or context)
+        self.val = windows(self.val_tokens, context, context)
+        self.resample_mask = torch.ones(context, dtype=torch.bool)
         special = {self.tokenizer.token_to_id(t) for t in SPECIAL_TOKENS}
         self.noise_tokens = torch.tensor([i for i in range(self.vocab_size) if i not in special])
 
