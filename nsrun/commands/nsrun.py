@@ -223,7 +223,7 @@ def groups_help(choices) -> str:
     from nsrun.runner.config import GROUPS, OPTIONS
 
     lines = []
-    for group, line in [*((g, GROUPS[g]) for g in ("task", "model", "optim", "reg", "noise", "logger")),
+    for group, line in [*((g, GROUPS[g]) for g in ("task", "model", "optim", "reg", "noise", "stop", "logger")),
                         *OTHER_GROUPS.items()]:
         names = sorted(f.stem for f in (Path(CONF_DIR) / group.lstrip("+")).glob("*.yaml"))
         chosen = (choices or {}).get(group.lstrip("+"))

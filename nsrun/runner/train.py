@@ -33,7 +33,7 @@ RESOLVED_CONFIG = "resolved_config.yaml"
 DONE_MARKER = "DONE"
 # keys that may change between a run and its resumption without changing its metrics
 RESUMABLE_KEYS = ("train.steps", "train.device", "train.threads", "train.progress", "eval.batch_size", "logger",
-                  "train.parallel_backend", "train.compile")
+                  "train.parallel_backend", "train.compile", "stop")
 
 # keys added after runs were made, with the value that reproduces what runs made before them did: a saved
 # config without such a key counts as having that value, so old run dirs still skip and resume

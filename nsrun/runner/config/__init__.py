@@ -9,7 +9,7 @@ its science object.
 * :func:`preflight` does the checks that need I/O (a CUDA device, the data files, the hub), once before any
   compute.
 * The builders: :func:`build_task`, :func:`build_model`, :func:`build_objective`, :func:`make_optimizer`,
-  :func:`lr_lambda`, :func:`monitor_settings`, :func:`build_logger`.
+  :func:`lr_lambda`, :func:`monitor_settings`, :func:`build_logger`, :func:`stop_rule`.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import os
 from pathlib import Path
 
 # every group module registers its schema on import
-from nsrun.runner.config import logger, model, noise, optim, reg, run, task  # noqa: F401
+from nsrun.runner.config import logger, model, noise, optim, reg, run, stop, task  # noqa: F401
 from nsrun.runner.config.checks import (
     DEVICE_RE,
     check_int,
@@ -45,6 +45,7 @@ from nsrun.runner.config.schema import (
     type_error,
     unknown_key,
 )
+from nsrun.runner.config.stop import stop_rule
 from nsrun.runner.config.task import build_task
 
 # the option files; importing this package registers their schema with Hydra, so compose after importing it
@@ -54,7 +55,7 @@ __all__ = [
     "CONF_DIR", "DEVICE_RE", "GROUPS", "OPTIONS", "SECTIONS", "KeyWithoutEffect", "build_logger", "build_model",
     "build_objective", "build_task", "field_names", "groups", "lr_lambda", "make_optimizer", "monitor_settings",
     "preflight", "require_bool", "require_choice", "require_int", "require_number", "section", "select",
-    "type_error", "unknown_key", "validate",
+    "stop_rule", "type_error", "unknown_key", "validate",
 ]
 
 

@@ -66,7 +66,7 @@ def field_names(cls: type) -> list[str]:
 
 def groups() -> list[str]:
     """Every group and section, in the order validation checks them."""
-    order = ("task", "model", "optim", "train", "eval", "reg", "noise", "stability", "logger")
+    order = ("task", "model", "optim", "train", "eval", "reg", "noise", "stability", "stop", "logger")
     return [g for g in order if g in OPTIONS or g in SECTIONS]
 
 
