@@ -203,7 +203,7 @@ def test_stage_features_end_at_the_models_hidden_state():
     model, task = _tiny_model_and_task()
     x = task.val.x[:16]
     stages = theory.stage_features(model, x)
-    _, hidden = model(x, return_hidden=True)
+    hidden = model.stages(x)
     torch.testing.assert_close(stages["1.out"], hidden[-1])
 
 

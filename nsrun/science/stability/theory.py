@@ -37,6 +37,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from nsrun.science.model import attention_weights
 from nsrun.science.stability.noise import gaussian_noise, token_noise
 
 # -------------------------------------------------------------------------------------------- ReLU
@@ -121,12 +122,9 @@ def activation_kernel_normalised(activation: str, c: float, scale: float = 1.0, 
 
 
 def attention_matrix(x: torch.Tensor, w_qk: torch.Tensor, causal: bool = False) -> torch.Tensor:
-    """``softmax_k(x_t^T W x_k)`` for ``x [..., T, d]``: ``[..., T, T]``."""
-    scores = x @ w_qk @ x.transpose(-1, -2)
-    if causal:
-        t = x.shape[-2]
-        scores = scores.masked_fill(torch.ones(t, t, dtype=torch.bool).triu(1), float("-inf"))
-    return torch.softmax(scores, dim=-1)
+    """``softmax_k(x_t^T W x_k)`` for ``x [..., T, d]``: ``[..., T, T]`` (the model's attention with queries
+    ``x W``, keys ``x`` and no ``1/sqrt(d)``)."""
+    return attention_weights(x @ w_qk, x, causal, scale=1.0)
 
 
 def route_agreement(rho: float, w_qk: torch.Tensor, seq_len: int, n_samples: int, scale: float = 1.0,
@@ -169,33 +167,19 @@ def attention_monte_carlo(rho: float, w_qk: torch.Tensor, w_v: torch.Tensor, seq
 # ------------------------------------------------------------------------ stages of the transformer
 
 
-def _positions(model, t: int):
-    if getattr(model, "pos_emb", None) is not None:
-        return model.pos_emb.weight[:t]
-    if getattr(model, "pos_table", None) is not None:
-        return model.pos_table[:t]
-    return None
-
-
 @torch.no_grad()
 def stage_features(model, idx: torch.Tensor | None = None, embeddings: torch.Tensor | None = None
                    ) -> dict[str, torch.Tensor]:
     """Every stage of the residual computation, ``[N, T, D_stage]`` each, in order: ``h0`` (embedding +
-    position), then per block l: ``l.attn``, ``l.mid`` (h + attn), ``l.mlp_pre``, ``l.mlp_act``, ``l.mlp``,
-    ``l.out`` (h_l, the residual stream after the block)."""
+    position), then per block l its parts (``Block.parts``): ``l.attn``, ``l.mid`` (h + attn), ``l.mlp_pre``,
+    ``l.mlp_act``, ``l.mlp``, ``l.out`` (h_l, the residual stream after the block: ``model.stages()[l - 1]``)."""
     e = model.embed(idx) if embeddings is None else embeddings
-    pos = _positions(model, e.shape[1])
-    h = e if pos is None else e + pos
+    h = model.with_positions(e)
     stages = {"h0": h}
     for i, block in enumerate(model.blocks, start=1):
-        a = block.attn(block.ln1(h))
-        mid = h + a
-        pre = block.mlp[0](block.ln2(mid))
-        act = block.mlp[1](pre)
-        m = block.mlp[2](act)
-        h = mid + m
-        stages.update({f"{i}.attn": a, f"{i}.mid": mid, f"{i}.mlp_pre": pre, f"{i}.mlp_act": act, f"{i}.mlp": m,
-                       f"{i}.out": h})
+        parts = block.parts(h)
+        stages.update({f"{i}.{name}": value for name, value in parts.items()})
+        h = parts["out"]
     return stages
 
 
@@ -229,8 +213,6 @@ def _input_moment(model, task, x: torch.Tensor, rho: float, noise: str, gaussian
     at resampleable positions (token noise) or ``rho e_x`` at noised positions (Gaussian noise)."""
     e = model.embed(x).double()
     t = x.shape[1]
-    pos = _positions(model, t)
-    pos = torch.zeros_like(e[0]) if pos is None else pos.double()
     if noise == "token":
         mask = task.resample_mask.to(e.device)
         e_bar = model.embed(task.noise_tokens.to(x.device)).double().mean(0)
@@ -238,7 +220,7 @@ def _input_moment(model, task, x: torch.Tensor, rho: float, noise: str, gaussian
     else:
         mask = torch.ones(t, dtype=torch.bool, device=e.device) if gaussian_mask is None else gaussian_mask.to(e.device)
         expected = torch.where(mask.view(1, -1, 1), rho * e, e)
-    return _moment(e + pos, expected + pos)
+    return _moment(model.with_positions(e), model.with_positions(expected))
 
 
 def _mix(q_a, q_b, kappa, a: tuple[float, float], b: tuple[float, float]) -> tuple[float, float]:
@@ -251,30 +233,21 @@ def _mix(q_a, q_b, kappa, a: tuple[float, float], b: tuple[float, float]) -> tup
     return lo, hi
 
 
-def head_qk(block, n_heads: int) -> list[torch.Tensor]:
+def head_qk(block) -> list[torch.Tensor]:
     """Per-head ``W_QK = W_Q^h W_K^h^T / sqrt(d_head)`` (``[D, D]``) of a block's attention."""
+    n_heads = block.attn.n_heads
     d = block.attn.qkv.weight.shape[1]
     w_q, w_k, _ = block.attn.qkv.weight.detach().double().split(d, dim=0)
     dh = d // n_heads
     return [w_q[h * dh:(h + 1) * dh].T @ w_k[h * dh:(h + 1) * dh] / math.sqrt(dh) for h in range(n_heads)]
 
 
-def attention_weights(block, h_in: torch.Tensor, n_heads: int, causal: bool) -> torch.Tensor:
-    """The softmax attention matrices ``[N, H, T, T]`` of a block for its (normalised) input ``h_in``."""
-    n, t, d = h_in.shape
-    q, k, _ = block.attn.qkv(h_in).split(d, dim=-1)
-    q, k = (z.view(n, t, n_heads, d // n_heads).transpose(1, 2).double() for z in (q, k))
-    scores = q @ k.transpose(-1, -2) / math.sqrt(d // n_heads)
-    if causal:
-        scores = scores.masked_fill(torch.ones(t, t, dtype=torch.bool, device=scores.device).triu(1), float("-inf"))
-    return torch.softmax(scores, dim=-1)
-
-
-def data_route_agreement(block, n_heads: int, clean_in: torch.Tensor, noisy_in: torch.Tensor, causal: bool) -> float:
+def data_route_agreement(block, clean_in: torch.Tensor, noisy_in: torch.Tensor) -> float:
     """Soft ``s = E[sum_k A^X_tk A^Y_tk] / E[sum_k A^X_tk A^X_tk]`` over examples, heads, queries and the
-    noise draws in ``noisy_in [R, N, T, D]``, clipped to [0, 1]."""
-    ax = attention_weights(block, clean_in, n_heads, causal)
-    same = torch.stack([(ax * attention_weights(block, y, n_heads, causal)).sum(-1).mean() for y in noisy_in])
+    noise draws in ``noisy_in [R, N, T, D]``, clipped to [0, 1]; ``A`` are the block's attention matrices
+    (``block.attn.weights``) on its (normalised) inputs."""
+    ax = block.attn.weights(clean_in).double()
+    same = torch.stack([(ax * block.attn.weights(y).double()).sum(-1).mean() for y in noisy_in])
     return float(min(1.0, max(0.0, float(same.mean() / (ax * ax).sum(-1).mean()))))
 
 
@@ -308,16 +281,15 @@ def interval_propagation(model, task, x: torch.Tensor, rho: float, noise: str = 
     bounds = {"h0": (c0, c0)}
     route_s: dict[int, float] = {}
     h = "h0"
-    n_heads = model.blocks[0].attn.n_heads if len(model.blocks) else 1
     for i, block in enumerate(model.blocks, start=1):
         lo, hi = bounds[h]
         attn_in = block.ln1(clean[h])
         if route == "data":
-            s = data_route_agreement(block, n_heads, attn_in, noisy_inputs[i], task.causal)
+            s = data_route_agreement(block, attn_in, noisy_inputs[i])
         else:
             scale = float(attn_in.double().pow(2).mean().sqrt())
             s = float(np.mean([route_agreement(max(lo, 0.0), w, x.shape[1], n_route_samples, scale, generator,
-                                               task.causal, hard=False) for w in head_qk(block, n_heads)]))
+                                               task.causal, hard=False) for w in head_qk(block)]))
         route_s[i] = s
         bounds[f"{i}.attn"] = (lo * s, hi)
         kappa = _moment(clean[h], clean[f"{i}.attn"])
