@@ -1,6 +1,6 @@
 """The science of nsrun: noise models, stability and sensitivity estimators, the regulariser, noise
-schedules and the theory of SCIENCE.md sections 1-4. Nothing here imports the runner
-(``nsrun.commands.nsrun``, ``nsrun.runner.train``, ``nsrun.runner.tracking``)."""
+schedules and the theory of SCIENCE.md sections 1-4. It takes plain values and imports none of the layers
+above it (runner, launch, analysis, commands: docs/architecture.md)."""
 
 from nsrun.science.stability.estimators import (
     SensitivityEstimate,
