@@ -27,7 +27,7 @@ bench:  # wall-clock costs side by side (README, Performance); writes benchmarks
 lint:
 	$(PYTHON) -m ruff check nsrun tests hydra_plugins
 
-# the paper's experiments (conf/experiment/), figures and results table (nsrun/analysis/reproduce.py; see README).
+# the paper's experiments (conf/experiment/), figures and results table (nsrun/commands/reproduce.py; docs/reproduction.md).
 # Rerunning skips finished runs and resumes unfinished ones (fixed sweep dirs under runs/reproduce[-quick]/).
 #   make reproduce-figures LAUNCHER=submitit_slurm      # full sweeps on SLURM, then figures into results/reproduce
 #   make reproduce-figures-quick OUT=results/2026-11-25-quick   # reduced settings, about 20 min on 2 CPU cores
@@ -36,13 +36,13 @@ LAUNCHER ?= local_cores
 OUT ?=
 QUICK ?=
 reproduce-figures:
-	$(PYTHON) -m nsrun.analysis.reproduce run --launcher=$(LAUNCHER) $(if $(OUT),--out $(OUT))
+	$(PYTHON) -m nsrun.commands.reproduce run --launcher=$(LAUNCHER) $(if $(OUT),--out $(OUT))
 
 reproduce-figures-quick:
-	$(PYTHON) -m nsrun.analysis.reproduce run --quick --launcher=$(LAUNCHER) $(if $(OUT),--out $(OUT))
+	$(PYTHON) -m nsrun.commands.reproduce run --quick --launcher=$(LAUNCHER) $(if $(OUT),--out $(OUT))
 
 figures:
-	$(PYTHON) -m nsrun.analysis.reproduce figures $(if $(QUICK),--quick) $(if $(OUT),--out $(OUT))
+	$(PYTHON) -m nsrun.commands.reproduce figures $(if $(QUICK),--quick) $(if $(OUT),--out $(OUT))
 
 # a local single-node SLURM cluster (root; installs Debian's slurm + munge when missing): see README
 slurm-up:

@@ -8,7 +8,7 @@ import json
 import pytest
 from omegaconf import OmegaConf
 
-from nsrun.analysis.compare import main
+from nsrun.commands.compare import main
 from tests.conftest import TINY, compose_cfg, run_cli
 from tests.test_tracking import SECRET, WANDB, offline_runs, read_offline_run
 
@@ -179,7 +179,7 @@ def test_sweep_end_to_end_one_wandb_group_no_secrets_then_compare(tmp_path):
             assert SECRET.encode() not in path.read_bytes(), path
 
     res = run_cli([str(sweep), "--baseline", "optim.weight_decay=1.0", "--threshold", "0.01", "--n-boot", "500"],
-                  script="nsrun.analysis.compare")
+                  script="nsrun.commands.compare")
     assert res.returncode == 0, res.stderr
     rows = {r["group"]: r for r in read_csv(sweep / "compare" / "compare.csv")}
     assert set(rows) == {"optim.weight_decay=0.1", "optim.weight_decay=1.0"}

@@ -217,7 +217,7 @@ def test_random_gpt2_next_token_influence(tiny_gpt2_dir, monkeypatch):
 
 def test_analysis_command_on_random_gpt2_writes_the_report(tiny_gpt2_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    from nsrun.influence.cli import run_analysis
+    from nsrun.commands.influence import run_analysis
     from nsrun.runner.errors import ConfigError
 
     overrides = ["lm=custom", f"lm.name={tiny_gpt2_dir}", "text.source=uniform", "text.max_inputs=2",

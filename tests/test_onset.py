@@ -1,4 +1,4 @@
-"""Onset detection and onset statistics on hand-made curves."""
+"""Onset detection (nsrun.analysis.onsets) and onset statistics (nsrun.analysis.stats) on hand-made curves."""
 
 from __future__ import annotations
 
@@ -6,17 +6,15 @@ import math
 
 import pytest
 
-from nsrun.analysis.onset import (
+from nsrun.analysis.onsets import (
     accuracy_onset,
-    compare_ci,
     level_crossing,
     loss_onset,
-    median,
-    median_ci,
     run_onsets,
     stability_key,
     steepest_fall,
 )
+from nsrun.analysis.stats import compare_ci, median, median_ci
 
 STEPS = [0, 100, 200, 300, 400, 500]
 

@@ -6,18 +6,29 @@ from __future__ import annotations
 import csv
 import json
 import math
+from functools import cache
 from pathlib import Path
 
 import pytest
 import yaml
 
-from nsrun.analysis import reproduce
+from nsrun.analysis import claims, theory
+from nsrun.analysis.experiments import load_experiments
+from nsrun.analysis.reproduction import load_experiment, reproduce_figures
+from nsrun.analysis.stats import spearman, speedup_verdict
+from nsrun.commands.reproduce import run_sweeps
 from nsrun.runner.config import validate
 from tests.conftest import CONF, SHARED, compose_cfg
 
 EXPERIMENT_CONFIGS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 WIKITEXT = SHARED / "data" / "wikitext-2"
 SEEDS = "0,1,2"  # the 2-step sweeps run 3 of the 5 seeds (enough for the statistics, and quicker)
+
+
+@cache
+def experiments(quick: bool) -> dict:
+    """The experiments of conf/experiment/ (their ``experiment:`` metadata) at the full or quick setting."""
+    return load_experiments(CONF, quick)
 
 
 def sweep_values(name: str) -> list[list[str]]:
@@ -32,7 +43,10 @@ def sweep_values(name: str) -> list[list[str]]:
 
 
 def test_every_experiment_has_full_and_quick_configs_with_five_seeds():
-    assert set(reproduce.EXPERIMENTS) | {f"{e}_quick" for e in reproduce.EXPERIMENTS} == set(EXPERIMENT_CONFIGS)
+    full = experiments(False)
+    assert set(experiments(True)) == set(full)
+    assert {e.config for e in experiments(True).values()} == {f"{e}_quick" for e in full}
+    assert set(full) | {f"{e}_quick" for e in full} == set(EXPERIMENT_CONFIGS)
     for name in EXPERIMENT_CONFIGS:
         jobs = sweep_values(name)
         assert len({j[1] for j in jobs}) >= 5
@@ -62,7 +76,7 @@ def test_experiment_configs_compose_and_validate(name, tmp_path):
     if base == "modadd":
         assert cfg.task.p == 113 or name.endswith("_quick")
         wd = compose_cfg([f"+experiment={name}", "reg=weight_decay"])
-        assert wd.optim.weight_decay > cfg.optim.weight_decay and wd.reg.gamma == 0
+        assert wd.optim.weight_decay > cfg.optim.weight_decay and wd.reg.get("gamma", 0) == 0  # no stability term
     if base == "wikitext2":
         assert (cfg.model.n_layers, cfg.model.d_model, cfg.model.n_heads, cfg.task.vocab_size) == (4, 30, 6, 500)
 
@@ -86,13 +100,13 @@ def two_step(tmp_path_factory):
         pytest.skip("no offline WikiText-2 copy")
     root = tmp_path_factory.mktemp("reproduce")
     tiny = ["train.steps=2", "train.eval_every=1", "train.progress=none", "stability.n_examples=32", f"seed={SEEDS}"]
-    failed = reproduce.run_sweeps(True, None, list(reproduce.EXPERIMENTS), tiny, root, quick_lines=(30, 15))
+    failed = run_sweeps(experiments(True), None, tiny, root, text_lines=(30, 15))
     assert failed == 0
     return root
 
 
 def test_two_step_sweeps_write_one_run_dir_per_job(two_step):
-    for name in reproduce.EXPERIMENTS:
+    for name in experiments(True):
         runs = sorted(p.parent for p in (two_step / name).glob("*/DONE"))
         assert len(runs) == len({j[0] for j in sweep_values(f"{name}_quick")}) * 3
         for run in runs:
@@ -108,38 +122,38 @@ def test_rerun_skips_finished_runs(two_step):
     before = (run / "metrics.jsonl").stat().st_mtime_ns, (run / "checkpoints" / "last.pt").stat().st_mtime_ns
     tiny = ["train.steps=2", "train.eval_every=1", "train.progress=none", "stability.n_examples=32", "seed=0",
             "reg=none"]
-    assert reproduce.run_sweeps(True, None, ["parity"], tiny, two_step) == 0
+    assert run_sweeps({"parity": experiments(True)["parity"]}, None, tiny, two_step) == 0
     after = (run / "metrics.jsonl").stat().st_mtime_ns, (run / "checkpoints" / "last.pt").stat().st_mtime_ns
     assert before == after
 
 
 def test_summary_and_figures_are_computed_from_the_run_dirs(two_step, tmp_path):
     out = tmp_path / "out"
-    code = reproduce.figures(True, out, two_step, influence=False, n_boot=200, theory_level="smoke")
-    assert code == 0
+    result = reproduce_figures(experiments(True), out, CONF, two_step, theory.LEVELS["smoke"], None, n_boot=200)
+    assert result.n_experiments == 3
     for stem in ("fig1_modadd", "fig2_parity", "fig3_wikitext2", "fig4_correlation", "fig5_theory"):
         assert (out / f"{stem}.png").stat().st_size > 0 and (out / f"{stem}.pdf").stat().st_size > 0
     with open(out / "summary.csv") as f:
         rows = list(csv.DictReader(f))
     by = {(r["experiment"], r["reg"]): r for r in rows}
-    assert set(by) == {("modadd", r) for r in reproduce.ORDER} | {(e, r) for e in ("parity", "wikitext2")
-                                                                  for r in ("none", "stability")}
+    modadd_groups = experiments(True)["modadd"].groups  # none, stability, grokfast, weight_decay
+    assert set(by) == {("modadd", r) for r in modadd_groups} | {(e, r) for e in ("parity", "wikitext2")
+                                                               for r in ("none", "stability")}
     for (name, reg), row in by.items():
         runs = [p.parent for p in (two_step / name).glob(f"reg={reg},*/DONE")]
         last = [json.loads((r / "metrics.jsonl").read_text().splitlines()[-1]) for r in runs]
-        exp = reproduce.EXPERIMENTS[name]
-        level = exp.onset_level(True)
-        reached = [x[exp.onset_key] >= level if exp.onset_key == "val_acc" else x[exp.onset_key] <= level
-                   for x in last]
+        exp = experiments(True)[name]
+        level, key = exp.onset_level, exp.onset_metric
+        reached = [x[key] >= level if key == "val_acc" else x[key] <= level for x in last]
         assert int(row["n_seeds"]) == len(runs) == 3
         assert int(row["n_not_reached"]) == reached.count(False)
     # after 2 steps nothing has generalised: every claim-1 verdict is inconclusive, none is invented
-    assert {by[(e, "stability")]["verdict"] for e in reproduce.EXPERIMENTS} == {"inconclusive"}
+    assert {by[(e, "stability")]["verdict"] for e in experiments(True)} == {"inconclusive"}
     text = (out / "summary.md").read_text()
     assert "~4500 -> ~3300" in text and "![fig1_modadd](fig1_modadd.png)" in text
     with open(out / "claims.csv") as f:
-        claims = {int(c["claim"]) for c in csv.DictReader(f)}
-    assert {2, 3, 4, 5} <= claims
+        claimed = {int(c["claim"]) for c in csv.DictReader(f)}
+    assert {2, 3, 4, 5} <= claimed
 
 
 # ------------------------------------------------------------------------------- verdict logic, known curves
@@ -169,8 +183,8 @@ def summary_for(tmp_path: Path, baseline: list, regularised: list, stab=(0.9, 0.
         write_run(tmp_path / f"reg=none,seed={seed}", "none", seed, onset, stab=stab)
     for seed, onset in enumerate(regularised):
         write_run(tmp_path / f"reg=stability,seed={seed}", "stability", seed, onset, stab=stab)
-    loaded = reproduce.load_experiment(reproduce.EXPERIMENTS["modadd"], tmp_path, quick=True, n_boot=2000)
-    return {r["reg"]: r for r in reproduce.onset_rows(loaded)}, loaded
+    loaded = load_experiment(experiments(True)["modadd"], tmp_path, n_boot=2000)
+    return {r["reg"]: r for r in claims.onset_rows(loaded)}, loaded
 
 
 def test_verdict_reproduced_when_the_regulariser_is_faster_in_every_seed(tmp_path):
@@ -183,13 +197,13 @@ def test_verdict_reproduced_when_the_regulariser_is_faster_in_every_seed(tmp_pat
     assert reg["time_per_step_ratio"] == pytest.approx(2.0)
     # wall clock: twice the cost per step eats the 1.375x step speedup
     assert reg["wallclock_speedup"] == pytest.approx(2200 * 0.01 / (1600 * 0.02))
-    lag = reproduce.lag_claim(loaded)
+    lag = claims.lag_claim(loaded)
     assert lag["verdict"] == "reproduced" and "-100" in lag["measured"]
 
 
 def test_lag_claim_not_reproduced_when_stability_rises(tmp_path):
     _, loaded = summary_for(tmp_path, [2000, 2100, 2200, 2300, 2400], [1400, 1500, 1600, 1700, 1800], stab=(0.5, 0.6))
-    claim = reproduce.lag_claim(loaded)
+    claim = claims.lag_claim(loaded)
     assert claim["verdict"] == "not reproduced" and "rises" in claim["reason"]
     assert "+0.100" in claim["measured"]
 
@@ -223,11 +237,11 @@ def test_verdict_counts_not_reached_seeds(tmp_path):
     ((math.nan, math.nan), 0.267, "inconclusive"),
 ])
 def test_speedup_verdict_rule(ci, paper, expected):
-    assert reproduce.speedup_verdict(ci, 1000.0, 1500.0, 5, 5, paper)[0] == expected
-    assert reproduce.speedup_verdict(ci, 1000.0, 1500.0, 2, 5, paper)[0] == "inconclusive"
+    assert speedup_verdict(ci, 1000.0, 1500.0, 5, 5, paper)[0] == expected
+    assert speedup_verdict(ci, 1000.0, 1500.0, 2, 5, paper)[0] == "inconclusive"
 
 
 def test_spearman():
-    assert reproduce.spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
-    assert reproduce.spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
-    assert math.isnan(reproduce.spearman([1, 1, 1], [1, 2, 3]))
+    assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    assert math.isnan(spearman([1, 1, 1], [1, 2, 3]))

@@ -1,9 +1,7 @@
-"""Grokking onset detection and the statistics of onset comparisons (pure functions of curves).
+"""Grokking onset detection: pure functions of curves.
 
 A curve is a pair of sequences ``steps`` (increasing eval steps) and ``values``. An onset is an eval
-step, or ``None`` when the curve never gets there ("not reached" is a value, not an error). In the
-statistics, a run that never reached its onset counts as ``inf`` (later than any step): a median is then
-``inf`` when half or more of the runs never reached it, and bootstrap bounds can be ``inf``.
+step, or ``None`` when the curve never gets there ("not reached" is a value, not an error).
 
 * Accuracy onset: the first eval step from which validation accuracy stays >= a threshold until the
   end of the run (so a transient spike does not count). Loss onset, for next-token prediction: the
@@ -12,18 +10,51 @@ statistics, a run that never reached its onset counts as ``inf`` (later than any
   fastest (steepest negative slope per step, optionally after a moving average), or the first step at
   which it falls to or below a level.
 * Lag: stability onset minus accuracy onset, per run (negative: the fall precedes generalisation).
+
+The statistics of onsets across seeds are in :mod:`nsrun.analysis.stats`.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
-NOT_REACHED = math.inf
 STABILITY_KEY = re.compile(r"^stab_[a-z]+_val_rho[0-9.e+-]+$")
+ONSET_METRICS = ("val_acc", "val_loss")
+
+
+@dataclass(frozen=True)
+class OnsetRule:
+    """How a run's onsets are read: ``metric`` val_acc (stays >= ``level``) or val_loss (stays <= ``level``);
+    the stability onset at the first step at or below ``stability_level``, or (None) at the end of the
+    steepest fall after a moving average over ``window`` eval points."""
+
+    metric: str = "val_acc"
+    level: float = 0.95
+    stability_level: float | None = None
+    window: int = 1
+
+    def __post_init__(self):
+        if self.metric not in ONSET_METRICS:
+            raise ValueError(f"onset metric must be one of {', '.join(ONSET_METRICS)}, got {self.metric!r}")
+
+    @property
+    def comparison(self) -> str:
+        return ">=" if self.metric == "val_acc" else "<="
+
+    def describe(self) -> str:
+        return f"{self.metric} {self.comparison} {self.level:g} for the rest of the run"
+
+    def describe_stability(self, key: str | None) -> str:
+        if not key:
+            return "none"
+        if self.stability_level is not None:
+            return f"{key}: first step <= {self.stability_level:g}"
+        return f"{key}: end of the steepest fall" + (f" (moving average {self.window})" if self.window > 1 else "")
 
 
 def _finite(v) -> bool:
@@ -91,7 +122,7 @@ def stability_onset(steps, values, level: float | None = None, window: int = 1) 
 def value_at(steps: Sequence[int], values: Sequence[float], step: int | None) -> float:
     """``values`` at ``step`` (``inf`` when step is None, NaN when the step is not in ``steps``)."""
     if step is None:
-        return NOT_REACHED
+        return math.inf
     for s, v in zip(steps, values, strict=True):
         if s == step:
             return float(v) if v is not None else math.nan
@@ -106,81 +137,10 @@ def stability_key(keys) -> str | None:
     return (token or found or [None])[0]
 
 
-def as_onset(step: int | None) -> float:
-    """A step as a number for the statistics: ``inf`` when not reached."""
-    return NOT_REACHED if step is None else float(step)
-
-
-def median(values: Sequence[float]) -> float:
-    """Median that treats ``inf`` (not reached) as later than every step; NaN for no values."""
-    v = np.asarray([x for x in values if not math.isnan(x)], dtype=float)
-    return float(median_rows(v[None, :])[0]) if len(v) else math.nan
-
-
-def median_rows(a: np.ndarray) -> np.ndarray:
-    """Row-wise median of a 2-D array that may hold ``inf`` (no inf - inf arithmetic)."""
-    a = np.sort(a, axis=1)
-    n = a.shape[1]
-    lo, hi = a[:, (n - 1) // 2], a[:, n // 2]
-    with np.errstate(invalid="ignore"):
-        return np.where(np.isinf(hi), hi, (lo + hi) / 2)
-
-
-def fewer_fraction(group, baseline):
-    """``1 - group / baseline``: the fraction fewer steps (or seconds) than the baseline needs.
-    A group that never gets there gives ``-inf``; a baseline that never does, 1; both, NaN."""
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return 1 - np.asarray(group, dtype=float) / np.asarray(baseline, dtype=float)
-
-
-def speedup(group, baseline):
-    """``baseline / group``: how many times faster the group gets there (e.g. 4500 / 3300 = 1.36);
-    0 if the group never gets there, inf if only the baseline never does, NaN if neither does."""
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.asarray(baseline, dtype=float) / np.asarray(group, dtype=float)
-
-
-def bootstrap_ci(samples: Sequence[Sequence[float]], statistic: Callable[..., np.ndarray], n_boot: int = 10_000,
-                 confidence: float = 0.95, seed: int = 0) -> tuple[float, float]:
-    """Percentile bootstrap interval of a statistic of one or more samples, each resampled with
-    replacement independently. ``statistic`` maps one ``[n_boot, n_i]`` array per sample to
-    ``[n_boot]`` values. Replicates whose statistic is NaN (undefined, e.g. inf / inf) are dropped; if
-    too many are, the interval is NaN."""
-    arrays = [np.asarray(s, dtype=float) for s in samples]
-    if any(len(a) == 0 for a in arrays):
-        return math.nan, math.nan
-    rng = np.random.default_rng(seed)
-    draws = [a[rng.integers(0, len(a), size=(n_boot, len(a)))] for a in arrays]
-    stats = np.asarray(statistic(*draws), dtype=float)
-    alpha = (1 - confidence) / 2
-    stats = np.sort(stats[~np.isnan(stats)])  # infinities sort to the ends; no interpolation across them
-    if len(stats) == 0 or n_boot - len(stats) > alpha * n_boot:
-        return math.nan, math.nan
-    lo = stats[int(math.floor(alpha * (len(stats) - 1)))]
-    hi = stats[int(math.ceil((1 - alpha) * (len(stats) - 1)))]
-    return float(lo), float(hi)
-
-
-def median_ci(values: Sequence[float], n_boot: int = 10_000, confidence: float = 0.95,
-              seed: int = 0) -> tuple[float, float, float]:
-    """Median and its percentile-bootstrap interval: ``(median, low, high)``."""
-    v = [x for x in values if not math.isnan(x)]
-    return (median(v), *bootstrap_ci([v], median_rows, n_boot, confidence, seed))
-
-
-def compare_ci(group: Sequence[float], baseline: Sequence[float], n_boot: int = 10_000, confidence: float = 0.95,
-               seed: int = 0) -> dict:
-    """Fraction fewer and speedup of a group's median onset against a baseline's, with bootstrap
-    intervals (the two groups resampled independently)."""
-    g = [x for x in group if not math.isnan(x)]
-    b = [x for x in baseline if not math.isnan(x)]
-    gm, bm = median(g), median(b)
-    out = {"fewer": float(fewer_fraction(gm, bm)), "speedup": float(speedup(gm, bm))}
-    out["fewer_ci"] = bootstrap_ci([g, b], lambda x, y: fewer_fraction(median_rows(x), median_rows(y)),
-                                   n_boot, confidence, seed)
-    out["speedup_ci"] = bootstrap_ci([g, b], lambda x, y: speedup(median_rows(x), median_rows(y)),
-                                     n_boot, confidence, seed)
-    return out
+def curve(rows: Sequence[dict], key: str) -> tuple[list[int], list[float]]:
+    """``(steps, values)`` of the rows that logged ``key`` (rows without it, or with null, are skipped)."""
+    kept = [row for row in rows if row.get(key) is not None]
+    return [row["step"] for row in kept], [float(row[key]) for row in kept]
 
 
 def run_onsets(rows: Sequence[dict], timing: Sequence[dict] = (), threshold: float = 0.95,
@@ -204,3 +164,13 @@ def run_onsets(rows: Sequence[dict], timing: Sequence[dict] = (), threshold: flo
     lag = stab_onset - onset if stab_onset is not None and onset is not None else None
     return {"onset_step": onset, "onset_seconds": seconds, "stab_key": key, "stab_onset_step": stab_onset,
             "lag_steps": lag}
+
+
+def rule_onsets(rows: Sequence[dict], timing: Sequence[dict], rule: OnsetRule, stability: str | None) -> dict:
+    """:func:`run_onsets` under ``rule``, with ``stability`` the stability metric of the whole comparison
+    (None, or a key this run does not log: no stability onset and no lag)."""
+    target = rule.level if rule.metric == "val_loss" else None
+    onsets = run_onsets(rows, timing, rule.level, target, stability, rule.stability_level, rule.window)
+    if stability is None or not any(stability in row for row in rows):
+        onsets.update(stab_key=None, stab_onset_step=None, lag_steps=None)
+    return onsets

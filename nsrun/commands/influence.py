@@ -1,5 +1,6 @@
 """The ``nsrun-influence`` command: per-token influence, junta size, noise stability and Fourier-tail bounds of a
-Hugging Face model on text (config ``conf/analysis/influence.yaml``, model presets in ``conf/analysis/lm/``).
+Hugging Face model on text (config ``conf/analysis/influence.yaml``, model presets in ``conf/analysis/lm/``). The
+science is :mod:`nsrun.influence` (analysis, fourier, lm, text); its report and figures :mod:`nsrun.influence.report`.
 
 Every job is validated before any compute and before Hydra creates a run directory: bad input (a missing model,
 L above the model's context, rho outside [0, 1], ...) gives one line on stderr and exit code 2.
@@ -20,6 +21,7 @@ from nsrun.commands.nsrun import CONF_DIR
 from nsrun.commands.nsrun import prevalidate as prevalidate_jobs
 from nsrun.runner.config import DEVICE_RE, require_bool, require_choice, require_int, require_number
 from nsrun.runner.errors import ConfigError
+from nsrun.runner.rundir import CONFIG_FILE
 
 PROG = "nsrun-influence"
 ANALYSIS_CONF_DIR = os.path.join(CONF_DIR, "analysis")
@@ -170,7 +172,7 @@ def run_analysis(cfg: DictConfig, run_dir: Path) -> dict:
     }
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "inputs.txt").write_text("".join(json.dumps(lm.tokenizer.decode(row)) + "\n" for row in x.tolist()))
-    OmegaConf.save(cfg, run_dir / "resolved_config.yaml", resolve=True)
+    OmegaConf.save(cfg, run_dir / CONFIG_FILE, resolve=True)
     summary = write_report(result, run_dir, meta)
     Console(width=None if sys.stdout.isatty() else 160).print(summary_table([summary]))
     print(f"{PROG}: wrote {run_dir} in {summary['seconds']:.0f} s")

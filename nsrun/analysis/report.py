@@ -1,0 +1,285 @@
+"""Tables of onsets and claims: text cells, csv files, markdown (``compare.md``, ``summary.md``) and rich
+tables for the terminal. nsrun-compare's tables are per group of runs (:class:`nsrun.analysis.runs.Group`
+with its ``stats``); the reproduction's are rows of plain dicts (:mod:`nsrun.analysis.claims`).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+# ----------------------------------------------------------------------------------------------- cells
+
+
+def fmt_step(v: float) -> str:
+    if math.isnan(v):
+        return "-"
+    return "not reached" if math.isinf(v) else f"{v:.0f}" if v == int(v) else f"{v:.1f}"
+
+
+def fmt_bound(v: float, digits: int = 0) -> str:
+    if math.isnan(v):
+        return "?"
+    if math.isinf(v):
+        return "inf" if v > 0 else "-inf"
+    return f"{v:.{digits}f}"
+
+
+def fmt_ci(triple, digits: int = 0, unit: str = "") -> str:
+    """``median [low, high]`` (bounds may be ``inf``); ``not reached`` when the median is inf (half or more
+    never got there)."""
+    m, lo, hi = triple
+    if math.isnan(m):
+        return "-"
+    if math.isinf(m):
+        return "not reached" if m > 0 else "-inf"
+    if math.isnan(lo) and math.isnan(hi):
+        return f"{m:.{digits}f}{unit}"
+    return f"{m:.{digits}f}{unit} [{fmt_bound(lo, digits)}, {fmt_bound(hi, digits)}]"
+
+
+def fmt_versus(c: dict | None, group_median: float, base_median: float) -> str:
+    """``26.7 % [lo, hi] fewer, 1.36x [lo, hi]`` against the baseline, or why it is undefined."""
+    if not c:
+        return "-"
+    if math.isinf(group_median) and math.isinf(base_median):
+        return "n/a: neither reached"
+    if math.isinf(group_median):
+        return "n/a: not reached"
+    if math.isinf(base_median):
+        return "n/a: baseline not reached"
+    if math.isnan(c["speedup"]):
+        return "-"
+    fewer = fmt_ci((100 * c["fewer"], 100 * c["fewer_ci"][0], 100 * c["fewer_ci"][1]), 1, " %")
+    return f"{fewer}; {fmt_ci((c['speedup'], *c['speedup_ci']), 2, 'x')}"
+
+
+def fmt(v: float, digits: int = 0, pct: bool = False) -> str:
+    """A number of the reproduction's tables: ``-`` for none, ``not reached`` for +inf, a percentage."""
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    if math.isinf(v):
+        return "not reached" if v > 0 else "-inf"
+    return f"{100 * v:.{digits}f} %" if pct else f"{v:.{digits}f}"
+
+
+def fmt_interval(m: float, lo: float, hi: float, digits: int = 0, pct: bool = False, unit: str = "") -> str:
+    """``median [low, high]`` of the reproduction's tables (a bound at +inf reads ``not reached``)."""
+    if isinstance(m, float) and math.isnan(m):
+        return "-"
+    text = fmt(m, digits, pct) + unit
+    if math.isnan(lo) and math.isnan(hi):
+        return text
+    return f"{text} [{fmt(lo, digits, pct)}, {fmt(hi, digits, pct)}]"
+
+
+def _num(v: float) -> str:
+    return "" if v is None or (isinstance(v, float) and math.isnan(v)) else repr(float(v))
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+# ----------------------------------------------------------------------------------------------- nsrun-compare
+
+COLUMNS = ("group", "task", "reached", "onset step [95% CI]", "train s at onset [95% CI]",
+           "fewer steps; speedup vs baseline", "fewer seconds; speedup", "stability onset (median)",
+           "lag stability - onset [95% CI]")
+
+
+def table_rows(groups) -> list[list[str]]:
+    """One row of :data:`COLUMNS` per group."""
+    rows = []
+    for g in groups:
+        s = g.stats
+        is_base = s["baseline"] == "(baseline)"
+        base = next((b for b in groups if b.label == s["baseline"]), None)
+        base_steps = base.stats["steps"][0] if base else math.nan
+        base_seconds = base.stats["seconds"][0] if base else math.nan
+        rows.append([
+            g.label + (" (baseline)" if is_base else ""), g.task, f"{s['n_reached']}/{s['n']}",
+            fmt_ci(s["steps"]), fmt_ci(s["seconds"], 1),
+            fmt_versus(s.get("vs_steps"), s["steps"][0], base_steps),
+            fmt_versus(s.get("vs_seconds"), s["seconds"][0], base_seconds),
+            fmt_step(s["stab"]) if s["n_stab"] else "-",
+            fmt_ci(s["lag"]) + (f" (n={s['n_lag']})" if s["n_lag"] else ""),
+        ])
+    return rows
+
+
+def write_compare_csv(groups, path: Path) -> None:
+    header = ["group", "task", "n_runs", "n_reached", "onset_step_median", "onset_step_ci_low",
+              "onset_step_ci_high", "onset_seconds_median", "onset_seconds_ci_low", "onset_seconds_ci_high",
+              "baseline", "fewer_steps_frac", "fewer_steps_ci_low", "fewer_steps_ci_high", "speedup_steps",
+              "speedup_steps_ci_low", "speedup_steps_ci_high", "fewer_seconds_frac", "fewer_seconds_ci_low",
+              "fewer_seconds_ci_high", "speedup_seconds", "speedup_seconds_ci_low", "speedup_seconds_ci_high",
+              "stab_onset_step_median", "lag_steps_median", "lag_ci_low", "lag_ci_high", "n_lag"]
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        for g in groups:
+            s = g.stats
+            vs = []
+            for c in (s.get("vs_steps"), s.get("vs_seconds")):
+                vs += ([_num(c["fewer"]), *map(_num, c["fewer_ci"]), _num(c["speedup"]), *map(_num, c["speedup_ci"])]
+                       if c else [""] * 6)
+            w.writerow([g.label, g.task, s["n"], s["n_reached"], *map(_num, s["steps"]), *map(_num, s["seconds"]),
+                        s["baseline"] or "", *vs, _num(s["stab"]), *map(_num, s["lag"]), s["n_lag"]])
+
+
+def _or_blank(v) -> str:
+    return "" if v is None else v
+
+
+def write_runs_csv(groups, path: Path) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["group", "seed", "run_dir", "finished", "last_step", "onset_step", "onset_seconds",
+                    "stab_key", "stab_onset_step", "lag_steps"])
+        for g in groups:
+            for r in g.runs:
+                o = r.onsets
+                w.writerow([g.label, r.seed, str(r.path), r.finished, r.rows[-1]["step"], _or_blank(o["onset_step"]),
+                            _num(o["onset_seconds"]), o["stab_key"] or "", _or_blank(o["stab_onset_step"]),
+                            _or_blank(o["lag_steps"])])
+
+
+def write_compare_markdown(groups, path: Path, settings: dict, figure: str | None) -> None:
+    lines = ["# Grokking onset comparison", ""]
+    lines += [f"- {k}: {v}" for k, v in settings.items()]
+    lines += ["", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in table_rows(groups)]
+    lines += ["", "## Runs", "", "| group | seed | onset step | stability onset | lag | run |", "|---" * 6 + "|"]
+    for g in groups:
+        for r in g.runs:
+            o = r.onsets
+            lines.append(f"| {g.label} | {r.seed} | {'not reached' if o['onset_step'] is None else o['onset_step']} "
+                         f"| {'-' if o['stab_onset_step'] is None else o['stab_onset_step']} "
+                         f"| {'-' if o['lag_steps'] is None else o['lag_steps']} | {r.path} |")
+    if figure:
+        lines += ["", f"![overlay]({figure})"]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def compare_table(groups, title: str):
+    """The comparison as a rich table (group labels folded one key per line)."""
+    from rich.table import Table
+
+    rows = table_rows(groups)
+    labels = [row[0].replace(", ", "\n") for row in rows]
+    widest = max((len(part) for label in labels for part in label.splitlines()), default=5)
+    table = Table(title=title, show_lines=len(rows) > 1 and any("\n" in label for label in labels))
+    table.add_column(COLUMNS[0], overflow="fold", min_width=min(widest, 48))
+    for c in COLUMNS[1:]:
+        table.add_column(c, overflow="fold")
+    for label, row in zip(labels, rows, strict=True):
+        table.add_row(label, *row[1:])
+    return table
+
+
+# ----------------------------------------------------------------------------------------------- the reproduction
+
+SUMMARY_TITLE = "# Reproduction summary: Noise Stability of Transformer Models (Haris, Zhang, Yoshida, ICLR 2026)"
+CLAIM1_RULE = ("Median over seeds with a percentile-bootstrap 95 % interval (10,000 resamples); a seed that never "
+               "reaches the onset counts as later than any step. Fewer steps = 1 - group / baseline median; "
+               "speedup = baseline / group, in steps and in cumulative training seconds (evaluation excluded); "
+               "s/step = median training seconds per step relative to the baseline. Verdict rule (regulariser "
+               "only): reproduced when the interval of fewer steps lies above 0; not reproduced when it does "
+               "not and it excludes the paper's number (upper end <= 0 or below it); else inconclusive.")
+
+
+def markdown_onset_table(rows: list[dict]) -> list[str]:
+    head = ("experiment", "group", "onset", "seeds (not reached)", "last value, median (min-max)",
+            "steps to onset, median [95 % CI]",
+            "fewer steps vs baseline [95 % CI]", "speedup (steps)", "speedup (train seconds)",
+            "s/step vs baseline", "paper", "verdict")
+    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        out.append("| " + " | ".join([
+            r["experiment"], r["group"], r["onset"], f"{r['n_seeds']} ({r['n_not_reached']})",
+            f"{r['final_median']:.3f} ({r['final_min']:.3f}-{r['final_max']:.3f})",
+            fmt_interval(r["onset_median"], r["onset_ci_low"], r["onset_ci_high"]),
+            fmt_interval(r["fewer_steps"], r["fewer_ci_low"], r["fewer_ci_high"], 1, pct=True),
+            fmt_interval(r["speedup"], r["speedup_ci_low"], r["speedup_ci_high"], 2, unit="x"),
+            fmt_interval(r["wallclock_speedup"], r["wallclock_speedup_ci_low"], r["wallclock_speedup_ci_high"], 2,
+                         unit="x"),
+            fmt(r["time_per_step_ratio"], 2) + ("x" if not math.isnan(r["time_per_step_ratio"]) else ""),
+            r["paper"] or "-", f"**{r['verdict']}** ({r['reason']})" if r["verdict"] else r["reason"] or "-",
+        ]).replace("inf %", "inf") + " |")
+    return out
+
+
+def write_rows_csv(rows: list[dict], path: Path) -> None:
+    """Rows of dicts as csv (floats written with repr); nothing for no rows."""
+    if not rows:
+        return
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: (repr(v) if isinstance(v, float) else v) for k, v in r.items()})
+
+
+def influence_table(found: list[tuple[Path, dict]], paper_bounds: dict) -> list[str]:
+    """Markdown: the bounds on the high-degree Fourier weight, ours (nsrun-influence) beside the paper's Table 1."""
+    lines = ["| model | inputs x length | junta (90 % of influence) | bound from influence | bound from stability "
+             "| ratio |", "|---|---|---|---|---|---|"]
+    for d, s in found:
+        lines.append(f"| {s.get('model', d.name)} ({d}) | {s['n_inputs']} x {s['seq_len']} | {s['junta_size']} of "
+                     f"{s['n_resampleable']} | {s['influence_bound']:.3g} | {s['stability_bound']:.3g} | "
+                     f"{s['bound_ratio']:.2f}x |")
+    for name, (a, b) in paper_bounds.items():
+        lines.append(f"| {name} (paper, Table 1) | 256 tokens | 5-10 | {a:g} | {b:g} | {a / b:.1f}x |")
+    return lines
+
+
+def write_summary(out: Path, rows: list[dict], claims: list[dict], figures: list[Path], settings: dict,
+                  influence: list | None = None, paper_bounds: dict | None = None) -> Path:
+    """``summary.md`` (tables, verdicts, figures) and ``summary.csv`` / ``claims.csv`` into ``out``."""
+    write_rows_csv(rows, out / "summary.csv")
+    write_rows_csv(claims, out / "claims.csv")
+    lines = [SUMMARY_TITLE, ""]
+    lines += [f"- {k}: {v}" for k, v in settings.items()]
+    lines += ["", "## Claim 1: steps to onset, regularised and peers vs baseline", "", CLAIM1_RULE, ""]
+    lines += markdown_onset_table(rows)
+    lines += ["", "## Claims 1-6: verdicts", "", "| claim | experiment | statement | measured | verdict |",
+              "|---|---|---|---|---|"]
+    for r in rows:
+        if r["verdict"]:
+            fewer = fmt_interval(r["fewer_steps"], r["fewer_ci_low"], r["fewer_ci_high"], 1, pct=True)
+            lines.append(f"| 1 | {r['experiment']} | the regulariser reaches the onset in fewer steps (paper: "
+                         f"{r['paper']}) | {fewer} fewer steps | **{r['verdict']}** ({r['reason']}) |")
+    for c in claims:
+        lines.append(f"| {c['claim']} | {c['experiment']} | {c['statement']} | {c['measured']} | "
+                     f"**{c['verdict']}** ({c['reason']}) |")
+    if influence:
+        lines += ["", "## Claim 6: influence and Fourier-tail bounds of a pretrained model (results/influence)", ""]
+        lines += influence_table(influence, paper_bounds or {})
+    lines += ["", "## Figures", ""]
+    lines += [f"![{p.stem}]({p.name})" for p in figures if p.suffix == ".png"]
+    path = out / "summary.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def summary_tables(rows: list[dict], claims: list[dict]) -> list:
+    """The steps-to-onset table and the claims table, as rich tables."""
+    from rich.table import Table
+
+    t = Table(title="steps to onset (median [95 % CI] over seeds) vs the paper")
+    for c in ("experiment", "group", "seeds (not reached)", "onset", "fewer steps", "speedup (s)", "paper", "verdict"):
+        t.add_column(c, overflow="fold")
+    for r in rows:
+        t.add_row(r["experiment"], r["group"], f"{r['n_seeds']} ({r['n_not_reached']})",
+                  fmt_interval(r["onset_median"], r["onset_ci_low"], r["onset_ci_high"]),
+                  fmt_interval(r["fewer_steps"], r["fewer_ci_low"], r["fewer_ci_high"], 1, pct=True),
+                  fmt_interval(r["wallclock_speedup"], r["wallclock_speedup_ci_low"], r["wallclock_speedup_ci_high"],
+                               2, unit="x"), r["paper"], r["verdict"])
+    c_table = Table(title="claims")
+    for c in ("claim", "experiment", "measured", "verdict"):
+        c_table.add_column(c, overflow="fold")
+    for c in claims:
+        c_table.add_row(str(c["claim"]), c["experiment"], c["measured"], c["verdict"])
+    return [t, c_table]
