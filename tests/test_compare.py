@@ -15,11 +15,12 @@ from tests.test_tracking import SECRET, WANDB, offline_runs, read_offline_run
 STEPS = list(range(0, 1001, 100))
 
 
-def make_run(run_dir, seed, onset, stab_fall=None, weight_decay=1.0, task="modadd", done=True, seconds_per_step=0.01):
+def make_run(run_dir, seed, onset, stab_fall=None, weight_decay=1.0, task="modadd", done=True, seconds_per_step=0.01,
+             reg="none"):
     """A run directory with a real resolved config and hand-made curves: val_acc jumps to 0.99 at
     ``onset`` (None: never), the stability curve drops from 0.9 to 0.3 at ``stab_fall``."""
-    cfg = OmegaConf.to_container(compose_cfg([*TINY, f"seed={seed}", f"optim.weight_decay={weight_decay}"]),
-                                 resolve=True)
+    cfg = OmegaConf.to_container(compose_cfg([*TINY, f"reg={reg}", f"seed={seed}",
+                                              f"optim.weight_decay={weight_decay}"]), resolve=True)
     cfg["task"]["name"] = task
     run_dir.mkdir(parents=True)
     (run_dir / "resolved_config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(cfg)))
@@ -111,6 +112,43 @@ def test_in_progress_runs_are_named_and_left_out(sweep, tmp_path, capsys):
     assert sum(int(r["n_runs"]) for r in read_csv(tmp_path / "out" / "compare.csv")) == 6
     code, _, err = run_main([sweep, "--out", tmp_path / "out", "--n-boot", 500, "--include-unfinished"], capsys)
     assert code == 0 and sum(int(r["n_runs"]) for r in read_csv(tmp_path / "out" / "compare.csv")) == 7
+
+
+def test_without_baseline_the_reg_none_group_is_the_baseline_and_said_so(tmp_path, capsys):
+    root = tmp_path / "sweep"
+    for i, onset in enumerate([600, 800, None]):
+        make_run(root / f"none{i}", seed=i, onset=onset)
+    for i, onset in enumerate([300, 400, 500]):
+        make_run(root / f"reg{i}", seed=i, onset=onset, reg="stability")
+    code, stdout, err = run_main([root, "--out", tmp_path / "out", "--n-boot", 500], capsys)
+    assert code == 0 and err == []
+    said = [line for line in stdout.splitlines() if "baseline" in line and line.startswith("nsrun-compare:")]
+    assert said == ["nsrun-compare: baseline: the reg.name=none group (no --baseline given; --baseline KEY=VALUE "
+                    "names another)"]
+    groups = {row["group"]: row for row in read_csv(tmp_path / "out" / "compare.csv")}
+    assert set(groups) == {"reg.name=none", "reg.name=stability"}
+    assert groups["reg.name=none"]["baseline"] == "(baseline)"
+    assert groups["reg.name=stability"]["baseline"] == "reg.name=none"
+    assert float(groups["reg.name=stability"]["speedup_steps"]) == pytest.approx(2)
+    assert "- baseline: reg.name=none (default)" in (tmp_path / "out" / "compare.md").read_text()
+
+
+def test_without_baseline_or_reg_none_group_says_how_to_name_one(sweep, tmp_path, capsys):
+    code, stdout, err = run_main([sweep, "--out", tmp_path / "out", "--n-boot", 500], capsys)
+    assert code == 0 and err == []
+    said = [line for line in stdout.splitlines() if line.startswith("nsrun-compare:")]
+    assert len(said) == 1 and "no baseline" in said[0] and "--baseline KEY=VALUE" in said[0]
+    rows = read_csv(tmp_path / "out" / "compare.csv")
+    assert all(row["baseline"] == "" and row["speedup_steps"] == "" for row in rows)
+
+
+def test_a_finished_run_that_a_writer_holds_is_in_progress(sweep, tmp_path, capsys):
+    from nsrun.runner.rundir import RunDir
+
+    with RunDir(sweep / "0").lock():  # e.g. a rerun extending it with more steps
+        code, _, err = run_main([sweep, "--out", tmp_path / "out", "--n-boot", 500], capsys)
+    assert code == 0 and len(err) == 1 and "0: still in progress" in err[0] and "a writer holds it" in err[0]
+    assert sum(int(r["n_runs"]) for r in read_csv(tmp_path / "out" / "compare.csv")) == 5
 
 
 def test_missing_baseline_gives_partial_results_and_exit_2(sweep, tmp_path, capsys):

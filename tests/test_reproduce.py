@@ -54,6 +54,20 @@ def test_every_experiment_has_full_and_quick_configs_with_five_seeds():
     assert {j[0] for j in sweep_values("modadd")} == {"reg=none", "reg=stability", "reg=grokfast", "reg=weight_decay"}
 
 
+def test_experiment_metadata_is_read_from_the_configs_and_quick_files_override_it():
+    full, quick = experiments(False), experiments(True)
+    assert list(full) == ["modadd", "parity", "wikitext2"]  # figure order
+    assert (full["wikitext2"].onset_metric, full["wikitext2"].onset_level) == ("val_loss", 4.0)
+    assert (quick["wikitext2"].onset_metric, quick["wikitext2"].onset_level) == ("val_loss", 4.3)
+    assert quick["wikitext2"].text_subset == {"train_lines": 1000, "val_lines": 500}
+    assert full["wikitext2"].text_subset is None
+    assert quick["modadd"].sweep_dir == Path("runs/reproduce-quick/modadd")
+    for exp in (*full.values(), *quick.values()):
+        assert (exp.baseline, exp.regulariser) == ("none", "stability")
+        assert list(exp.groups) == [j[0].removeprefix("reg=") for j in sweep_values(exp.config)[::5]]
+    assert full["modadd"].paper_fewer_steps == 0.267 and "theory" in full["modadd"].claims
+
+
 @pytest.mark.parametrize("name", EXPERIMENT_CONFIGS)
 def test_experiment_configs_compose_and_validate(name, tmp_path):
     extra = []
@@ -82,11 +96,12 @@ def test_experiment_configs_compose_and_validate(name, tmp_path):
 
 
 def test_weight_decay_peer_is_plain_cross_entropy():
-    from nsrun.runner.objective import REGULARISERS, CrossEntropy
+    from nsrun.runner.config import build_objective
+    from nsrun.science.objective import CrossEntropy
 
     cfg = compose_cfg(["reg=weight_decay", "task.p=23", "model=tiny"])
     assert cfg.optim.weight_decay == 3.0 and cfg.reg.name == "weight_decay"
-    assert isinstance(REGULARISERS["weight_decay"][1](cfg, None), CrossEntropy)
+    assert isinstance(build_objective(cfg, None), CrossEntropy)
     assert compose_cfg(["reg=weight_decay", "optim.weight_decay=5.0"]).optim.weight_decay == 5.0
 
 
