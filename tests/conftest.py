@@ -14,6 +14,9 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
 import nsrun.runner.config  # noqa: F401  (registers the config schema, conf/'s option files name it)
+from nsrun.runner.threads import prepare_environment
+
+prepare_environment()  # as nsrun's entry point: OpenMP threads wait passively (set before anything imports torch)
 
 ROOT = Path(__file__).resolve().parent.parent
 CONF = ROOT / "conf"
