@@ -315,6 +315,7 @@ def _catch_up(cfg, run_dir: Path, seeds: list[int], ckpts: list[dict | None]) ->
 def train_vmapped(cfg: DictConfig, run_dir: Path, seeds: list[int]) -> dict:
     from nsrun.runner.checkpoint import CHECKPOINT_DIR, LAST, load_checkpoint, rng_state, save_checkpoint
     from nsrun.runner.objective import build_model, build_objective, build_task
+    from nsrun.runner.threads import apply_thread_policy, deterministic_mode
     from nsrun.runner.tracking import METRICS_FILE, TIMING_FILE, JsonlWriter, build_logger
     from nsrun.runner.train import (
         DONE_MARKER,
@@ -348,11 +349,9 @@ def train_vmapped(cfg: DictConfig, run_dir: Path, seeds: list[int]) -> dict:
         if not (d / RESOLVED_CONFIG).exists():
             (d / RESOLVED_CONFIG).write_text(OmegaConf.to_yaml(c, resolve=True))
 
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
-    if cfg.train.deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
     device = resolve_device(cfg.train.device)
+    log.info("threads: %s", apply_thread_policy(cfg.train.threads, device))
+    deterministic_mode(cfg.train.deterministic, device)
     task = build_task(cfg.task).to(device)
     models = []
     for s in seeds:

@@ -25,6 +25,7 @@ from nsrun.runner.checkpoint import CHECKPOINT_DIR, LAST, load_checkpoint, rng_s
 from nsrun.runner.config import validate
 from nsrun.runner.errors import UsageError
 from nsrun.runner.objective import build_model, build_objective, build_task
+from nsrun.runner.threads import apply_thread_policy, deterministic_mode
 from nsrun.runner.tracking import METRICS_FILE, TIMING_FILE, JsonlWriter, build_logger
 
 log = logging.getLogger("nsrun")
@@ -237,11 +238,9 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
     if not (run_dir / RESOLVED_CONFIG).exists():
         (run_dir / RESOLVED_CONFIG).write_text(OmegaConf.to_yaml(cfg, resolve=True))
 
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
-    if cfg.train.deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
     device = resolve_device(cfg.train.device)
+    log.info("threads: %s", apply_thread_policy(cfg.train.threads, device))
+    deterministic_mode(cfg.train.deterministic, device)
 
     task = build_task(cfg.task).to(device)
     torch.manual_seed(cfg.seed)
