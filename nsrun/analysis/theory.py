@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nsrun.runner.errors import UsageError
-from nsrun.runner.rundir import RunDir, science_config
+from nsrun.runner.rundir import RunDir
 
 NOISES = ("token", "gaussian")
 SPLITS = ("train", "val")
@@ -76,23 +76,33 @@ def random_model(cfg):
     return cfg, task, model, f"random init (seed {cfg.seed})"
 
 
+def known_keys(saved: dict, defaults) -> dict:
+    """``saved`` without the keys that ``defaults`` (a composed config) does not have, at every level."""
+    from omegaconf import DictConfig
+
+    return {k: known_keys(v, defaults[k]) if isinstance(v, dict) and isinstance(defaults[k], DictConfig) else v
+            for k, v in saved.items() if k in defaults}
+
+
 def trained_model(run: RunDir, compose: Callable[[list[str]], object]):
     """``(cfg, task, model, description)`` of a run directory's config and newest loadable checkpoint. The
-    run's science key goes over today's defaults composed (``compose(overrides)``) with the run's task and reg
-    options, so keys added since the run get their defaults. Raises UsageError when ``run`` has no config or no
-    checkpoint."""
+    run's values go over today's defaults composed (``compose(overrides)``) with the run's option of each
+    config group (task, reg, noise, optim, logger, ...): keys added since the run get their defaults, keys
+    that today's options no longer have (e.g. ``reg.rho`` of an old ``reg=none`` run) are dropped. Raises
+    UsageError when ``run`` has no config or no checkpoint."""
     from omegaconf import OmegaConf
+
+    from nsrun.runner.config import OPTIONS
 
     saved = run.read_config()
     ckpt = run.load_checkpoint() if saved is not None else None
     if saved is None or ckpt is None:
         raise UsageError(f"{run.path} is not a run directory (needs {run.config_path.name} and "
                          f"{run.checkpoint_path.relative_to(run.path)})")
-    options = [f"{group}={saved[group]['name']}" for group in ("task", "reg")
+    options = [f"{group}={saved[group]['name']}" for group in OPTIONS
                if isinstance(saved.get(group), dict) and saved[group].get("name")]
     defaults = compose(options)
-    OmegaConf.set_struct(defaults, False)
-    cfg = OmegaConf.merge(defaults, science_config(saved))
+    cfg = OmegaConf.merge(defaults, known_keys(saved, defaults))
     task, model = build(cfg, ckpt["model"])
     return cfg, task, model, f"newest checkpoint of {run.path} (step {ckpt['step']})"
 
