@@ -12,7 +12,8 @@ its full file's metadata and overrides what differs.
       groups:                      # reg option -> role (baseline | regulariser | peer), label, colour
         none: {role: baseline, label: baseline, colour: tab:blue}
       paper: {result: "...", fewer_steps: 0.267}  # the paper's claim 1 as text and as a fraction
-      claims: [correlation]        # the claims this experiment's runs test besides claim 1
+      claims: [correlation]        # claims its runs test besides claim 1: lag (2), final_stability (3),
+                                   # correlation (4), theory (5: on this experiment's model)
       text_subset: {train_lines: 1000, val_lines: 500}   # optional: quick WikiText-2 files (see commands)
 """
 
@@ -24,6 +25,7 @@ from pathlib import Path
 from nsrun.analysis.onsets import OnsetRule
 
 ROLES = ("baseline", "regulariser", "peer")
+CLAIMS = ("lag", "final_stability", "correlation", "theory")
 
 
 @dataclass(frozen=True)
@@ -95,8 +97,13 @@ def from_config(stem: str, cfg) -> Experiment:
         groups = {reg: GroupStyle(g["role"], g["label"], g["colour"]) for reg, g in meta["groups"].items()}
         bad = [reg for reg, g in groups.items() if g.role not in ROLES]
         if bad:
-            raise ValueError(f"experiment.groups.{bad[0]}.role must be one of {', '.join(ROLES)}")
-        return Experiment(
+            raise ValueError(f"conf/experiment/{stem}.yaml: experiment.groups.{bad[0]}.role must be one of "
+                             f"{', '.join(ROLES)}")
+        unknown = [c for c in meta.get("claims", ()) if c not in CLAIMS]
+        if unknown:
+            raise ValueError(f"conf/experiment/{stem}.yaml: experiment.claims: unknown claim {unknown[0]!r}; "
+                             f"allowed: {', '.join(CLAIMS)}")
+        exp = Experiment(
             name=meta["name"], config=stem, quick=bool(meta.get("quick", False)), figure=int(meta["figure"]),
             title=meta["title"], onset_metric=meta["onset"]["metric"], onset_level=float(meta["onset"]["level"]),
             stability_window=int(meta.get("stability_window", 1)), groups=groups,
@@ -105,6 +112,11 @@ def from_config(stem: str, cfg) -> Experiment:
             text_subset=meta.get("text_subset"))
     except (KeyError, TypeError) as e:
         raise ValueError(f"conf/experiment/{stem}.yaml: experiment metadata incomplete ({e!r} missing)") from None
+    try:
+        exp.rule  # noqa: B018  (checks the onset metric)
+    except ValueError as e:
+        raise ValueError(f"conf/experiment/{stem}.yaml: experiment.{e}") from None
+    return exp
 
 
 def load_experiments(conf_dir: Path | None, quick: bool) -> dict[str, Experiment]:
