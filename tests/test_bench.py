@@ -28,7 +28,20 @@ def test_tiny_bench_writes_json(tmp_path):
         assert rows[("steps", f"{task}: regularised / baseline")]["target"] == "<= 2.1"
         assert 0 <= rows[("eval", f"{task}: stability logging / training time")]["value"]
         assert rows[("seeds", f"{task}: K=2 vmap throughput / sequential")]["value"] > 0
-    assert {"launcher", "compile", "startup"} <= set(result["skipped"])
+        for reg in ("reg=none", "reg=stability"):
+            speedup = rows[("fast", f"{task} {reg}, 1 thr: fast / plain examples/s")]
+            assert speedup["value"] > 0 and speedup["met"] is None  # tiny models are not held to the goal
+            assert 0 < rows[("fast", f"{task} {reg}, 1 thr: plain, fraction of peak")]["value"] < 1
+    assert {"launcher", "compile", "startup", "shared"} <= set(result["skipped"])
+
+
+@pytest.mark.slow
+def test_shared_section_workers_time_their_steps_together():
+    from nsrun.commands.bench_speed import _workers, shared_variants
+
+    env, threads = shared_variants()["1 thread each"]
+    results = _workers(2, env, threads, 2)
+    assert len(results) == 2 and all(r["threads"] == 1 and r["s_per_step"] > 0 for r in results)
 
 
 def test_help_is_unchanged_by_the_shared_group_listing():
@@ -38,7 +51,7 @@ def test_help_is_unchanged_by_the_shared_group_listing():
     outs = [subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
             for code in (plain, fast)]
     assert outs[0].returncode == outs[1].returncode == 0
-    assert "task: " in outs[0].stdout and outs[0].stdout == outs[1].stdout
+    assert "modadd (chosen)" in outs[0].stdout and outs[0].stdout == outs[1].stdout  # the group listing
 
 
 @pytest.mark.slow

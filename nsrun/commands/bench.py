@@ -12,12 +12,17 @@ Sections (README, Performance, has the table and the targets):
 * ``eval``: an eval step with and without stability logging, as a fraction of the training time between
   two evals (``train.eval_every`` steps);
 * ``seeds``: K seeds per step, one after another vs batched (``train.parallel_backend=vmap``);
-* ``startup``: ``nsrun --help`` and a 1-step run (subprocesses);
+* ``fast``: the plain model vs its fast paths, examples/s at 1 thread and all cores, fraction of the
+  machine's measured matmul peak (nsrun/commands/bench_speed.py);
+* ``shared``: one run alone vs two at once, per thread policy (subprocesses);
+* ``startup``: ``nsrun --help``, start-up to the first step, what importing torch and torch.optim costs, and
+  a default 1-step run (subprocesses);
 * ``launcher``: a sweep of small jobs one after another vs ``hydra/launcher=local_cores``;
 * ``compile``: ``train.compile=true`` vs eager (compile time reported separately).
 
 The same runs on a GPU (``--device cuda``, the default where one is visible). The JSON file holds every
-number, the machine and its load; ``--tiny`` is a seconds-long smoke run (CI).
+number, the machine and its load; ``--tiny`` is a seconds-long smoke run (CI). Every step timed is
+``train_step`` of the training loop's replicas (nsrun/runner/replicas.py).
 """
 
 from __future__ import annotations
@@ -37,10 +42,11 @@ from pathlib import Path
 
 import torch
 
+from nsrun.commands.bench_speed import bench_fast, bench_imports, bench_shared, step_worker
 from nsrun.commands.nsrun import CONF_DIR
 
 ROOT = Path(CONF_DIR).resolve().parent
-SECTIONS = ("steps", "eval", "seeds", "startup", "launcher", "compile")
+SECTIONS = ("steps", "eval", "seeds", "fast", "shared", "startup", "launcher", "compile")
 COMMON = ["logger=none", "train.progress=none"]
 WIKITEXT_DIR = ROOT.parent / "shared" / "data" / "wikitext-2"
 TINY_MONITOR = ["stability.n_examples=64", "stability.rhos=[0.5]"]
@@ -92,54 +98,32 @@ _tasks: dict = {}
 def build_task_cached(cfg, device):
     from omegaconf import OmegaConf
 
-    from nsrun.runner.objective import build_task
+    from nsrun.runner.config import build_task
 
     key = (OmegaConf.to_yaml(cfg.task), str(device))
     if key not in _tasks:
-        _tasks[key] = build_task(cfg.task).to(device)
+        _tasks[key] = build_task(cfg).to(device)
     return _tasks[key]
 
 
-class Trainer:
-    """One run's model, optimiser and objective; ``step()`` is the body of nsrun.runner.train's loop."""
+class Run:
+    """One run of a config as the training loop runs it: ``step()`` is ``train_step`` of its replicas."""
 
-    def __init__(self, overrides: list[str], device: torch.device, seed: int = 0):
+    def __init__(self, overrides: list[str], device: torch.device, seed: int = 0, fast_paths: bool | None = None):
         from nsrun.runner.config import validate
-        from nsrun.runner.objective import build_model, build_objective
-        from nsrun.runner.train import lr_lambda, make_optimizer
+        from nsrun.runner.replicas import build_replicas
 
         self.cfg = compose([*overrides, f"seed={seed}"])
         validate(self.cfg)
-        self.device = device
         self.task = build_task_cached(self.cfg, device)
-        torch.manual_seed(seed)
-        self.model = build_model(self.cfg.model, self.task).to(device)
-        self.optimizer = make_optimizer(self.model.parameters(), self.cfg, device)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(self.cfg.optim.warmup_steps))
-        self.objective = build_objective(self.cfg, self.task)
-        self.train_model = self.model
+        self.replicas = build_replicas([self.cfg], device, task=self.task)
+        self.model = self.replicas.model
+        if fast_paths is not None:
+            self.model.set_fast_paths(fast_paths)
         self.step_no = 0
 
-    def batch(self):
-        from nsrun.runner.train import batch_indices
-
-        idx = batch_indices(len(self.task.train.x), self.cfg.train.batch_size, self.cfg.seed, self.step_no)
-        if idx is None:
-            return self.task.train.x, self.task.train.y
-        idx = idx.to(self.device)
-        return self.task.train.x[idx], self.task.train.y[idx]
-
     def step(self) -> None:
-        x, y = self.batch()
-        loss, _ = self.objective(self.train_model, x, y, self.step_no)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if hasattr(self.objective, "after_backward"):
-            self.objective.after_backward(self.model)
-        if self.cfg.optim.grad_clip:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip)
-        self.optimizer.step()
-        self.scheduler.step()
+        self.replicas.train_step(self.step_no)
         self.step_no += 1
 
     def examples_per_step(self) -> int:
@@ -147,41 +131,21 @@ class Trainer:
 
 
 class SeedBatch:
-    """K seeds of one config trained as nsrun.runner.parallel_seeds' vmap backend does."""
+    """K seeds of one config as one vmapped stack (``train.parallel_backend=vmap``)."""
 
     def __init__(self, overrides: list[str], device: torch.device, k: int):
-        from concurrent.futures import ThreadPoolExecutor
+        from nsrun.runner.replicas import build_replicas
 
-        from nsrun.runner.objective import build_model, build_objective
-        from nsrun.runner.parallel_seeds import SeedModel, SeedStack, seed_config
-        from nsrun.runner.train import lr_lambda, make_optimizer
-
-        self.cfg = compose(overrides)
-        self.task = build_task_cached(self.cfg, device)
-        self.seeds = list(range(k))
-        models = []
-        for s in self.seeds:
-            torch.manual_seed(s)
-            models.append(build_model(self.cfg.model, self.task).to(device))
-        self.objectives = [build_objective(seed_config(self.cfg, s), self.task) for s in self.seeds]
-        self.stack = SeedStack(models)
-        self.seed_models = [SeedModel(self.stack, i) for i in range(k)]
-        self.optimizer = make_optimizer(list(self.stack.params.values()), self.cfg, device)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(self.cfg.optim.warmup_steps))
-        self.pool = ThreadPoolExecutor(max_workers=k)
+        cfgs = [compose([*overrides, f"seed={s}"]) for s in range(k)]
+        self.replicas = build_replicas(cfgs, device, backend="vmap", task=build_task_cached(cfgs[0], device))
         self.step_no = 0
 
     def step(self) -> None:
-        from nsrun.runner.parallel_seeds import seed_batches, vmapped_step
-
-        xs, ys = seed_batches(self.task, self.seeds, self.cfg.train.batch_size, self.step_no)
-        vmapped_step(self.stack, self.objectives, self.seed_models, self.optimizer, xs, ys, self.step_no, self.pool,
-                     self.cfg.optim.grad_clip)
-        self.scheduler.step()
+        self.replicas.train_step(self.step_no)
         self.step_no += 1
 
     def close(self) -> None:
-        self.pool.shutdown()
+        self.replicas.close()
 
 
 def sync(device: torch.device) -> None:
@@ -246,7 +210,7 @@ def status(met: bool | None) -> str:
 def bench_steps(report: Report, tasks: dict, device, repeats: int, n_steps: int) -> dict:
     step_seconds = {}
     for task, overrides in tasks.items():
-        runners = {reg: Trainer([*overrides, *reg_overrides], device) for reg, reg_overrides in REGS.items()}
+        runners = {reg: Run([*overrides, *reg_overrides], device) for reg, reg_overrides in REGS.items()}
         t = interleaved({reg: steps_fn(r, n_steps) for reg, r in runners.items()}, device, repeats)
         per_step = {reg: t[reg] / n_steps for reg in t}
         step_seconds[task] = per_step["base"]
@@ -270,7 +234,7 @@ def bench_steps(report: Report, tasks: dict, device, repeats: int, n_steps: int)
     return step_seconds
 
 
-def bench_optimizers(runner: Trainer, device, repeats: int) -> dict[str, float]:
+def bench_optimizers(runner: Run, device, repeats: int) -> dict[str, float]:
     runner.step()  # gradients to update with
     params = list(runner.model.parameters())
     foreach = torch.optim.AdamW(params, lr=1e-9, foreach=True)
@@ -287,19 +251,13 @@ def bench_optimizers(runner: Trainer, device, repeats: int) -> dict[str, float]:
 
 
 def bench_eval(report: Report, tasks: dict, device, repeats: int, step_seconds: dict) -> None:
-    from omegaconf import open_dict
-
-    from nsrun.runner.train import eval_metrics
-
     for task, overrides in tasks.items():
-        runner = Trainer(overrides, device)
+        runner = Run(overrides, device)
         runner.step()
+        without = Run([*overrides, "stability.enabled=false"], device)
+        without.model.load_state_dict(runner.model.state_dict())
         with_stab = runner.cfg
-        without = compose([*overrides, "stability.enabled=false"])
-        with open_dict(without):
-            without.seed = with_stab.seed
-        fns = {"with": lambda c=with_stab, r=runner: eval_metrics(r.model, r.task, c, 1),
-               "without": lambda c=without, r=runner: eval_metrics(r.model, r.task, c, 1)}
+        fns = {"with": lambda r=runner: r.replicas.eval_rows(1), "without": lambda r=without: r.replicas.eval_rows(1)}
         t = interleaved(fns, device, 1, warmup=0)
         if t["with"] < LONG_EVAL_S:  # else one measurement each: it is long enough not to need a median
             t = interleaved(fns, device, repeats)
@@ -316,7 +274,7 @@ def bench_eval(report: Report, tasks: dict, device, repeats: int, step_seconds: 
 def bench_seeds(report: Report, tasks: dict, device, repeats: int, ks: list[int]) -> None:
     for task, overrides in tasks.items():
         for k in ks:
-            sequential = [Trainer(overrides, device, seed=s) for s in range(k)]
+            sequential = [Run(overrides, device, seed=s) for s in range(k)]
             batched = SeedBatch(overrides, device, k)
             try:
                 t = interleaved({"sequential": lambda runs=sequential: [r.step() for r in runs], "vmap": batched.step},
@@ -347,11 +305,18 @@ def run_cli(args: list[str], cwd: Path, check: bool = True) -> float:
     return elapsed
 
 
+FIRST_STEP = ["train.steps=1", "logger=none", "stability.enabled=false", "train.progress=none"]
+
+
 def bench_startup(report: Report, repeats: int, tiny: bool, tmp: Path) -> None:
     helps = [run_cli(["--help"], tmp) for _ in range(repeats)]
     report.add("startup", "nsrun --help", statistics.median(helps), "s", "< 2", statistics.median(helps) < 2)
     if tiny:
         return
+    first = statistics.median(run_cli([*FIRST_STEP, f"hydra.run.dir={tmp / f'first{i}'}"], tmp) for i in range(repeats))
+    report.add("startup", "nsrun start-up to first step", first, "s", "<= 3", first <= 3,
+               note="whole process of nsrun " + " ".join(FIRST_STEP) + ": evals at steps 0 and 1 included")
+    bench_imports(report, repeats)
     runs = [run_cli(["train.steps=1", "logger=none", f"hydra.run.dir={tmp / f'one{i}'}"], tmp) for i in range(repeats)]
     report.add("startup", "nsrun train.steps=1 (default modadd run)", statistics.median(runs), "s",
                note="imports, data, 2 evals with stability logging")
@@ -393,9 +358,9 @@ def bench_launcher(report: Report, tmp: Path, repeats: int, n_jobs: int = 4) -> 
 
 def bench_compile(report: Report, tasks: dict, device, repeats: int, n_steps: int) -> None:
     for task, overrides in tasks.items():
-        eager = Trainer(overrides, device)
-        compiled = Trainer(overrides, device)
-        compiled.train_model = torch.compile(compiled.model)
+        eager = Run(overrides, device)
+        compiled = Run(overrides, device)
+        compiled.replicas.train_model = torch.compile(compiled.model)
         sync(device)
         t0 = time.perf_counter()
         compiled.step()
@@ -426,9 +391,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--repeats", type=int, default=None, help="timed repeats per variant (median)")
     parser.add_argument("--tasks", nargs="*", default=None, help="tasks to measure (default: all)")
     parser.add_argument("--table", metavar="JSON", help="print the markdown table of a saved result and exit")
+    parser.add_argument("--step-worker", metavar="JSON", help=argparse.SUPPRESS)  # a process of the shared section
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads (default: torch's, all cores; 1 in --tiny)")
     args = parser.parse_args(argv)
+    if args.step_worker:
+        step_worker(args.step_worker)
+        return {}
     if args.table:
         saved = json.loads(Path(args.table).read_text())
         report = Report()
@@ -452,7 +421,7 @@ def main(argv: list[str] | None = None) -> dict:
     started = time.time()
     print(f"nsrun bench on {meta.get('gpu', meta['cpu'])} ({device}), torch {meta['torch']}, "
           f"{meta['torch_threads']} threads, load average {meta['loadavg_start']}", flush=True)
-    skipped = set(args.skip) | ({"launcher", "compile"} if tiny else set())
+    skipped = set(args.skip) | ({"launcher", "compile", "shared"} if tiny else set())
     result = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "mode": "tiny" if tiny else "full",
               "machine": meta, "rows": report.rows, "skipped": sorted(skipped), "complete": False}
 
@@ -474,6 +443,13 @@ def main(argv: list[str] | None = None) -> dict:
         if "seeds" not in skipped:
             seed_tasks = tasks if tiny else {t: o for t, o in tasks.items() if t in ("parity", "wikitext2")}
             bench_seeds(report, seed_tasks, device, max(2, repeats // 2), [1, 2] if tiny else [1, 4, 8, 32])
+            save()
+        if "fast" not in skipped:
+            fast_tasks = {t: o for t, o in tasks.items() if t in ("modadd", "parity", "wikitext2")}
+            bench_fast(report, fast_tasks, device, repeats, 1 if tiny else 3, Run, interleaved, steps_fn, not tiny)
+            save()
+        if "shared" not in skipped and device.type == "cpu":
+            bench_shared(report, 3, 20)
             save()
         if "startup" not in skipped:
             bench_startup(report, 1 if tiny else 3, tiny, tmp)
