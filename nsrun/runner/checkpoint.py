@@ -1,19 +1,29 @@
-"""Checkpoints: model, optimiser, scheduler, RNG states and step, written atomically.
+"""Checkpoint files: written atomically (temp file, fsync, rename) and loaded with ``weights_only=True``.
 
-Loading uses ``torch.load(..., weights_only=True)``: everything stored is tensors, numbers, strings,
-lists and dicts.
+Everything a checkpoint stores is tensors, numbers, strings, lists and dicts, so a file that needs code to
+unpickle is not nsrun's and is refused. Where the files live is :mod:`nsrun.runner.rundir`'s business.
 """
 
 from __future__ import annotations
 
 import os
+import pickle
 import random
+import zipfile
 from pathlib import Path
 
 import torch
 
-CHECKPOINT_DIR = "checkpoints"
+CHECKPOINT_DIR = "checkpoints"  # transitional: the layout belongs to nsrun.runner.rundir
 LAST = "last.pt"
+
+
+class CheckpointError(Exception):
+    """A checkpoint that cannot be loaded: torn or corrupt (``foreign=False``), or not nsrun's (``foreign``)."""
+
+    def __init__(self, message: str, foreign: bool = False):
+        super().__init__(message)
+        self.foreign = foreign
 
 
 def rng_state(generators: dict[str, torch.Generator]) -> dict:
@@ -58,22 +68,44 @@ def _python_state_from_list(s):
     return (version, tuple(internal), gauss)
 
 
-def save_checkpoint(path: Path, payload: dict) -> None:
-    """Write to a temp file in the same directory, fsync, then rename over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+def save_atomic(folder: Path, payload: dict) -> Path:
+    """Write ``payload`` to a temp file in ``folder`` and fsync it; the caller renames it into place."""
+    tmp = Path(folder) / f".checkpoint.{os.getpid()}.tmp"
     with open(tmp, "wb") as f:
         torch.save(payload, f)
         f.flush()
         os.fsync(f.fileno())
-    os.replace(tmp, path)
+    return tmp
+
+
+def save_checkpoint(path: Path, payload: dict) -> None:
+    """Write ``payload`` to ``path`` atomically (temp file in the same folder, fsync, rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(save_atomic(path.parent, payload), path)
+
+
+def load(path: Path, map_location="cpu") -> dict:
+    """Load a checkpoint with ``weights_only=True``; raise CheckpointError with a one-line reason otherwise."""
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "Weights only load failed" in str(e):
+            raise CheckpointError(f"not an nsrun checkpoint: refused to load {path} (it needs code to unpickle, "
+                                  "which nsrun never runs)", foreign=True) from None
+        raise CheckpointError(f"checkpoint {path} is corrupt ({_first_line(e)})") from None
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as e:
+        raise CheckpointError(f"checkpoint {path} is truncated or corrupt ({_first_line(e)})") from None
+    if not isinstance(ckpt, dict) or "step" not in ckpt or "model" not in ckpt:
+        raise CheckpointError(f"not an nsrun checkpoint: {path} holds no step and model", foreign=True)
+    return ckpt
 
 
 def load_checkpoint(path: Path, map_location="cpu") -> dict:
-    return torch.load(path, map_location=map_location, weights_only=True)
+    """:func:`load` for readers that want the checkpoint or an exception (tests, the theory tool)."""
+    return load(path, map_location)
 
 
-def last_checkpoint(run_dir: Path) -> Path | None:
-    p = Path(run_dir) / CHECKPOINT_DIR / LAST
-    return p if p.exists() else None
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__

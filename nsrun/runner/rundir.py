@@ -1,0 +1,409 @@
+"""The run directory: the one owner of its layout. The runner writes through it; compare, the reproduction,
+the theory tool and the trackers read through it.
+
+```
+RUN_DIR/
+  resolved_config.yaml    the resolved config the run started with (never rewritten)
+  metrics.jsonl           one row per eval step: the same bytes for the same config and seed (on CPU)
+  timing.jsonl            wall-clock seconds per eval step (apart, so that metrics stay bit-identical)
+  checkpoints/last.pt     the newest checkpoint; previous.pt the one before it (a fallback if last is torn)
+  DONE                    the run is complete: first line its last step, second line why it ended
+  .lock                   held (flock) by the one process that writes the run; released when it exits
+  runtime.jsonl           one row per start: host, pid, device, threads and the thread policy used
+  .hydra/                 Hydra's record of the command, written only once the run may proceed
+  RUN_DIR/seed_S/         with train.parallel_seeds=K: one complete run directory per seed
+```
+The *science key* of a config (:func:`science_config`) decides resume vs refuse: a rerun with the same key
+resumes (or does nothing when finished); a different key is refused, naming the first differing key.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import logging
+import math
+import os
+import socket
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from nsrun.runner.errors import UsageError
+
+log = logging.getLogger("nsrun")
+
+CONFIG_FILE = "resolved_config.yaml"
+METRICS_FILE = "metrics.jsonl"
+TIMING_FILE = "timing.jsonl"
+DONE_FILE = "DONE"
+CHECKPOINT_DIR = "checkpoints"
+LAST_CHECKPOINT = "last.pt"
+PREVIOUS_CHECKPOINT = "previous.pt"
+LOCK_FILE = ".lock"
+RUNTIME_FILE = "runtime.jsonl"
+HYDRA_DIR = ".hydra"
+SKIP_DIRS = frozenset({"wandb", HYDRA_DIR, CHECKPOINT_DIR, "compare", "__pycache__", ".git"})
+
+# keys that may differ between a run and its resumption without changing its metrics
+NON_SCIENCE_KEYS = ("train.steps", "train.device", "train.threads", "train.progress", "train.parallel_backend",
+                    "train.compile", "eval.batch_size", "logger", "stop", "experiment")
+# keys added after runs were made, with the value that reproduces what runs made before them did: a saved
+# config without such a key counts as having that value, so old run dirs still skip and resume
+ADDED_KEYS = {"eval.n_examples": None, "stability.sensitivity_positions": None, "task.eval_examples": None,
+              "task.stability_examples": None, "task.sensitivity_positions": None}
+# keys that earlier configs carried where they had no effect (reg.rho/gamma of a run without the stability
+# term); dropped before comparing: reg option -> keys
+NO_EFFECT_KEYS = {"none": ("rho", "gamma"), "grokfast": ("rho", "gamma"), "weight_decay": ("rho", "gamma")}
+
+
+# -- the science key ---------------------------------------------------------------------------------------
+
+def _parent(d: dict, key: str) -> tuple[dict | None, str]:
+    *parents, leaf = key.split(".")
+    for p in parents:
+        d = d.get(p) if isinstance(d, dict) else None
+    return (d if isinstance(d, dict) else None), leaf
+
+
+def _plain(config) -> dict:
+    if isinstance(config, dict):
+        return json.loads(json.dumps(config))  # a deep copy
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(config, resolve=True)
+
+
+def science_config(config, drop: tuple[str, ...] = ()) -> dict:
+    """The resolved config without the keys that do not change a run's metrics (:data:`NON_SCIENCE_KEYS` and
+    ``drop``), with :data:`ADDED_KEYS` filled in where missing and :data:`NO_EFFECT_KEYS` removed."""
+    d = _plain(config)
+    for key in (*NON_SCIENCE_KEYS, *drop):
+        node, leaf = _parent(d, key)
+        if node is not None:
+            node.pop(leaf, None)
+    for key, value in ADDED_KEYS.items():
+        node, leaf = _parent(d, key)
+        if node is not None:
+            node.setdefault(leaf, value)
+    reg = d.get("reg")
+    if isinstance(reg, dict):
+        for key in NO_EFFECT_KEYS.get(reg.get("name"), ()):
+            reg.pop(key, None)
+    return d
+
+
+def first_difference(a, b, prefix: str = "") -> str:
+    """``key (old there, new now)`` for the first key (in sorted order) whose values differ."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in sorted(set(a) | set(b)):
+            if a.get(k) != b.get(k):
+                return first_difference(a.get(k), b.get(k), f"{prefix}{k}.")
+    return f"{prefix.rstrip('.')} ({a!r} there, {b!r} now)"
+
+
+# -- JSON lines ----------------------------------------------------------------------------------------------
+
+def _json_value(v):
+    if hasattr(v, "item"):
+        v = v.item()
+    if isinstance(v, float) and not math.isfinite(v):
+        return None if math.isnan(v) else (1e308 if v > 0 else -1e308)
+    return v
+
+
+def jsonl_line(row: dict) -> str:
+    return json.dumps({k: _json_value(v) for k, v in row.items()})
+
+
+def read_jsonl(path) -> list[dict]:
+    """Every complete row of a JSON-lines file (a line torn by a crash is skipped); [] if there is none."""
+    rows = []
+    try:
+        text = Path(path).read_text()
+    except FileNotFoundError:
+        return rows
+    for line in text.splitlines():
+        line = line.strip()
+        if line:
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                pass
+    return rows
+
+
+class JsonlLog:
+    """An append-only JSON-lines file of rows with a ``step``; each row is flushed and fsynced at once."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def append(self, row: dict) -> None:
+        with open(self.path, "a") as f:
+            f.write(jsonl_line(row) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def truncate_after(self, step: int) -> int:
+        """Keep only the complete rows with ``step <= step`` (a resumed run recomputes the rest); the rewrite is
+        atomic. Returns how many lines were dropped (rows after ``step`` and torn lines)."""
+        if not self.path.exists():
+            return 0
+        lines = self.path.read_text().splitlines()
+        keep = []
+        for line in lines:
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if row.get("step", -1) <= step:
+                keep.append(line)
+        if len(keep) != len(lines):
+            tmp = self.path.with_name(f".{self.path.name}.tmp")
+            tmp.write_text("".join(line + "\n" for line in keep))
+            os.replace(tmp, self.path)
+        return len(lines) - len(keep)
+
+    def last_step(self) -> int | None:
+        rows = read_jsonl(self.path)
+        return rows[-1].get("step") if rows else None
+
+
+# -- the run directory ---------------------------------------------------------------------------------------
+
+class RunDir:
+    """Paths and the read side of a run directory (no lock needed to read)."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+        self.config_path = self.path / CONFIG_FILE
+        self.metrics_path = self.path / METRICS_FILE
+        self.timing_path = self.path / TIMING_FILE
+        self.done_path = self.path / DONE_FILE
+        self.checkpoint_dir = self.path / CHECKPOINT_DIR
+        self.checkpoint_path = self.checkpoint_dir / LAST_CHECKPOINT
+        self.previous_checkpoint_path = self.checkpoint_dir / PREVIOUS_CHECKPOINT
+        self.lock_path = self.path / LOCK_FILE
+        self.metrics = JsonlLog(self.metrics_path)
+        self.timing = JsonlLog(self.timing_path)
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+    def seed_dir(self, seed: int) -> RunDir:
+        return RunDir(self.path / f"seed_{seed}")
+
+    # reading
+    def read_config(self) -> dict | None:
+        if not self.config_path.exists():
+            return None
+        import yaml
+
+        return yaml.safe_load(self.config_path.read_text())
+
+    def read_metrics(self) -> list[dict]:
+        return read_jsonl(self.metrics_path)
+
+    def read_timing(self) -> list[dict]:
+        return read_jsonl(self.timing_path)
+
+    def done_info(self) -> dict | None:
+        """``{"step": last step, "reason": why it ended or None}`` once the run is complete, else None."""
+        try:
+            lines = self.done_path.read_text().splitlines()
+        except FileNotFoundError:
+            return None
+        step = int(lines[0]) if lines and lines[0].strip().lstrip("-").isdigit() else None
+        return {"step": step, "reason": lines[1].strip() if len(lines) > 1 and lines[1].strip() else None}
+
+    def is_locked(self) -> bool:
+        """Whether a process holds the writer lock now (probed without taking it for more than an instant)."""
+        if not self.lock_path.exists():
+            return False
+        try:
+            fd = os.open(self.lock_path, os.O_RDONLY)
+        except OSError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        except OSError:
+            return False
+        else:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return False
+        finally:
+            os.close(fd)
+
+    def status(self) -> str:
+        """``done`` | ``in progress`` (a writer holds it, or it has no DONE yet) | ``empty`` (no config)."""
+        if not self.config_path.exists():
+            return "empty"
+        if self.done_path.exists() and not self.is_locked():
+            return "done"
+        return "in progress"
+
+    # the science key
+    def check_config(self, cfg) -> None:
+        """Refuse a config whose science key differs from the one this directory was started with."""
+        saved = self.read_config()
+        if saved is None:
+            return
+        old, new = science_config(saved), science_config(cfg)
+        if old != new:
+            raise UsageError(f"{self.path} holds a run with a different config: {first_difference(old, new)}; "
+                             "choose a new hydra.run.dir or rerun with the same overrides")
+
+    # writing (only by the lock holder)
+    def write_config(self, cfg) -> None:
+        if self.config_path.exists():
+            return
+        from omegaconf import OmegaConf
+
+        self.path.mkdir(parents=True, exist_ok=True)
+        text = OmegaConf.to_yaml(cfg, resolve=True) if not isinstance(cfg, dict) else OmegaConf.to_yaml(cfg)
+        _atomic_write(self.config_path, text)
+
+    def write_hydra_record(self, files: dict[str, str]) -> None:
+        """Write Hydra's record of the command (``.hydra/config.yaml``, ``hydra.yaml``, ``overrides.yaml``),
+        once the run may proceed: a refused command leaves the record of the run as it was."""
+        folder = self.path / HYDRA_DIR
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, text in files.items():
+            _atomic_write(folder / name, text)
+
+    def record_start(self, runtime: dict) -> None:
+        """Append this process's runtime facts (host, pid, device, threads, policy) to ``runtime.jsonl``."""
+        row = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "host": socket.gethostname(), "pid": os.getpid(),
+               **runtime}
+        JsonlLog(self.path / RUNTIME_FILE).append(row)
+
+    def mark_done(self, step: int, reason: str | None = None) -> None:
+        _atomic_write(self.done_path, f"{step}\n" + (f"{reason}\n" if reason else ""))
+
+    def unmark_done(self) -> None:
+        self.done_path.unlink(missing_ok=True)
+
+    def set_logs_aside(self) -> None:
+        """Logs without a checkpoint (a run killed before its first checkpoint) are renamed, not appended to."""
+        for path in (self.metrics_path, self.timing_path):
+            if path.exists():
+                path.replace(path.with_suffix(path.suffix + f".orphan-{int(time.time())}"))
+
+    # checkpoints
+    def save_checkpoint(self, payload: dict) -> None:
+        """Write to a temp file, fsync, keep the current checkpoint as previous.pt, rename the new one in."""
+        from nsrun.runner.checkpoint import save_atomic
+
+        self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        tmp = save_atomic(self.checkpoint_dir, payload)
+        if self.checkpoint_path.exists():
+            os.replace(self.checkpoint_path, self.previous_checkpoint_path)
+        os.replace(tmp, self.checkpoint_path)
+
+    def load_checkpoint(self) -> dict | None:
+        """The newest checkpoint that loads (last.pt, else previous.pt, saying so in one line); None if the run
+        has none. Raises UsageError naming the file when none loads or one is not nsrun's."""
+        from nsrun.runner.checkpoint import CheckpointError, load
+
+        candidates = [p for p in (self.checkpoint_path, self.previous_checkpoint_path) if p.exists()]
+        errors = []
+        for path in candidates:
+            try:
+                ckpt = load(path)
+            except CheckpointError as e:
+                if e.foreign:
+                    raise UsageError(str(e)) from None
+                errors.append(e)
+                continue
+            if errors:
+                log.warning("%s; resuming from %s (step %d) instead", errors[0], path.name, ckpt["step"])
+            return ckpt
+        if errors:
+            raise UsageError(f"{errors[0]}, and no earlier checkpoint loads; delete {self.checkpoint_dir} to "
+                             f"start the run over, or restore the file")
+        return None
+
+    # the writer lock
+    @contextmanager
+    def lock(self, wait_s: float = 0.0) -> Iterator[None]:
+        """Hold the writer lock (``flock`` on ``.lock``; the kernel releases it when the process dies, so a
+        crash leaves no stale lock) for the ``with`` block. A second writer is refused with UsageError naming
+        the holder's pid and host, after waiting up to ``wait_s`` seconds for it to go (a requeued SLURM job
+        whose first instance is still flushing). Where the file system has no working locks, says so once and
+        carries on."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            if not _acquire(fd, self.lock_path, wait_s):
+                raise UsageError(f"{self.path} is being written by {_holder(fd)}; wait for it to finish (or stop "
+                                 "it), or choose another hydra.run.dir")
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
+
+_WARNED_NO_LOCKS: set[str] = set()
+
+
+def _acquire(fd: int, path: Path, wait_s: float) -> bool:
+    deadline = time.monotonic() + wait_s
+    announced = False
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+            if not announced:
+                log.info("%s is locked by %s: waiting up to %.0f s for it to go", path.parent, _holder(fd), wait_s)
+                announced = True
+            time.sleep(0.5)
+        except OSError as e:
+            if e.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                mount = str(path.parent)
+                if mount not in _WARNED_NO_LOCKS:
+                    _WARNED_NO_LOCKS.add(mount)
+                    log.warning("file locks do not work under %s (%s): one writer per run directory is not "
+                                "enforced there", mount, e.strerror)
+                return True
+            raise
+
+
+def _holder(fd: int) -> str:
+    try:
+        text = os.pread(fd, 200, 0).decode(errors="replace").strip()
+    except OSError:
+        text = ""
+    return text or "another process"
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def find_run_dirs(paths, include_unfinished: bool = False) -> list[RunDir]:
+    """Every run directory (a folder with resolved_config.yaml) under ``paths``, sorted; only finished ones
+    (DONE, not locked) unless ``include_unfinished``."""
+    found: dict[Path, RunDir] = {}
+    for root in map(Path, paths):
+        candidates = [root] if (root / CONFIG_FILE).exists() else []
+        if root.is_dir():
+            for dirpath, dirnames, filenames in os.walk(root):
+                dirnames[:] = sorted(d for d in dirnames if d not in SKIP_DIRS)
+                if CONFIG_FILE in filenames:
+                    candidates.append(Path(dirpath))
+        for path in candidates:
+            run = RunDir(path)
+            if include_unfinished or run.status() == "done":
+                found[path.resolve()] = run
+    return [found[p] for p in sorted(found)]
