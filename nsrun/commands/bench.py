@@ -40,10 +40,13 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-import torch
+from nsrun.runner.threads import prepare_environment
 
-from nsrun.commands.bench_speed import bench_fast, bench_imports, bench_shared, step_worker
-from nsrun.commands.nsrun import CONF_DIR
+prepare_environment()  # nsrun's OpenMP wait policy, as the nsrun entry point sets it: before torch is imported
+import torch  # noqa: E402
+
+from nsrun.commands.bench_speed import bench_fast, bench_imports, bench_shared, step_worker  # noqa: E402
+from nsrun.commands.nsrun import CONF_DIR  # noqa: E402
 
 ROOT = Path(CONF_DIR).resolve().parent
 SECTIONS = ("steps", "eval", "seeds", "fast", "shared", "startup", "launcher", "compile")

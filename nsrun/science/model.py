@@ -266,6 +266,14 @@ class Transformer(nn.Module):
             hs.append(block(hs[-1], last_only=last, projections=projections))
         return hs
 
+    def _one_block_from_table(self, idx: torch.Tensor) -> torch.Tensor:
+        """``h_1`` at the last position, ``[B, 1, D]``, of a one-block classifier on the first-layer table: the
+        block's keys and values come from the table, so its residual input is needed at the last position only."""
+        pos = self.positions(idx.shape[1])
+        h0 = self.embed(idx[:, -1:])
+        return self.blocks[0](h0 if pos is None else h0 + pos[-1], last_only=True,
+                              projections=self.first_layer_projections(idx, last_only=True))
+
     def stages(self, idx: torch.Tensor | None = None, embeddings: torch.Tensor | None = None) -> list[torch.Tensor]:
         """The residual stream after each block, ``[h_1, ..., h_L]``, each ``[B, T, D]``."""
         e = self.embed(idx) if embeddings is None else embeddings
@@ -274,10 +282,14 @@ class Transformer(nn.Module):
     def forward(self, idx: torch.Tensor | None = None, embeddings: torch.Tensor | None = None,
                 return_hidden: bool = False):
         """Logits ``[B, T, n_outputs]`` (and ``stages`` with ``return_hidden``) from tokens or embeddings."""
-        e = self.embed(idx) if embeddings is None else embeddings  # [B, T, D]
         # a classifier reads only the last position: the last block then computes only that query
-        hs = self._residual_stream(e, last_only=self.last_position_only and not return_hidden,
-                                   idx=idx if embeddings is None else None)
-        h = self.ln_f(hs[-1])
+        last_only = self.last_position_only and not return_hidden
+        if embeddings is None and last_only and len(self.blocks) == 1 and self.uses_table(idx, True):
+            h = self._one_block_from_table(idx)
+        else:
+            e = self.embed(idx) if embeddings is None else embeddings  # [B, T, D]
+            hs = self._residual_stream(e, last_only, idx=idx if embeddings is None else None)
+            h = hs[-1]
+        h = self.ln_f(h)
         logits = self.unembed(h.reshape(-1, h.shape[-1])).view(*h.shape[:-1], -1)  # [B, T, n_outputs]
         return (logits, hs[1:]) if return_hidden else logits
