@@ -94,6 +94,7 @@ def test_the_users_wait_policy_and_thread_count_win():
     assert resolve_threads(None, {}, cores=3, torch_default=8) == (8, "torch default")
     assert wait_policy({"OMP_WAIT_POLICY": "ACTIVE"}) == {"OMP_WAIT_POLICY": "ACTIVE", "set_by": "user"}
     assert wait_policy({"OMP_WAIT_POLICY": "PASSIVE", SET_BY_NSRUN: "OMP_WAIT_POLICY"})["set_by"] == "nsrun"
+    assert wait_policy({"OMP_WAIT_POLICY": "ACTIVE", SET_BY_NSRUN: "OMP_WAIT_POLICY"})["set_by"] == "user"
     assert "default" in wait_policy({})["set_by"]
 
 
@@ -109,7 +110,8 @@ def test_the_entry_point_sets_the_wait_policy_before_torch_starts(tmp_path):
             "from nsrun.runner.threads import prepare_environment, wait_policy; "
             "set_here = prepare_environment(); import torch; import json; "
             "print(json.dumps([set_here, wait_policy(), 'torch' in sys.modules]))")
-    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")}
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME", SET_BY_NSRUN)}
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     set_here, policy, _ = json.loads(out.stdout)
     assert set_here == {"OMP_WAIT_POLICY": "PASSIVE"} and policy == {"OMP_WAIT_POLICY": "PASSIVE", "set_by": "nsrun"}

@@ -133,7 +133,8 @@ def wait_policy(environ=None) -> dict[str, str]:
     chosen = {k: environ[k] for k in WAIT_POLICY_KEYS if k in environ}
     if not chosen:
         return {"set_by": "libgomp default (spin, then sleep)"}
-    by_nsrun = set(environ.get(SET_BY_NSRUN, "").split(",")) >= set(chosen)
+    marked = set(environ.get(SET_BY_NSRUN, "").split(",")) >= set(chosen)
+    by_nsrun = marked and all(DEFAULT_WAIT_ENV.get(k) == v for k, v in chosen.items())
     return {**chosen, "set_by": "nsrun" if by_nsrun else "user"}
 
 
