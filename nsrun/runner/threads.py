@@ -167,7 +167,8 @@ def apply_thread_policy(threads, device, environ=None) -> dict:
 
 def deterministic_mode(enabled: bool, device) -> dict:
     """``torch.use_deterministic_algorithms(True, warn_only=True)`` where ``enabled``; on every device, since on CPU
-    it too changes kernels (``index_put_`` with accumulation runs serially with more than one thread).
+    it too picks deterministic kernels (the backward of indexing ``x[idx]``, ``index_put_``/``put_`` with
+    accumulation: torch's documentation of ``use_deterministic_algorithms``).
 
     Its import of ``torch._inductor`` (about 2 s) costs nothing extra in torch 2.13: ``torch.optim``'s optimisers
     import ``torch._dynamo``, and with it ``torch._inductor``, when constructed (``Optimizer.add_param_group``)."""
