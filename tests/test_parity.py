@@ -5,9 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from nsrun.runner.config import validate
+from nsrun.runner.config import build_task, validate
 from nsrun.runner.errors import ConfigError
-from nsrun.runner.objective import build_task
 from nsrun.runner.train import train
 from nsrun.science.tasks.parity import READOUT
 from tests.conftest import compose_cfg, run_cli
@@ -16,7 +15,7 @@ from tests.conftest import compose_cfg, run_cli
 def parity_task(*overrides):
     cfg = compose_cfg(["task=parity", *overrides])
     validate(cfg)
-    return build_task(cfg.task)
+    return build_task(cfg)
 
 
 def xor_of(x, subset):

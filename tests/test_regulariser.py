@@ -7,20 +7,20 @@ import math
 import pytest
 import torch
 
-from nsrun.runner.config import validate
+from nsrun.runner.config import build_model, build_objective, build_schedule, build_task, validate
 from nsrun.runner.errors import ConfigError
-from nsrun.runner.objective import CrossEntropy, build_model, build_objective, build_schedule, build_task
 from nsrun.runner.tracking import read_jsonl
 from nsrun.runner.train import train
+from nsrun.science.objective import CrossEntropy
 from tests.conftest import TINY, compose_cfg, run_cli
 
 
 def setup(*overrides):
     cfg = compose_cfg([*TINY, "reg=stability", *overrides])
     validate(cfg)
-    task = build_task(cfg.task)
+    task = build_task(cfg)
     torch.manual_seed(0)
-    model = build_model(cfg.model, task)
+    model = build_model(cfg, task)
     return cfg, task, model
 
 

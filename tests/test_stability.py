@@ -173,13 +173,13 @@ def test_attention_random_w_approaches_rho_s_as_d_grows():
 
 
 def _tiny_model_and_task():
-    from nsrun.runner.objective import build_model, build_task
+    from nsrun.runner.config import build_model, build_task
     from tests.conftest import TINY, compose_cfg
 
     cfg = compose_cfg(TINY)
-    task = build_task(cfg.task)
+    task = build_task(cfg)
     torch.manual_seed(0)
-    return build_model(cfg.model, task), task
+    return build_model(cfg, task), task
 
 
 def test_interval_propagation_input_moment_is_exact_and_rho_one_is_degenerate():

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from nsrun.runner.objective import build_model, build_task
+from nsrun.runner.config import build_model, build_task
 from nsrun.runner.tracking import read_jsonl
 from nsrun.runner.train import train
 from nsrun.science.stability.estimators import noise_stability
@@ -36,9 +36,9 @@ def task_overrides(request, wikitext_small):
 
 def test_estimator_on_task_outputs(task_overrides):
     cfg = compose_cfg(task_overrides)
-    task = build_task(cfg.task)
+    task = build_task(cfg)
     torch.manual_seed(0)
-    model = build_model(cfg.model, task).eval()
+    model = build_model(cfg, task).eval()
 
     def f(x):
         return task.output_probs(model(x))

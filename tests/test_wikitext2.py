@@ -7,9 +7,8 @@ import math
 import pytest
 import torch
 
-from nsrun.runner.config import preflight, validate
+from nsrun.runner.config import build_model, build_task, preflight, validate
 from nsrun.runner.errors import ConfigError
-from nsrun.runner.objective import build_model, build_task
 from nsrun.runner.tracking import read_jsonl
 from nsrun.runner.train import evaluate, train
 from nsrun.science.tasks import wikitext2
@@ -36,7 +35,7 @@ def cache_dir(tmp_path_factory):
 def task(cache_dir):
     cfg = wt2_cfg(cache_dir)
     validate(cfg)
-    return build_task(cfg.task)
+    return build_task(cfg)
 
 
 def test_shared_files_load_through_datasets(cache_dir):
@@ -71,7 +70,7 @@ def test_tokenizer_round_trips_text_and_maps_unknown_characters(task):
 
 
 def test_wordlevel_tokenizer_round_trips_known_words(cache_dir):
-    task = build_task(wt2_cfg(cache_dir, "task.tokenizer=wordlevel", "task.vocab_size=2000").task)
+    task = build_task(wt2_cfg(cache_dir, "task.tokenizer=wordlevel", "task.vocab_size=2000"))
     tok = task.tokenizer
     assert task.vocab_size == 2000
     assert tok.decode(tok.encode("the first of the two").ids) == "the first of the two"
@@ -85,7 +84,7 @@ def test_tokenizer_cache_is_reused(task, cache_dir, monkeypatch):
         raise AssertionError("the cached tokenizer should have been loaded")
 
     monkeypatch.setattr(wikitext2, "train_tokenizer", no_training)
-    again = build_task(wt2_cfg(cache_dir).task)
+    again = build_task(wt2_cfg(cache_dir))
     assert not again.tokenizer_trained and again.tokenizer_path == task.tokenizer_path
     assert torch.equal(again.train.x, task.train.x)
     other = wikitext2.tokenizer_cache_path("bpe", 400, str(cache_dir), ["text"])
@@ -94,7 +93,7 @@ def test_tokenizer_cache_is_reused(task, cache_dir, monkeypatch):
 
 def test_untrained_model_loss_is_about_log_vocab(task):
     torch.manual_seed(0)
-    model = build_model(compose_cfg(["model=wikitext2"]).model, task)
+    model = build_model(compose_cfg(["model=wikitext2"]), task)
     loss, _ = evaluate(model, task, task.val.x[:256], task.val.y[:256], batch_size=256)
     assert abs(loss - math.log(task.vocab_size)) < 0.05
 

@@ -1,5 +1,5 @@
 """The ``nsrun-influence`` command: per-token influence, junta size, noise stability and Fourier-tail bounds of a
-Hugging Face model on text (config ``conf/analysis/influence.yaml``, model presets in ``conf/analysis/lm/``). The
+Hugging Face model on text (config ``conf_influence/influence.yaml``, model presets in ``conf_influence/lm/``). The
 science is :mod:`nsrun.influence` (analysis, fourier, lm, text); its report and figures :mod:`nsrun.influence.report`.
 
 Every job is validated before any compute and before Hydra creates a run directory: bad input (a missing model,
@@ -24,7 +24,7 @@ from nsrun.runner.errors import ConfigError
 from nsrun.runner.rundir import CONFIG_FILE
 
 PROG = "nsrun-influence"
-ANALYSIS_CONF_DIR = os.path.join(CONF_DIR, "analysis")
+ANALYSIS_CONF_DIR = os.path.join(os.path.dirname(CONF_DIR), "conf_influence")  # its own configs, apart from nsrun's
 CONFIG_NAME = "influence"
 DTYPES = ("float32", "bfloat16", "float16", "auto")
 PROGRESS = ("auto", "bar", "none")

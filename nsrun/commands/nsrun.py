@@ -99,6 +99,11 @@ def _fixed(overrides: list[str]) -> list[str]:
     return [o.input_line for o in parsed if not o.is_sweep_override()]
 
 
+def _shown(job: list[str]) -> str:
+    """A job's overrides as a message names it: without Hydra's own (``hydra.sweep.dir=...``)."""
+    return " ".join(o for o in job if not o.lstrip("+~").startswith("hydra"))
+
+
 def _job_context(compose, config_name: str, job: list[str], base_cfg):
     """The config that a failing job's key overrides apply to: its option choices (``reg=none``) composed
     without the key overrides, else the default config."""
@@ -156,7 +161,7 @@ def prevalidate(argv: list[str], prog: str = "nsrun", config_dir: str = CONF_DIR
                             checked.add(key)
                             preflight(cfg)
                 except ConfigError as e:
-                    prefix = f"[job {' '.join(job)}] " if len(jobs) > 1 else ""
+                    prefix = f"[job {_shown(job)}] " if len(jobs) > 1 else ""
                     fail(f"{prefix}{e}", prog=prog)
     except SystemExit:
         raise
@@ -165,7 +170,7 @@ def prevalidate(argv: list[str], prog: str = "nsrun", config_dir: str = CONF_DIR
         if base_cfg is not None:
             with initialize_config_dir(config_dir=config_dir, version_base="1.3"):
                 context = _job_context(compose, config_name, job, base_cfg)
-            prefix = f"[job {' '.join(job)}] " if len(jobs) > 1 else ""
+            prefix = f"[job {_shown(job)}] " if len(jobs) > 1 else ""
         fail(prefix + format_hydra_error(e, context, schema), prog=prog)
     finally:
         GlobalHydra.instance().clear()

@@ -314,9 +314,9 @@ def _catch_up(cfg, run_dir: Path, seeds: list[int], ckpts: list[dict | None]) ->
 
 def train_vmapped(cfg: DictConfig, run_dir: Path, seeds: list[int]) -> dict:
     from nsrun.runner.checkpoint import CHECKPOINT_DIR, LAST, load_checkpoint, rng_state, save_checkpoint
-    from nsrun.runner.objective import build_model, build_objective, build_task
+    from nsrun.runner.config import build_logger, build_model, build_objective, build_task
     from nsrun.runner.threads import apply_thread_policy, deterministic_mode
-    from nsrun.runner.tracking import METRICS_FILE, TIMING_FILE, JsonlWriter, build_logger
+    from nsrun.runner.tracking import METRICS_FILE, TIMING_FILE, JsonlWriter
     from nsrun.runner.train import (
         DONE_MARKER,
         RESOLVED_CONFIG,
@@ -352,12 +352,12 @@ def train_vmapped(cfg: DictConfig, run_dir: Path, seeds: list[int]) -> dict:
     device = resolve_device(cfg.train.device)
     log.info("threads: %s", apply_thread_policy(cfg.train.threads, device))
     deterministic_mode(cfg.train.deterministic, device)
-    task = build_task(cfg.task).to(device)
+    task = build_task(cfg).to(device)
     models = []
     for s in seeds:
         torch.manual_seed(s)
-        models.append(build_model(cfg.model, task).to(device))
-    eval_model = build_model(cfg.model, task).to(device)
+        models.append(build_model(cfg, task).to(device))
+    eval_model = build_model(cfg, task).to(device)
     objectives = [build_objective(c, task) for c in cfgs]
     writers = [(JsonlWriter(d / METRICS_FILE), JsonlWriter(d / TIMING_FILE)) for d in dirs]
     run_ids = [run_id_for(d) for d in dirs]

@@ -88,31 +88,3 @@ class NullLogger:
 
     def finish(self, exit_code: int = 0) -> None:
         pass
-
-
-def _wandb_logger(cfg, run_dir: Path, run_id: str | None = None):
-    from nsrun.runner.wandb_logger import WandbLogger
-
-    return WandbLogger(cfg, run_dir, run_id)
-
-
-def _validate_wandb(cfg) -> None:
-    from nsrun.runner.wandb_logger import validate
-
-    validate(cfg)
-
-
-LOGGERS = {"none": NullLogger, "wandb": _wandb_logger}
-# logger.name -> validate(cfg) of that logger's keys
-LOGGER_VALIDATORS = {"wandb": _validate_wandb}
-
-
-def validate_logger(cfg) -> None:
-    from nsrun.runner.config import require_choice
-
-    require_choice(cfg, "logger.name", tuple(LOGGERS))
-    LOGGER_VALIDATORS.get(cfg.logger.name, lambda cfg: None)(cfg)
-
-
-def build_logger(cfg, run_dir: Path, run_id: str | None = None):
-    return LOGGERS[cfg.logger.name](cfg, run_dir, run_id)

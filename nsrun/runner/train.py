@@ -22,11 +22,10 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from nsrun.runner.checkpoint import CHECKPOINT_DIR, LAST, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from nsrun.runner.config import validate
+from nsrun.runner.config import build_logger, build_model, build_objective, build_task, validate
 from nsrun.runner.errors import UsageError
-from nsrun.runner.objective import build_model, build_objective, build_task
 from nsrun.runner.threads import apply_thread_policy, deterministic_mode
-from nsrun.runner.tracking import METRICS_FILE, TIMING_FILE, JsonlWriter, build_logger
+from nsrun.runner.tracking import METRICS_FILE, TIMING_FILE, JsonlWriter
 
 log = logging.getLogger("nsrun")
 
@@ -75,6 +74,8 @@ def _comparable(cfg) -> dict:
         node, leaf = _parent(d, key)
         if node is not None:
             node.setdefault(leaf, value)
+    if isinstance(d.get("reg"), dict) and d["reg"].get("name") != "stability":  # rho/gamma of old baselines
+        d["reg"].pop("rho", None), d["reg"].pop("gamma", None)
     return d
 
 
@@ -147,7 +148,7 @@ def eval_metrics(model, task, cfg, step: int) -> dict:
     row = {"train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss, "val_acc": val_acc}
     row.update(task.extra_metrics(val_loss))
     if cfg.get("stability") is not None and cfg.stability.enabled:
-        from nsrun.runner.objective import monitor_settings
+        from nsrun.runner.config import monitor_settings
         from nsrun.science.stability.monitor import stability_metrics
 
         row.update(stability_metrics(model, task, monitor_settings(cfg), cfg.seed, step, cfg.eval.batch_size))
@@ -242,9 +243,9 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
     log.info("threads: %s", apply_thread_policy(cfg.train.threads, device))
     deterministic_mode(cfg.train.deterministic, device)
 
-    task = build_task(cfg.task).to(device)
+    task = build_task(cfg).to(device)
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model, task).to(device)
+    model = build_model(cfg, task).to(device)
     optimizer = make_optimizer(model.parameters(), cfg, device)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.optim.warmup_steps))
     objective = build_objective(cfg, task)

@@ -27,12 +27,8 @@ from urllib.parse import urlparse
 
 from omegaconf import OmegaConf
 
-from nsrun.runner.config import select
-from nsrun.runner.errors import ConfigError
-
 log = logging.getLogger("nsrun")
 
-MODES = (None, "online", "offline", "disabled")
 LEGACY_MODES = {"dryrun": "offline", "run": "online"}
 SUMMARY_THRESHOLDS = (0.95, 0.99)
 MAX_GROUP_LENGTH = 128
@@ -40,19 +36,6 @@ MAX_GROUP_LENGTH = 128
 # was found unreachable (later jobs of a sweep then go offline at once instead of waiting again)
 _open_runs: set[str] = set()
 _server_unreachable = False
-
-
-def validate(cfg) -> None:
-    mode = select(cfg, "logger.mode")
-    if mode not in MODES:
-        raise ConfigError("logger.mode", f"must be null, online, offline or disabled, got {mode!r}")
-    for key in ("project", "entity", "group", "job_type", "dir"):
-        value = select(cfg, f"logger.{key}")
-        if value is not None and not isinstance(value, str):
-            raise ConfigError(f"logger.{key}", f"must be a string or null, got {value!r}")
-    tags = select(cfg, "logger.tags")
-    if tags is not None and (isinstance(tags, str) or not all(isinstance(t, str) for t in tags)):
-        raise ConfigError("logger.tags", f"must be a list of strings, got {tags!r}")
 
 
 def has_credentials() -> bool:

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import torch
 
-from nsrun.runner.config import require_number
-
 
 class GrokFastEMA:
     """Cross-entropy with GrokFast's low-pass gradient filter (EMA of past gradients, amplified)."""
@@ -42,6 +40,3 @@ class GrokFastEMA:
         self.ema = dict(state.get("ema", {}))
 
 
-def validate_grokfast(cfg) -> None:
-    require_number(cfg, "reg.alpha", 0, 1, high_open=True)
-    require_number(cfg, "reg.lamb", 0)

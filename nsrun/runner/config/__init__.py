@@ -30,6 +30,7 @@ from nsrun.runner.config.checks import (
 )
 from nsrun.runner.config.logger import build_logger
 from nsrun.runner.config.model import build_model
+from nsrun.runner.config.noise import build_schedule
 from nsrun.runner.config.optim import lr_lambda, make_optimizer
 from nsrun.runner.config.reg import build_objective, check_schedule_used
 from nsrun.runner.config.run import monitor_settings
@@ -53,9 +54,9 @@ CONF_DIR = os.environ.get("NSRUN_CONFIG_DIR", str(Path(__file__).resolve().paren
 
 __all__ = [
     "CONF_DIR", "DEVICE_RE", "GROUPS", "OPTIONS", "SECTIONS", "KeyWithoutEffect", "build_logger", "build_model",
-    "build_objective", "build_task", "field_names", "groups", "lr_lambda", "make_optimizer", "monitor_settings",
-    "preflight", "require_bool", "require_choice", "require_int", "require_number", "section", "select",
-    "stop_rule", "type_error", "unknown_key", "validate",
+    "build_objective", "build_schedule", "build_task", "field_names", "groups", "lr_lambda", "make_optimizer",
+    "monitor_settings", "preflight", "require_bool", "require_choice", "require_int", "require_number", "section",
+    "select", "stop_rule", "type_error", "unknown_key", "validate",
 ]
 
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from omegaconf import MISSING
 
 from nsrun.runner.config.checks import check_int, check_number, is_int, is_list, is_number
-from nsrun.runner.config.schema import describe, option
+from nsrun.runner.config.schema import describe, option, section
 from nsrun.runner.errors import ConfigError
 
 describe("noise", "the noise schedule of reg=stability: rho and gamma as functions of the training step")
@@ -91,3 +91,9 @@ class StepNoise(_Schedule):
             raise ConfigError("noise.milestones", f"must be a non-empty increasing list of steps >= 0, got {m!r}")
         _check_values("noise.rho_values", self.rho_values, len(m), 0, 1)
         _check_values("noise.gamma_values", self.gamma_values, len(m), 0, None)
+
+
+def build_schedule(cfg):
+    """The schedule ``step -> (rho, gamma)`` of ``cfg.noise`` around ``cfg.reg``'s rho and gamma."""
+    reg = section(cfg, "reg")
+    return section(cfg, "noise").build(reg.rho, reg.gamma, section(cfg, "train").steps)

@@ -17,8 +17,6 @@ from nsrun.runner.errors import ConfigError
 
 describe("reg", "the regulariser added to the cross-entropy, or a peer grokking accelerator")
 
-NOISES = ("token", "gaussian")
-GAUSSIAN_ON = ("resampleable", "all")
 
 
 @option("reg", "none")
@@ -51,6 +49,8 @@ class StabilityReg:
     gaussian_on: str = MISSING
 
     def check(self) -> None:
+        from nsrun.science.stability.noise import GAUSSIAN_ON, NOISES
+
         check_number("reg.rho", self.rho, 0, 1)
         check_number("reg.gamma", self.gamma, 0)
         check_int("reg.S", self.S, 0)
@@ -115,10 +115,10 @@ def check_schedule_used(reg, noise) -> None:
 
 def build_objective(cfg, task):
     """The training objective of ``cfg.reg`` for ``task``: its noise follows ``cfg.noise`` and ``cfg.seed``."""
+    from nsrun.runner.config.noise import build_schedule
+
     reg = section(cfg, "reg")
-    schedule = None
-    if getattr(reg, "scheduled", False):
-        schedule = section(cfg, "noise").build(reg.rho, reg.gamma, section(cfg, "train").steps)
+    schedule = build_schedule(cfg) if getattr(reg, "scheduled", False) else None
     if "seed" not in cfg:
         raise ConfigError("seed", "is missing from the config")
     return reg.build(task, schedule, int(cfg.seed))

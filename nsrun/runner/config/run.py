@@ -28,9 +28,6 @@ describe("stability", "noise stability logged at every eval step (nsrun/science/
 
 PROGRESS = ("auto", "bar", "log", "none")
 PARALLEL_BACKENDS = ("auto", "vmap", "loop")
-NOISES = ("token", "gaussian")
-SPLITS = ("train", "val")
-GAUSSIAN_ON = ("resampleable", "all")
 
 
 @option("train")
@@ -103,6 +100,9 @@ class StabilityConfig:
     gaussian_on: str = MISSING
 
     def check(self) -> None:
+        from nsrun.science.stability.monitor import SPLITS
+        from nsrun.science.stability.noise import GAUSSIAN_ON, NOISES
+
         check_bool("stability.enabled", self.enabled)
         check_subset("stability.noises", self.noises, NOISES)
         check_subset("stability.splits", self.splits, SPLITS)

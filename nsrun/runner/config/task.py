@@ -9,7 +9,7 @@ from pathlib import Path
 from omegaconf import MISSING
 
 from nsrun.runner.config.checks import check_choice, check_int, check_number, check_str, is_int
-from nsrun.runner.config.schema import HINTS, describe, option, section
+from nsrun.runner.config.schema import HINTS, describe, field_names, option, section
 from nsrun.runner.errors import ConfigError
 
 describe("task", "what is learned: the data, its train/validation split, and the task's defaults for train.*")
@@ -19,17 +19,6 @@ describe("task", "what is learned: the data, its train/validation split, and the
 TRAIN_DEFAULTS = {"batch_size": "train.batch_size", "steps": "train.steps", "eval_every": "train.eval_every",
                   "eval_examples": "eval.n_examples", "stability_examples": "stability.n_examples",
                   "sensitivity_positions": "stability.sensitivity_positions"}
-OPERATIONS = ("add", "sub", "mul", "div")
-VAL_SETS = ("fixed", "fresh")
-TOKENIZERS = ("bpe", "wordlevel")
-MAX_EXHAUSTIVE_BITS = 20  # parity: up to 2^20 inputs, training and fixed validation inputs do not overlap
-SHARED_DATA_HINT = "../shared/data/wikitext-2"
-
-
-def is_prime(n: int) -> bool:
-    return n >= 2 and all(n % d for d in range(2, int(n**0.5) + 1))
-
-
 for _key, _target in TRAIN_DEFAULTS.items():
     HINTS[f"task.{_key}"] = f"is a task file's default for {_target}; set {_target} instead"
 
@@ -52,6 +41,8 @@ class ModAddTask:
     split_seed: int = MISSING
 
     def check(self) -> None:
+        from nsrun.science.tasks.modadd import OPERATIONS, is_prime
+
         if not is_int(self.p) or self.p < 3 or not is_prime(self.p):
             raise ConfigError("task.p", f"must be a prime >= 3, got {self.p!r}")
         check_choice("task.operation", self.operation, OPERATIONS)
@@ -61,7 +52,8 @@ class ModAddTask:
     def build(self):
         from nsrun.science.tasks.modadd import ModularArithmetic
 
-        return ModularArithmetic(self)
+        return ModularArithmetic(p=self.p, operation=self.operation, train_fraction=self.train_fraction,
+                                 split_seed=self.split_seed)
 
 
 @option("task", "parity")
@@ -85,6 +77,8 @@ class ParityTask:
     sensitivity_positions: int | None = MISSING
 
     def check(self) -> None:
+        from nsrun.science.tasks.parity import MAX_EXHAUSTIVE_BITS, VAL_SETS
+
         check_int("task.n_bits", self.n_bits, 1)
         check_int("task.k", self.k, 1)
         if self.k > self.n_bits:
@@ -106,7 +100,9 @@ class ParityTask:
     def build(self):
         from nsrun.science.tasks.parity import SparseParity
 
-        return SparseParity(self)
+        return SparseParity(n_bits=self.n_bits, k=self.k, label_noise=self.label_noise, n_train=self.n_train,
+                            n_val=self.n_val, val_set=self.val_set, subset_seed=self.subset_seed,
+                            data_seed=self.data_seed)
 
 
 @option("task", "wikitext2")
@@ -135,6 +131,8 @@ class WikiText2Task:
     sensitivity_positions: int | None = MISSING
 
     def check(self) -> None:
+        from nsrun.science.tasks.wikitext2 import TOKENIZERS
+
         check_choice("task.tokenizer", self.tokenizer, TOKENIZERS)
         check_int("task.vocab_size", self.vocab_size, 10)
         check_int("task.context", self.context, 2)
@@ -150,9 +148,9 @@ class WikiText2Task:
 
     def preflight(self) -> None:
         """The data and the tokenizer cache are where the run will look for them; the hub answers if used."""
-        from nsrun.science.tasks.wikitext2 import default_cache_dir, hub_unreachable_reason
+        from nsrun.science.tasks.wikitext2 import SHARED_DATA_HINT, cache_dir_of, hub_unreachable_reason
 
-        cache = Path(self.cache_dir).expanduser() if self.cache_dir else default_cache_dir()
+        cache = cache_dir_of(self.cache_dir)
         existing = next(p for p in (cache, *cache.parents) if p.exists())
         if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
             raise ConfigError("task.cache_dir", f"{cache} is not writable (the tokenizer is cached there); "
@@ -177,9 +175,14 @@ class WikiText2Task:
                                                    f"and {self.val_file} (e.g. task.data_dir={SHARED_DATA_HINT})")
 
     def build(self):
+        """Loads the text (files or hub) and trains or loads the tokenizer."""
         from nsrun.science.tasks.wikitext2 import WikiText2
 
-        return WikiText2(self)
+        return WikiText2(data_dir=self.data_dir, train_file=self.train_file, val_file=self.val_file,
+                         hub_dataset=self.hub_dataset, hub_config=self.hub_config,
+                         hub_train_split=self.hub_train_split, hub_val_split=self.hub_val_split,
+                         tokenizer=self.tokenizer, vocab_size=self.vocab_size, cache_dir=self.cache_dir,
+                         context=self.context, stride=self.stride)
 
 
 def _skip_hub_check() -> bool:
@@ -190,5 +193,13 @@ def _skip_hub_check() -> bool:
 
 
 def build_task(cfg):
-    """The task of ``cfg.task`` (its data loaded, on the CPU)."""
-    return section(cfg, "task").build()
+    """The task of ``cfg.task`` (its data loaded, on the CPU). The science's ``ValueError("<argument>: ...")``
+    (e.g. a context longer than the text) becomes a ConfigError on ``task.<argument>``."""
+    task = section(cfg, "task")
+    try:
+        return task.build()
+    except ValueError as e:
+        argument, sep, detail = str(e).partition(": ")
+        if sep and argument in field_names(type(task)):
+            raise ConfigError(f"task.{argument}", detail) from e
+        raise

@@ -19,8 +19,6 @@ from dataclasses import dataclass
 
 import torch
 
-from nsrun.runner.config import require_bool, require_choice, require_int, require_number, select
-from nsrun.runner.errors import ConfigError
 from nsrun.science.stability.estimators import (
     average_sensitivity,
     batched,
@@ -39,28 +37,6 @@ from nsrun.science.stability.noise import (
 
 SPLITS = ("train", "val")
 REUSE_LIMIT = 2**25  # floats (128 MiB) of clean outputs held for reuse at one eval
-
-
-def validate_monitor(cfg) -> None:
-    if "stability" not in cfg:
-        return
-    require_bool(cfg, "stability.enabled")
-    for key, allowed in (("stability.noises", NOISES), ("stability.splits", SPLITS)):
-        values = select(cfg, key)
-        if not hasattr(values, "__len__") or isinstance(values, str) or not all(v in allowed for v in values):
-            raise ConfigError(key, f"must be a list drawn from {', '.join(allowed)}, got {values!r}")
-    rhos = select(cfg, "stability.rhos")
-    ok = hasattr(rhos, "__len__") and not isinstance(rhos, str) and len(rhos) > 0 and all(
-        isinstance(r, (int, float)) and not isinstance(r, bool) and 0 <= r <= 1 for r in rhos)
-    if not ok:
-        raise ConfigError("stability.rhos", f"must be a non-empty list of numbers in [0, 1], got {rhos!r}")
-    require_int(cfg, "stability.n_examples", 1, optional=True)
-    require_int(cfg, "stability.n_repeats", 1)
-    require_bool(cfg, "stability.sensitivity")
-    require_int(cfg, "stability.sensitivity_positions", 1, optional=True)
-    require_bool(cfg, "stability.per_layer")
-    require_number(cfg, "stability.sigma", 0, low_open=True, optional=True)
-    require_choice(cfg, "stability.gaussian_on", GAUSSIAN_ON)
 
 
 @dataclass(frozen=True)

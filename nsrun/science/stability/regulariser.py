@@ -13,7 +13,6 @@ import math
 
 import torch
 
-from nsrun.runner.config import require_bool, require_choice, require_int, require_number
 from nsrun.science.stability.estimators import inner
 from nsrun.science.stability.noise import (
     GAUSSIAN_ON,
@@ -25,19 +24,6 @@ from nsrun.science.stability.noise import (
 )
 
 NOISE_SEED_OFFSET = 7_919  # the regulariser's noise generator is seeded with seed + this
-
-
-def validate(cfg) -> None:
-    require_number(cfg, "reg.rho", 0, 1)
-    require_number(cfg, "reg.gamma", 0)
-    require_int(cfg, "reg.S", 0)
-    if cfg.reg.S not in (0, 1):
-        require_choice(cfg, "reg.S", (0, 1))
-    require_choice(cfg, "reg.noise", NOISES)
-    require_bool(cfg, "reg.stop_grad_clean")
-    require_number(cfg, "reg.batch_fraction", 0, 1, low_open=True)
-    require_number(cfg, "reg.sigma", 0, low_open=True, optional=True)
-    require_choice(cfg, "reg.gaussian_on", GAUSSIAN_ON)
 
 
 class StabilityRegulariser:

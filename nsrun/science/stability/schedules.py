@@ -19,9 +19,6 @@ from __future__ import annotations
 
 import math
 
-from nsrun.runner.config import require_int, require_number, select
-from nsrun.runner.errors import ConfigError
-
 SCHEDULE_NAMES = ("constant", "linear_warmup", "cosine", "step")
 
 
@@ -68,35 +65,3 @@ class Schedule:
         return self.value("rho", step), self.value("gamma", step)
 
 
-def _require_list(cfg, key: str, length: int, low: float | None, high: float | None) -> None:
-    values = select(cfg, key)
-    if values is None:
-        return
-    ok = hasattr(values, "__len__") and not isinstance(values, str) and len(values) == length and all(
-        isinstance(v, (int, float)) and not isinstance(v, bool)
-        and (low is None or v >= low) and (high is None or v <= high) for v in values)
-    if not ok:
-        rng = f"in [{low}, {high if high is not None else 'inf'}]"
-        raise ConfigError(key, f"must be null or a list of {length} numbers {rng} (one per milestone), got {values!r}")
-
-
-def validate_schedule(cfg) -> None:
-    """Check the keys of ``cfg.noise`` for its schedule (``noise.name`` has been checked)."""
-    name = cfg.noise.name
-    if name == "linear_warmup":
-        require_int(cfg, "noise.warmup_steps", 0)
-        require_number(cfg, "noise.rho_start", 0, 1)
-        require_number(cfg, "noise.gamma_start", 0)
-    elif name == "cosine":
-        require_int(cfg, "noise.total_steps", 1, optional=True)
-        require_number(cfg, "noise.rho_end", 0, 1)
-        require_number(cfg, "noise.gamma_end", 0)
-    elif name == "step":
-        milestones = select(cfg, "noise.milestones")
-        ok = hasattr(milestones, "__len__") and not isinstance(milestones, str) and len(milestones) > 0 and all(
-            isinstance(m, int) and not isinstance(m, bool) and m >= 0 for m in milestones)
-        if not ok or list(milestones) != sorted(set(milestones)):
-            raise ConfigError("noise.milestones",
-                              f"must be a non-empty increasing list of steps >= 0, got {milestones!r}")
-        _require_list(cfg, "noise.rho_values", len(milestones), 0, 1)
-        _require_list(cfg, "noise.gamma_values", len(milestones), 0, None)

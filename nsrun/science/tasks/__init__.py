@@ -20,5 +20,3 @@ def task_class(name: str) -> type:
     return getattr(import_module(module_name), class_name)
 
 
-def validate_task(cfg) -> None:
-    import_module(TASKS[cfg.name][0]).validate(cfg)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import torch
 
-from nsrun.runner.errors import ConfigError
 from nsrun.science.tasks.base import Split, Task
 
 OPERATIONS = ("add", "sub", "mul", "div")
@@ -12,19 +11,6 @@ OPERATIONS = ("add", "sub", "mul", "div")
 
 def is_prime(n: int) -> bool:
     return n >= 2 and all(n % d for d in range(2, int(n**0.5) + 1))
-
-
-def validate(cfg) -> None:
-    p = cfg.p
-    if not isinstance(p, int) or isinstance(p, bool) or p < 3 or not is_prime(p):
-        raise ConfigError("task.p", f"must be a prime >= 3, got {p!r}")
-    if cfg.operation not in OPERATIONS:
-        raise ConfigError("task.operation", f"must be one of {', '.join(OPERATIONS)}, got {cfg.operation!r}")
-    f = cfg.train_fraction
-    if not isinstance(f, (int, float)) or isinstance(f, bool) or not 0 < f < 1:
-        raise ConfigError("task.train_fraction", f"must be a number in (0, 1), got {f!r}")
-    if not isinstance(cfg.split_seed, int):
-        raise ConfigError("task.split_seed", f"must be an integer, got {cfg.split_seed!r}")
 
 
 def apply_operation(a: torch.Tensor, b: torch.Tensor, p: int, operation: str) -> torch.Tensor:

@@ -12,45 +12,11 @@ from __future__ import annotations
 
 import torch
 
-from nsrun.runner.errors import ConfigError
 from nsrun.science.tasks.base import Split, Task
 
 READOUT = 2
 VAL_SETS = ("fixed", "fresh")
 MAX_EXHAUSTIVE_BITS = 20  # up to 2^20 inputs: train and fixed validation inputs are drawn without overlap
-
-
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def validate(cfg) -> None:
-    n, k = cfg.n_bits, cfg.k
-    if not _is_int(n) or n < 1:
-        raise ConfigError("task.n_bits", f"must be an integer >= 1, got {n!r}")
-    if not _is_int(k) or k < 1:
-        raise ConfigError("task.k", f"must be an integer >= 1, got {k!r}")
-    if k > n:
-        raise ConfigError("task.k", f"must be <= task.n_bits={n}, got {k}")
-    rate = cfg.label_noise
-    if not isinstance(rate, (int, float)) or isinstance(rate, bool) or not 0 <= rate < 0.5:
-        raise ConfigError("task.label_noise", f"must be a number in [0, 0.5), got {rate!r}")
-    for key in ("n_train", "n_val"):
-        if not _is_int(cfg[key]) or cfg[key] < 1:
-            raise ConfigError(f"task.{key}", f"must be an integer >= 1, got {cfg[key]!r}")
-    if cfg.val_set not in VAL_SETS:
-        raise ConfigError("task.val_set", f"must be one of {', '.join(VAL_SETS)}, got {cfg.val_set!r}")
-    for key in ("subset_seed", "data_seed"):
-        if not _is_int(cfg[key]) or cfg[key] < 0:
-            raise ConfigError(f"task.{key}", f"must be an integer >= 0, got {cfg[key]!r}")
-    for key in ("batch_size", "steps", "eval_every", "eval_examples", "stability_examples", "sensitivity_positions"):
-        if cfg.get(key) is not None and (not _is_int(cfg[key]) or cfg[key] < 1):
-            raise ConfigError(f"task.{key}", f"must be an integer >= 1 or null, got {cfg[key]!r}")
-    if n <= MAX_EXHAUSTIVE_BITS:
-        needed = cfg.n_train + (cfg.n_val if cfg.val_set == "fixed" else 0)
-        if needed > 2**n:
-            what = "n_train + n_val" if cfg.val_set == "fixed" else "n_train"
-            raise ConfigError("task.n_train", f"{what} must be <= 2^n_bits = {2**n} distinct inputs, got {needed}")
 
 
 def relevant_subset(n_bits: int, k: int, subset_seed: int) -> torch.Tensor:

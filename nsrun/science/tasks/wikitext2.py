@@ -30,7 +30,6 @@ from urllib.parse import urlparse
 
 import torch
 
-from nsrun.runner.errors import ConfigError
 from nsrun.science.tasks.base import Split, Task
 
 TOKENIZERS = ("bpe", "wordlevel")
@@ -40,10 +39,6 @@ TOKENIZER_RECIPE = 2  # bump when the tokenizer recipe changes, so old cache ent
 SHARED_DATA_HINT = "../shared/data/wikitext-2"
 
 
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
 def default_cache_dir() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "nsrun" / "tokenizers"
@@ -51,13 +46,6 @@ def default_cache_dir() -> Path:
 
 def cache_dir_of(cache_dir: str | None) -> Path:
     return Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
-
-
-def _skip_hub_check() -> bool:
-    """True when a direct TCP check says nothing: offline mode (cached copies) or a proxy in between."""
-    offline = any(os.environ.get(v, "").lower() in ("1", "true", "yes", "on")
-                  for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
-    return offline or any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"))
 
 
 @functools.cache
@@ -72,56 +60,9 @@ def hub_unreachable_reason(endpoint: str, timeout: float = 3.0) -> str | None:
         return f"{host}: {e.strerror or e}"
 
 
-def _offline_hint(cfg) -> str:
-    return (f"offline, set task.data_dir=DIR holding {cfg.train_file} and {cfg.val_file} "
-            f"(e.g. task.data_dir={SHARED_DATA_HINT})")
-
-
 def data_files(data_dir: str, train_file: str, val_file: str) -> dict[str, Path]:
     directory = Path(data_dir).expanduser()
     return {"train": directory / train_file, "validation": directory / val_file}
-
-
-def validate(cfg) -> None:
-    if cfg.tokenizer not in TOKENIZERS:
-        raise ConfigError("task.tokenizer", f"must be one of {', '.join(TOKENIZERS)}, got {cfg.tokenizer!r}")
-    if not _is_int(cfg.vocab_size) or cfg.vocab_size < 10:
-        raise ConfigError("task.vocab_size", f"must be an integer >= 10, got {cfg.vocab_size!r}")
-    if not _is_int(cfg.context) or cfg.context < 2:
-        raise ConfigError("task.context", f"must be an integer >= 2, got {cfg.context!r}")
-    if cfg.stride is not None and (not _is_int(cfg.stride) or cfg.stride < 1):
-        raise ConfigError("task.stride", f"must be an integer >= 1 or null (= task.context), got {cfg.stride!r}")
-    for key in ("batch_size", "steps", "eval_every", "eval_examples", "stability_examples", "sensitivity_positions"):
-        if cfg.get(key) is not None and (not _is_int(cfg[key]) or cfg[key] < 1):
-            raise ConfigError(f"task.{key}", f"must be an integer >= 1 or null, got {cfg[key]!r}")
-    for key in ("train_file", "val_file", "hub_dataset", "hub_config", "hub_train_split", "hub_val_split"):
-        if not isinstance(cfg[key], str) or not cfg[key]:
-            raise ConfigError(f"task.{key}", f"must be a non-empty string, got {cfg[key]!r}")
-    if cfg.cache_dir is not None and not isinstance(cfg.cache_dir, str):
-        raise ConfigError("task.cache_dir", f"must be a directory path or null, got {cfg.cache_dir!r}")
-    cache = cache_dir_of(cfg.cache_dir)
-    existing = next(p for p in (cache, *cache.parents) if p.exists())
-    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        raise ConfigError("task.cache_dir", f"{cache} is not writable (the tokenizer is cached there); "
-                                            "set task.cache_dir to a writable directory")
-    if cfg.data_dir is not None:
-        if not isinstance(cfg.data_dir, str):
-            raise ConfigError("task.data_dir", f"must be a directory path or null (the hub), got {cfg.data_dir!r}")
-        data_dir = Path(cfg.data_dir).expanduser()
-        if not data_dir.is_dir():
-            raise ConfigError("task.data_dir", f"directory {data_dir} does not exist; set task.data_dir=DIR holding "
-                                               f"{cfg.train_file} and {cfg.val_file} (e.g. {SHARED_DATA_HINT})")
-        files = data_files(cfg.data_dir, cfg.train_file, cfg.val_file)
-        for key, path in zip(("train_file", "val_file"), files.values(), strict=True):
-            if not path.is_file():
-                raise ConfigError(f"task.{key}", f"{path} not found; set task.{key} to a text file in "
-                                                 f"task.data_dir={cfg.data_dir}")
-    elif not _skip_hub_check():
-        endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
-        reason = hub_unreachable_reason(endpoint)
-        if reason:
-            raise ConfigError("task.data_dir", f"is null (load {cfg.hub_dataset}/{cfg.hub_config} from the hub) but "
-                                               f"the hub cannot be reached ({reason}); {_offline_hint(cfg)}")
 
 
 def load_texts(data_dir: str | None, train_file: str, val_file: str, hub_dataset: str, hub_config: str,
