@@ -77,7 +77,7 @@ def test_small_instance_is_learned(tmp_path):
     cfg = compose_cfg(["task=parity", "task.n_bits=10", "task.k=2", "task.n_train=400", "task.n_val=400",
                        "model=tiny", "model.init_std=0.2", "optim.lr=3e-3", "optim.weight_decay=0.1",
                        "train.batch_size=100", "train.steps=300", "train.eval_every=300", "train.threads=1",
-                       "train.progress=none", "stability.enabled=false", "logger=none"])
+                       "train.progress=none", "stability.enabled=false", "logger=none", "reg=none"])
     last = train(cfg, tmp_path)
     assert last["val_acc"] >= 0.95
 

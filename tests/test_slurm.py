@@ -17,7 +17,7 @@ import time
 import pytest
 
 from nsrun.runner.checkpoint import load_checkpoint
-from nsrun.runner.tracking import read_jsonl
+from nsrun.runner.rundir import read_jsonl
 from nsrun.runner.train import run_id_for
 from tests.conftest import ROOT, run_cli
 
@@ -26,11 +26,11 @@ pytestmark = pytest.mark.slurm
 SCRIPT = ROOT / "launch" / "slurm-local.sh"
 LAUNCHER = ["hydra/launcher=submitit_slurm", "hydra.launcher.cpus_per_task=1"]
 TINY_RUN = ["task.p=23", "task.train_fraction=0.5", "model=tiny", "train.threads=1", "train.progress=none",
-            "optim.warmup_steps=0", "logger=none", "train.steps=20", "train.eval_every=10"]
+            "optim.warmup_steps=0", "logger=none", "train.steps=20", "train.eval_every=10", "reg=none"]
 # long enough (several seconds after its first checkpoint) to be preempted while it trains
 PREEMPTIBLE = ["task.p=23", "task.train_fraction=0.5", "model=small", "train.threads=1", "train.progress=log",
                "optim.warmup_steps=0", "train.steps=600", "train.eval_every=50",
-               "train.checkpoint_every=50", "seed=0"]
+               "train.checkpoint_every=50", "seed=0", "reg=none"]
 
 
 def _script(*args, timeout=900):

@@ -9,8 +9,9 @@ import torch
 
 from nsrun.runner.config import build_model, build_task, preflight, validate
 from nsrun.runner.errors import ConfigError
-from nsrun.runner.tracking import read_jsonl
-from nsrun.runner.train import evaluate, train
+from nsrun.runner.rundir import read_jsonl
+from nsrun.runner.evaluation import evaluate
+from nsrun.runner.train import train
 from nsrun.science.tasks import wikitext2
 from tests.conftest import SHARED, compose_cfg, run_cli
 
@@ -109,7 +110,7 @@ def small_data(tmp_path):
 
 def test_short_run_lowers_validation_loss(small_data, cache_dir, tmp_path):
     cfg = wt2_cfg(cache_dir, "task.context=32", "task.vocab_size=200", "train.batch_size=16", "optim.lr=3e-3",
-                  "optim.weight_decay=0.1", "train.steps=60", "train.eval_every=30", data_dir=small_data)
+                  "optim.weight_decay=0.1", "train.steps=60", "train.eval_every=30", "reg=none", data_dir=small_data)
     train(cfg, tmp_path / "run")
     rows = read_jsonl(tmp_path / "run" / "metrics.jsonl")
     assert [r["step"] for r in rows] == [0, 30, 60]
