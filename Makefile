@@ -24,8 +24,9 @@ test-all:
 bench:  # wall-clock costs side by side (README, Performance); writes benchmarks/results/bench_{cpu,cuda}.json
 	$(PYTHON) -m nsrun.commands.bench $(BENCH_ARGS)
 
-lint:
+lint:  # style (ruff) and the layers of docs/architecture.md (import-linter contracts in pyproject.toml)
 	$(PYTHON) -m ruff check nsrun tests hydra_plugins
+	lint-imports
 
 # the paper's experiments (conf/experiment/), figures and results table (nsrun/commands/reproduce.py; docs/reproduction.md).
 # Rerunning skips finished runs and resumes unfinished ones (fixed sweep dirs under runs/reproduce[-quick]/).

@@ -12,7 +12,7 @@ import pytest
 from nsrun.commands.bench import main
 from nsrun.runner.config import validate
 from nsrun.runner.errors import ConfigError
-from nsrun.runner.tracking import read_jsonl
+from nsrun.runner.rundir import read_jsonl
 from nsrun.runner.train import train
 from tests.conftest import ROOT, TINY, compose_cfg
 

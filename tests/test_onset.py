@@ -1,4 +1,4 @@
-"""Onset detection (nsrun.analysis.onsets) and onset statistics (nsrun.analysis.stats) on hand-made curves."""
+"""Onset detection (nsrun.science.onsets) and onset statistics (nsrun.analysis.stats) on hand-made curves."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import math
 
 import pytest
 
-from nsrun.analysis.onsets import (
+from nsrun.analysis.stats import compare_ci, median, median_ci
+from nsrun.science.onsets import (
     accuracy_onset,
     level_crossing,
     loss_onset,
@@ -14,7 +15,6 @@ from nsrun.analysis.onsets import (
     stability_key,
     steepest_fall,
 )
-from nsrun.analysis.stats import compare_ci, median, median_ci
 
 STEPS = [0, 100, 200, 300, 400, 500]
 

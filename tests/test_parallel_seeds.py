@@ -9,8 +9,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from nsrun.runner.parallel_seeds import Rendezvous
-from nsrun.runner.tracking import read_jsonl
+from nsrun.runner.rundir import read_jsonl
+from nsrun.runner.seed_stack import Rendezvous
 from nsrun.runner.train import train
 from tests.conftest import TINY, compose_cfg, run_cli
 

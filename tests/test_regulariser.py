@@ -9,7 +9,7 @@ import torch
 
 from nsrun.runner.config import build_model, build_objective, build_schedule, build_task, validate
 from nsrun.runner.errors import ConfigError
-from nsrun.runner.tracking import read_jsonl
+from nsrun.runner.rundir import read_jsonl
 from nsrun.runner.train import train
 from nsrun.science.objective import CrossEntropy
 from tests.conftest import TINY, compose_cfg, run_cli

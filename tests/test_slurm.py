@@ -17,7 +17,7 @@ import time
 import pytest
 
 from nsrun.runner.checkpoint import load_checkpoint
-from nsrun.runner.tracking import read_jsonl
+from nsrun.runner.rundir import read_jsonl
 from nsrun.runner.train import run_id_for
 from tests.conftest import ROOT, run_cli
 

@@ -6,8 +6,8 @@ import os
 import signal
 
 from nsrun.launch.slurm import _one_line, record_slurm_env
-from nsrun.runner.tracking import read_jsonl
-from nsrun.runner.train import stop_on_signals
+from nsrun.runner.loop import stop_on_signals
+from nsrun.runner.rundir import read_jsonl
 
 
 def test_stop_signal_is_handed_over_to_the_previous_handler_after_the_checkpoint():

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from nsrun.runner.config import build_model, build_task
-from nsrun.runner.tracking import read_jsonl
+from nsrun.runner.rundir import read_jsonl
 from nsrun.runner.train import train
 from nsrun.science.stability.estimators import noise_stability
 from tests.conftest import SHARED, compose_cfg

@@ -14,7 +14,7 @@ import wandb
 from wandb.proto import wandb_internal_pb2
 
 from nsrun.runner.checkpoint import load_checkpoint
-from nsrun.runner.tracking import read_jsonl
+from nsrun.runner.rundir import read_jsonl
 from nsrun.runner.train import run_id_for, train
 from nsrun.runner.wandb_logger import sweep_group
 from tests.conftest import ROOT, TINY, compose_cfg, refusal, run_cli
@@ -104,14 +104,14 @@ def test_resumed_run_continues_the_same_wandb_run(tmp_path):
 
 
 def test_failing_run_finishes_its_wandb_run_and_the_next_run_logs(tmp_path, monkeypatch):
-    import nsrun.runner.train as train_module
+    import nsrun.runner.replicas as train_module
 
     real_eval = train_module.eval_metrics
 
-    def eval_that_fails_at_step_10(model, task, cfg, step):
+    def eval_that_fails_at_step_10(model, task, settings, seed, step):
         if step == 10:
             raise RuntimeError("boom")
-        return real_eval(model, task, cfg, step)
+        return real_eval(model, task, settings, seed, step)
 
     monkeypatch.setattr(train_module, "eval_metrics", eval_that_fails_at_step_10)
     with pytest.raises(RuntimeError, match="boom"):

@@ -13,8 +13,9 @@ import torch
 
 from nsrun.runner.checkpoint import load_checkpoint
 from nsrun.runner.errors import UsageError
-from nsrun.runner.tracking import read_jsonl
-from nsrun.runner.train import batch_indices, train
+from nsrun.runner.replicas import batch_indices
+from nsrun.runner.rundir import read_jsonl
+from nsrun.runner.train import train
 from tests.conftest import TINY, compose_cfg, run_cli
 
 
@@ -134,7 +135,7 @@ def test_run_dir_made_before_a_key_was_added_still_resumes(tmp_path):
     old behaviour: the run dir resumes; a saved config of another value is still refused."""
     from omegaconf import OmegaConf
 
-    from nsrun.runner.train import RESOLVED_CONFIG
+    from nsrun.runner.rundir import CONFIG_FILE as RESOLVED_CONFIG
 
     cfg = compose_cfg([*TINY, "train.steps=10", "train.eval_every=5"])
     train(cfg, tmp_path)
@@ -151,7 +152,7 @@ def test_run_dir_made_before_a_key_was_added_still_resumes(tmp_path):
 
 
 def test_eval_subset_is_one_fixed_set_for_every_run():
-    from nsrun.runner.train import eval_subset
+    from nsrun.runner.evaluation import eval_subset
     from nsrun.science.tasks.base import Split
 
     split = Split(torch.arange(1000).view(500, 2), torch.arange(500))

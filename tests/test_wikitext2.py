@@ -9,8 +9,9 @@ import torch
 
 from nsrun.runner.config import build_model, build_task, preflight, validate
 from nsrun.runner.errors import ConfigError
-from nsrun.runner.tracking import read_jsonl
-from nsrun.runner.train import evaluate, train
+from nsrun.runner.evaluation import evaluate
+from nsrun.runner.rundir import read_jsonl
+from nsrun.runner.train import train
 from nsrun.science.tasks import wikitext2
 from tests.conftest import SHARED, compose_cfg, run_cli
 

@@ -15,7 +15,6 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from nsrun.analysis.onsets import curve
 from nsrun.analysis.report import fmt_ci
 from nsrun.analysis.stats import (
     MIN_SEEDS,
@@ -27,6 +26,7 @@ from nsrun.analysis.stats import (
     spearman,
     speedup_verdict,
 )
+from nsrun.science.onsets import curve
 
 if TYPE_CHECKING:
     from nsrun.analysis.reproduction import ExperimentRuns

@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from nsrun.analysis.onsets import OnsetRule
+from nsrun.science.onsets import OnsetRule
 
 ROLES = ("baseline", "regulariser", "peer")
 CLAIMS = ("lag", "final_stability", "correlation", "theory")

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from nsrun.analysis.onsets import OnsetRule, curve
 from nsrun.analysis.stats import median, spearman
+from nsrun.science.onsets import OnsetRule, curve
 
 
 def pyplot():

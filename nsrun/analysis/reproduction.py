@@ -14,9 +14,9 @@ from pathlib import Path
 from nsrun.analysis import claims as claim_rules
 from nsrun.analysis import figures, report, theory
 from nsrun.analysis.experiments import Experiment, compose
-from nsrun.analysis.onsets import rule_onsets, stability_key
 from nsrun.analysis.runs import Group, choose_baselines, group_runs, load_runs, merge_groups_by
 from nsrun.analysis.stats import group_statistics
+from nsrun.science.onsets import rule_onsets, stability_key
 
 N_BOOT = 10_000
 

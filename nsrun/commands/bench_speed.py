@@ -108,7 +108,7 @@ def shared_variants() -> dict[str, tuple[dict, object]]:
 def step_worker(spec: str) -> None:
     """A process that trains ``SHARED_TASK``: builds the run, prints ``ready``, waits for a line on stdin, then
     times ``steps`` steps and prints ``{"s_per_step", "threads"}`` as JSON."""
-    from nsrun.commands.bench import Run
+    from nsrun.commands.bench_runs import Run
     from nsrun.runner.threads import apply_thread_policy
 
     args = json.loads(spec)

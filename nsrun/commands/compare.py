@@ -17,7 +17,6 @@ import sys
 from pathlib import Path
 
 from nsrun.analysis import figures, report
-from nsrun.analysis.onsets import OnsetRule, rule_onsets, stability_key
 from nsrun.analysis.runs import (
     choose_baselines,
     default_baseline,
@@ -27,6 +26,7 @@ from nsrun.analysis.runs import (
     parse_selector,
 )
 from nsrun.analysis.stats import group_statistics
+from nsrun.science.onsets import OnsetRule, rule_onsets, stability_key
 
 PROG = "nsrun-compare"
 

@@ -182,13 +182,19 @@ def hydra_entry(cfg: DictConfig):
 
     from nsrun.launch.slurm import record_slurm_env, submitit_executor
     from nsrun.runner.errors import ConfigError, UsageError
-    from nsrun.runner.train import Interrupted, train
+    from nsrun.runner.train import Interrupted, run_objective, train
 
-    run_dir = HydraConfig.get().runtime.output_dir
-    multirun = HydraConfig.get().mode.name == "MULTIRUN"
-    record_slurm_env(run_dir)  # slurm.jsonl: job id, restart count, node (only inside a SLURM job)
+    hydra_cfg = HydraConfig.get()
+    run_dir = hydra_cfg.runtime.output_dir
+    multirun = hydra_cfg.mode.name == "MULTIRUN"
+
+    def on_start(root):  # the writer lock is held and the config matches: the record may change now
+        root.write_hydra_record(hydra_record(cfg, hydra_cfg))
+        record_slurm_env(root.path)  # slurm.jsonl: job id, restart count, node (only inside a SLURM job)
+
     try:
-        return train(cfg, run_dir)
+        train(cfg, run_dir, on_start=on_start)
+        return run_objective(cfg, run_dir)
     except (ConfigError, UsageError) as e:
         if multirun:
             raise
@@ -199,6 +205,14 @@ def hydra_entry(cfg: DictConfig):
         if multirun and not submitit_executor():
             raise
         fail(str(e), code=130)
+
+
+def hydra_record(cfg: DictConfig, hydra_cfg) -> dict[str, str]:
+    """What Hydra itself writes into ``RUN_DIR/.hydra/`` (conf/config.yaml sets hydra.output_subdir to null,
+    so that the run directory writes it only once the run may proceed)."""
+    return {"config.yaml": OmegaConf.to_yaml(cfg),
+            "hydra.yaml": OmegaConf.to_yaml(OmegaConf.create({"hydra": hydra_cfg})),
+            "overrides.yaml": OmegaConf.to_yaml(hydra_cfg.overrides.task)}
 
 
 # groups of conf/ that have no schema of their own (Hydra's launcher group; the experiments, added with +)

@@ -160,7 +160,8 @@ class VmappedSeeds:
         from nsrun.runner.seed_stack import seed_optimizer_state
 
         opt_state = self.optimizer.state_dict()
-        return [{"model": self.stack.copy_to(self.eval_model, k).state_dict(),
+        # clone: the eval model's tensors are overwritten by the next seed's copy
+        return [{"model": {n: t.clone() for n, t in self.stack.copy_to(self.eval_model, k).state_dict().items()},
                  "optimizer": seed_optimizer_state(opt_state, k), "scheduler": self.scheduler.state_dict(),
                  "objective": self.objectives[k].state_dict()} for k in range(len(self.seeds))]
 

@@ -335,18 +335,25 @@ class RunDir:
         crash leaves no stale lock) for the ``with`` block. A second writer is refused with UsageError naming
         the holder's pid and host, after waiting up to ``wait_s`` seconds for it to go (a requeued SLURM job
         whose first instance is still flushing). Where the file system has no working locks, says so once and
-        carries on."""
+        carries on. The holder writes its pid and host with :meth:`claim`, once its run may proceed."""
         self.path.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             if not _acquire(fd, self.lock_path, wait_s):
                 raise UsageError(f"{self.path} is being written by {_holder(fd)}; wait for it to finish (or stop "
                                  "it), or choose another hydra.run.dir")
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+            self._lock_fd = fd
             yield
         finally:
+            self._lock_fd = None
             os.close(fd)  # releases the lock
+
+    def claim(self) -> None:
+        """Write this process's pid and host into the held lock file (what a refused second writer is told)."""
+        fd = getattr(self, "_lock_fd", None)
+        if fd is not None:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
 
 
 _WARNED_NO_LOCKS: set[str] = set()

@@ -12,7 +12,7 @@
   process (``train.parallel_seeds``) outside a sweep share their job directory.
 * Logged at init: the resolved config, the Hydra overrides, the git commit and the run directory. Every
   metric is logged at its training step (one step axis for stability and validation curves). At the
-  end the summary holds the last row plus the onsets of :func:`nsrun.analysis.onsets.run_onsets` (``onset/...``).
+  end the summary holds the last row plus the onsets of :func:`nsrun.science.onsets.run_onsets` (``onset/...``).
 """
 
 from __future__ import annotations
@@ -139,12 +139,11 @@ def git_commit() -> str | None:
 
 def onset_summary(run_dir: Path) -> dict:
     """Onsets of the run read back from its local logs, keyed for the wandb run table."""
-    from nsrun.analysis.onsets import run_onsets
-    from nsrun.runner.tracking import METRICS_FILE, TIMING_FILE, read_jsonl
+    from nsrun.runner.rundir import RunDir
+    from nsrun.science.onsets import run_onsets
 
     run_dir = Path(run_dir)
-    rows = read_jsonl(run_dir / METRICS_FILE) if (run_dir / METRICS_FILE).exists() else []
-    timing = read_jsonl(run_dir / TIMING_FILE) if (run_dir / TIMING_FILE).exists() else []
+    rows, timing = RunDir(run_dir).read_metrics(), RunDir(run_dir).read_timing()
     if not rows:
         return {}
     out = {}

@@ -1,0 +1,182 @@
+"""The run directory (nsrun/runner/rundir.py): one writer at a time, a refused or failed command changes nothing,
+torn or foreign checkpoints and torn metrics rows, and the run directory printed at start and end."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from nsrun.runner.errors import UsageError
+from nsrun.runner.rundir import RunDir, read_jsonl, science_config
+from tests.conftest import TINY, run_cli
+
+# long enough to start a second process while the first trains (about 5-10 s on one thread)
+SLOW = ["task.p=23", "task.train_fraction=0.5", "model=small", "reg=none", "train.threads=1", "train.progress=log",
+        "optim.warmup_steps=0", "logger=none", "train.steps=1500", "train.eval_every=100",
+        "train.checkpoint_every=100", "stability.enabled=false"]
+QUICK = [*TINY, "reg=none", "train.steps=20", "train.eval_every=10", "train.checkpoint_every=10"]
+
+
+def snapshot(folder) -> dict:
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()
+            and p.name != ".lock"}
+
+
+def popen(args, cwd):
+    env = {**os.environ, "WANDB_MODE": "offline", "HYDRA_FULL_ERROR": "0"}
+    return subprocess.Popen([sys.executable, "-m", "nsrun.commands.nsrun", *args], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for(path, proc, timeout=120):
+    t0 = time.time()
+    while not path.exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.time() - t0 < timeout
+        time.sleep(0.02)
+
+
+def test_second_writer_is_refused_and_the_first_record_stays_intact(tmp_path):
+    lone = tmp_path / "lone"
+    assert run_cli([*SLOW, f"hydra.run.dir={lone}"], cwd=tmp_path).returncode == 0
+    run = tmp_path / "x"
+    first = popen([*SLOW, f"hydra.run.dir={run}"], cwd=tmp_path)
+    wait_for(run / "checkpoints" / "last.pt", first)
+    before = snapshot(run / ".hydra")
+    second = run_cli([*SLOW, f"hydra.run.dir={run}"], cwd=tmp_path)
+    lines = [ln for ln in second.stderr.splitlines() if ln.strip()]
+    assert second.returncode == 2 and len(lines) == 1, second.stderr
+    assert str(run) in lines[0] and f"pid {first.pid}" in lines[0] and socket.gethostname() in lines[0]
+    assert "resuming" not in second.stdout + second.stderr
+    assert snapshot(run / ".hydra") == before
+    assert first.wait(timeout=300) == 0
+    assert (run / "metrics.jsonl").read_bytes() == (lone / "metrics.jsonl").read_bytes()
+
+
+def test_a_killed_writer_leaves_no_stale_lock(tmp_path):
+    run = tmp_path / "x"
+    proc = popen([*SLOW, f"hydra.run.dir={run}"], cwd=tmp_path)
+    wait_for(run / "checkpoints" / "last.pt", proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    assert not RunDir(run).is_locked() and RunDir(run).status() == "in progress"
+    t0 = time.time()
+    res = run_cli([*SLOW, "train.steps=300", f"hydra.run.dir={run}"], cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert "resuming" in res.stdout + res.stderr and time.time() - t0 < 120
+    assert RunDir(run).status() == "done"
+
+
+def test_lock_is_held_for_the_run_and_readers_see_in_progress(tmp_path):
+    d = RunDir(tmp_path / "r")
+    (tmp_path / "r").mkdir()
+    d.config_path.write_text("seed: 0\n")
+    with d.lock():
+        d.claim()
+        assert d.is_locked() and d.status() == "in progress"
+        with pytest.raises(UsageError, match=f"pid {os.getpid()}"):
+            with RunDir(d.path).lock():
+                pass
+    assert not d.is_locked()
+    d.mark_done(5, "stopped: val_acc >= 0.95 held for 10 steps")
+    assert d.status() == "done" and d.done_info() == {"step": 5, "reason": "stopped: val_acc >= 0.95 held for 10 steps"}
+
+
+def test_refused_rerun_changes_no_file_hydra_record_included(tmp_path):
+    run = tmp_path / "run"
+    assert run_cli([*QUICK, f"hydra.run.dir={run}"], cwd=tmp_path).returncode == 0
+    assert (run / ".hydra" / "config.yaml").exists() and (run / ".hydra" / "overrides.yaml").exists()
+    before = snapshot(run)
+    res = run_cli([*QUICK, "task.p=29", f"hydra.run.dir={run}"], cwd=tmp_path)
+    assert res.returncode == 2 and "different config: task.p" in res.stderr
+    assert len([ln for ln in res.stderr.splitlines() if ln.strip()]) == 1
+    assert snapshot(run) == before
+
+
+def test_corrupt_last_checkpoint_resumes_from_the_previous_one(tmp_path):
+    run = tmp_path / "run"
+    assert run_cli([*QUICK, f"hydra.run.dir={run}"], cwd=tmp_path).returncode == 0
+    reference = (run / "metrics.jsonl").read_bytes()
+    (run / "DONE").unlink()
+    last = run / "checkpoints" / "last.pt"
+    last.write_bytes(last.read_bytes()[:1000])  # torn by a crash mid-copy
+    res = run_cli([*QUICK, f"hydra.run.dir={run}"], cwd=tmp_path)
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, res.stderr
+    assert "last.pt is truncated or corrupt" in out and "resuming from previous.pt (step 10)" in out
+    assert "Traceback" not in out
+    assert (run / "metrics.jsonl").read_bytes() == reference
+
+
+def test_no_loadable_checkpoint_is_one_line_and_changes_nothing(tmp_path):
+    run = tmp_path / "run"
+    assert run_cli([*QUICK, f"hydra.run.dir={run}"], cwd=tmp_path).returncode == 0
+    (run / "DONE").unlink()
+    for name in ("last.pt", "previous.pt"):
+        (run / "checkpoints" / name).write_bytes(b"PK\x03\x04 not a zip")
+    before = snapshot(run)
+    res = run_cli([*QUICK, f"hydra.run.dir={run}"], cwd=tmp_path)
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert res.returncode == 2 and len(lines) == 1, res.stderr
+    assert "last.pt" in lines[0] and "delete" in lines[0] and "Traceback" not in res.stderr
+    assert snapshot(run) == before
+
+
+class Payload:  # pickled by reference: loading it would need code, which weights_only refuses
+    def __reduce__(self):
+        return (print, ("this would run code",))
+
+
+def test_foreign_checkpoint_is_refused_in_one_line(tmp_path):
+    run = tmp_path / "run"
+    assert run_cli([*QUICK, f"hydra.run.dir={run}"], cwd=tmp_path).returncode == 0
+    (run / "DONE").unlink()
+    import torch
+
+    torch.save({"step": 10, "model": Payload()}, run / "checkpoints" / "last.pt", pickle_module=pickle)
+    res = run_cli([*QUICK, f"hydra.run.dir={run}"], cwd=tmp_path)
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert res.returncode == 2 and len(lines) == 1, res.stderr
+    assert "not an nsrun checkpoint: refused to load" in lines[0] and "weights_only" not in lines[0]
+    assert "this would run code" not in res.stdout
+
+
+def test_torn_metrics_row_at_the_checkpoint_step_is_restored(tmp_path):
+    run = tmp_path / "run"
+    assert run_cli([*QUICK, f"hydra.run.dir={run}"], cwd=tmp_path).returncode == 0
+    reference = (run / "metrics.jsonl").read_text()
+    (run / "DONE").unlink()
+    lines = reference.splitlines()
+    (run / "metrics.jsonl").write_text("\n".join(lines[:-1]) + "\n" + lines[-1][: len(lines[-1]) // 2])
+    res = run_cli([*QUICK, f"hydra.run.dir={run}"], cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert (run / "metrics.jsonl").read_text() == reference
+
+
+def test_every_run_prints_its_run_directory_at_start_and_end(tmp_path):
+    run = tmp_path / "run"
+    res = run_cli([*QUICK, f"hydra.run.dir={run}"], cwd=tmp_path)
+    out = res.stdout + res.stderr
+    assert res.returncode == 0 and f"run directory: {run}" in out and f"finished: {run}" in out
+
+
+def test_science_key_ignores_what_does_not_change_metrics():
+    a = {"seed": 0, "train": {"steps": 10, "threads": 1}, "reg": {"name": "none", "rho": 0.25, "gamma": 0.0},
+         "logger": {"name": "wandb"}}
+    b = {"seed": 0, "train": {"steps": 99, "threads": "auto"}, "reg": {"name": "none"}, "logger": {"name": "none"},
+         "stop": {"name": "onset"}, "experiment": {"name": "x"}}
+    assert science_config(a) == science_config(b)
+    assert science_config(a) != science_config({**b, "seed": 1})
+
+
+def test_torn_lines_are_skipped_by_the_reader(tmp_path):
+    path = tmp_path / "m.jsonl"
+    path.write_text('{"step": 0}\n{"step": 1}\n{"step": 2, "val')
+    assert read_jsonl(path) == [{"step": 0}, {"step": 1}]
