@@ -14,10 +14,11 @@ from tests.golden.cases import CASES, GOLDEN, machine, overrides, run_case
 SAME_MACHINE = json.loads((GOLDEN / "machine.json").read_text()) == machine()
 
 
-def assert_same_metrics(new: bytes, golden: bytes) -> None:
-    """Byte-identical where the golden files were written on a machine like this one; elsewhere (another CPU
-    capability or torch build rounds differently) every number within a relative 1e-4 and the same keys."""
-    if SAME_MACHINE:
+def assert_same_metrics(new: bytes, golden: bytes, exact: bool | None = None) -> None:
+    """Byte-identical where the golden files were written on a machine like this one (``exact``, default: on the
+    same machine); otherwise (another CPU capability or torch build rounds differently) every number within a
+    relative 1e-4 and the same keys."""
+    if SAME_MACHINE if exact is None else exact:
         assert new == golden
         return
     a, b = new.decode().splitlines(), golden.decode().splitlines()
@@ -54,4 +55,6 @@ def test_run_dirs_of_earlier_code_skip_or_resume(tmp_path):
     assert files(finished) == before
     train(cfg, interrupted)
     assert (interrupted / "DONE").exists()
-    assert_same_metrics((interrupted / "metrics.jsonl").read_bytes(), (GOLDEN / "modadd_baseline.jsonl").read_bytes())
+    # its first 40 steps were trained by code without the model's fast paths (issue 17), which rounds differently
+    assert_same_metrics((interrupted / "metrics.jsonl").read_bytes(), (GOLDEN / "modadd_baseline.jsonl").read_bytes(),
+                        exact=False)

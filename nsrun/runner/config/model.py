@@ -48,7 +48,7 @@ class TransformerConfig:
             vocab_size=task.vocab_size, n_outputs=task.n_outputs, seq_len=task.seq_len, n_layers=self.n_layers,
             d_model=self.d_model, n_heads=self.n_heads, d_mlp=self.d_mlp, activation=self.activation,
             layer_norm=self.layer_norm, pos_emb=self.pos_emb, causal=task.causal, init_std=self.init_std,
-            last_position_only=task.kind == "classification",
+            last_position_only=task.kind == "classification", fast_paths=True,
         )
 
 
