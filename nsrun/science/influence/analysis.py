@@ -4,7 +4,7 @@
   noise tokens; protected positions have Inf_i = 0); total influence (average sensitivity)
   ``AS = sum_i Inf_i``, averaged over inputs.
 * Junta size: the fewest positions carrying ``junta_fraction`` of the total mean influence.
-* ``Stab_rho = E<f(X), f(Y)>`` under token noise for each rho, and the bounds of :mod:`nsrun.influence.fourier`
+* ``Stab_rho = E<f(X), f(Y)>`` under token noise for each rho, and the bounds of :mod:`nsrun.science.influence.fourier`
   on ``W_{>=k} / E||f||^2``: ``AS / (2 k E||f||^2)`` and ``min_rho (1 - Stab_rho / E||f||^2) / (1 - r^k)``.
 
 Estimates reuse :func:`nsrun.science.stability.average_sensitivity` (one input at a time, its resampled copies in
@@ -19,8 +19,8 @@ from dataclasses import dataclass
 
 import torch
 
-from nsrun.influence.fourier import best_stability_bound, effective_correlation, influence_bound, junta_size
-from nsrun.influence.fourier import stability_bound as stability_bound_at
+from nsrun.science.influence.fourier import best_stability_bound, effective_correlation, influence_bound, junta_size
+from nsrun.science.influence.fourier import stability_bound as stability_bound_at
 from nsrun.science.stability.estimators import StabilityEstimate, average_sensitivity, mean_and_stderr, noise_stability
 
 

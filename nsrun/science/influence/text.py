@@ -24,14 +24,13 @@ def default_data_dir() -> Path | None:
     candidates = []
     if os.environ.get("NSRUN_DATA_DIR"):
         candidates.append(Path(os.environ["NSRUN_DATA_DIR"]) / "wikitext-2")
-    candidates.append(Path(__file__).resolve().parents[3] / "shared" / "data" / "wikitext-2")
+    candidates.append(Path(__file__).resolve().parents[4] / "shared" / "data" / "wikitext-2")
     return next((c for c in candidates if c.is_dir()), None)
 
 
 def wikitext2_lines(split: str = "test", data_dir: str | Path | None = None) -> list[str]:
     """The stripped non-blank lines of a WikiText-2 split: local ``data_dir/{test,valid,train}.txt`` if found,
-    else the hub. ConfigError (key ``text.data_dir``) if neither loads."""
-    from nsrun.runner.errors import ConfigError
+    else the hub. ValueError ``text.data_dir: ...`` if neither loads."""
     from nsrun.science.tasks.wikitext2 import load_texts
 
     directory = Path(data_dir).expanduser() if data_dir else default_data_dir()
@@ -42,7 +41,7 @@ def wikitext2_lines(split: str = "test", data_dir: str | Path | None = None) -> 
                           split, split)["validation"]
     except ValueError as e:
         message = str(e).removeprefix("data_dir: ").replace("data_dir", "text.data_dir")
-        raise ConfigError("text.data_dir", message.replace(f"{file} and {file}", file)) from None
+        raise ValueError("text.data_dir: " + message.replace(f"{file} and {file}", file)) from None
 
 
 def text_windows(lines: list[str], tokenizer, length: int, n: int,
