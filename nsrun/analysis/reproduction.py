@@ -109,7 +109,7 @@ def influence_summaries(results: Path) -> list[tuple[Path, dict]]:
 
 def influence_figure(found: list[tuple[Path, dict]], out: Path) -> list[Path]:
     """Figure 6 (the influence helper's per-position figures beside its bound bars)."""
-    from nsrun.influence.report import plot_bound_bars
+    from nsrun.analysis.influence_report import plot_bound_bars
 
     bars = out / "fig6_bounds_tmp.png"
     plot_bound_bars([s for _, s in found], bars, paper=True)
@@ -177,7 +177,7 @@ def reproduce_figures(experiments: dict[str, Experiment], out: Path, conf_dir: P
     for er in loaded:
         for note in er.config_notes:
             settings[f"config note ({er.exp.name})"] = note
-    from nsrun.influence.report import PAPER_BOUNDS
+    from nsrun.analysis.influence_report import PAPER_BOUNDS
 
     summary = report.write_summary(out, rows, claims, made, settings, found, PAPER_BOUNDS)
     return Reproduction(rows, claims, made, summary, notes, len(loaded))

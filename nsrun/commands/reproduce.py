@@ -28,7 +28,7 @@ PROG = "nsrun-reproduce"
 def prepare_text_subset(dst: Path, train_lines: int, val_lines: int, src: Path | None = None) -> Path:
     """The quick WikiText-2 data in ``dst``: the first ``train_lines`` lines of valid.txt (training) and the
     first ``val_lines`` of test.txt (evaluation), so that each evaluation of the whole splits stays cheap."""
-    from nsrun.influence.text import default_data_dir
+    from nsrun.science.influence.text import default_data_dir
 
     src = src or default_data_dir()
     if src is None or not (Path(src) / "valid.txt").exists():
