@@ -4,7 +4,7 @@ PYTHON ?= python3
 PIP ?= $(PYTHON) -m pip
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: install torch test test-all lint run bench slurm-up slurm-down reproduce-figures reproduce-figures-quick figures clean
+.PHONY: install torch test test-all lint run bench slurm-up slurm-down reproduce-figures reproduce-figures-quick figures map map-report clean
 
 torch:
 	@$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install "torch==$(TORCH_VERSION)"
@@ -44,6 +44,18 @@ reproduce-figures-quick:
 
 figures:
 	$(PYTHON) -m nsrun.commands.reproduce figures $(if $(QUICK),--quick) $(if $(OUT),--out $(OUT))
+
+# the map of where the regulariser helps on modular addition (issue 15; docs/map.md): the arms of
+# conf/experiment/map_*.yaml (rerunning skips finished runs), then heatmaps, tables and summary.md in MAP_OUT.
+#   make map                      # both regimes, one single-threaded job per core
+#   make map MAP_ARGS="--only grid,baseline"    make map-report MAP_OUT=results/2026-11-29-map
+MAP_OUT ?= results/$(shell date +%Y-%m-%d)-map
+MAP_ARGS ?=
+map:
+	$(PYTHON) -m nsrun.commands.map run --launcher=$(LAUNCHER) --out $(MAP_OUT) $(MAP_ARGS)
+
+map-report:
+	$(PYTHON) -m nsrun.commands.map report --out $(MAP_OUT) $(MAP_ARGS)
 
 # a local single-node SLURM cluster (root; installs Debian's slurm + munge when missing): see README
 slurm-up:

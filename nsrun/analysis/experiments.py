@@ -121,13 +121,14 @@ def from_config(stem: str, cfg) -> Experiment:
 
 def load_experiments(conf_dir: Path | None, quick: bool) -> dict[str, Experiment]:
     """Every experiment of ``conf_dir/experiment/*.yaml`` (None: nsrun's conf/) at the full or quick setting, by
-    name, in figure order. Files without an ``experiment:`` key are not experiments of the paper: skipped."""
+    name, in figure order. Files without an ``experiment:`` key, or with an ``experiment.map`` (the map of issue 15:
+    :mod:`nsrun.analysis.maps`), are not experiments of the paper: skipped."""
     from nsrun.runner.config import CONF_DIR
 
     found = {}
     for path in sorted(Path(conf_dir or CONF_DIR, "experiment").glob("*.yaml")):
         cfg = compose(conf_dir, [f"+experiment={path.stem}"], hydra_config=True)
-        if cfg.get("experiment") is None:
+        if cfg.get("experiment") is None or "map" in cfg.experiment:
             continue
         exp = from_config(path.stem, cfg)
         if exp.quick == quick:

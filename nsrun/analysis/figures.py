@@ -214,3 +214,31 @@ def plot_influence(images: list[Path], bars: Path):
                  fontsize=9)
     fig.tight_layout()
     return fig
+
+
+def plot_heatmaps(panels: list[dict], title: str, colour_label: str):
+    """The map's heatmaps (nsrun/analysis/map_report.py), one panel per dict: ``title``, ``rows`` / ``cols``
+    (tick labels) with ``row_label`` / ``col_label``, ``values`` (a fraction per cell, e.g. fewer steps vs the
+    baseline: clipped to [-1, 1], -inf (never reaches the onset) at -1, NaN (no runs or undefined) grey),
+    ``text`` (what each cell says) and ``marks`` (True: a thick outline, the 95 % interval excludes 0)."""
+    plt = pyplot()
+    from matplotlib.patches import Rectangle
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels) + 1, 4.2), squeeze=False)
+    cmap = plt.get_cmap("RdBu").with_extremes(bad="lightgrey")
+    image = None
+    for ax, p in zip(axes[0], panels, strict=True):
+        values = np.clip(np.asarray(p["values"], dtype=float), -1, 1)
+        image = ax.imshow(np.ma.masked_invalid(values), cmap=cmap, vmin=-1, vmax=1, origin="lower", aspect="auto")
+        for i, row in enumerate(p["text"]):
+            for j, text in enumerate(row):
+                dark = abs(values[i][j]) > 0.6  # NaN: False
+                ax.text(j, i, text, ha="center", va="center", fontsize=7, color="white" if dark else "black")
+                if p["marks"][i][j]:
+                    ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, lw=2.5, ec="black"))
+        ax.set_xticks(range(len(p["cols"])), p["cols"])
+        ax.set_yticks(range(len(p["rows"])), p["rows"])
+        ax.set(xlabel=p["col_label"], ylabel=p["row_label"], title=p["title"])
+    fig.colorbar(image, ax=list(axes[0]), label=colour_label, shrink=0.9)
+    fig.suptitle(title, fontsize=9)
+    return fig

@@ -1,0 +1,164 @@
+"""The map of where noise-stability regularisation helps on modular addition (issue 15; docs/map.md).
+
+    python -m nsrun.commands.map run [--launcher local_cores] [--only ARM,...] [--map NAME,...] [overrides]
+    python -m nsrun.commands.map report --out results/DATE-map      # the report from the run dirs, no training
+    python -m nsrun.commands.map run --tiny --root /tmp/map --out /tmp/map/report   # a 2 x 2 grid in a minute
+
+Each map is a ``conf/experiment/map_*.yaml`` whose ``experiment.map.arms`` are run in order, one Hydra sweep
+each (``nsrun -m +experiment=MAP ...``, the reproduction's sweep runner) into ``ROOT/SWEEP/<overrides>``:
+rerunning skips finished runs and resumes the others, also when an arm's list of jobs grows. The arms at the
+best cell read the grid's finished runs to choose it (the second regime reads the first map's); the Optuna
+confirmation reads the search's result. Every sweep is logged in ``ROOT/sweeps.jsonl`` (command, wall time,
+exit code, commit). ``run`` ends with the report, as ``report`` writes it (:mod:`nsrun.analysis.map_report`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+from nsrun.analysis.maps import (
+    N_BOOT,
+    Arm,
+    MapSpec,
+    append_sweep_log,
+    best_cell,
+    best_values,
+    cell_overrides,
+    grid_cell,
+    load_map,
+    load_map_runs,
+    optuna_result,
+    read_sweep_log,
+)
+
+PROG = "nsrun-map"
+MAPS = ("map_modadd_quick", "map_modadd_second")
+TINY = ("map_modadd_tiny",)
+
+
+def git_state() -> str:
+    """``COMMIT`` of the working tree, ``+ N uncommitted files`` when it differs from it."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True, check=True).stdout.splitlines()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (not a git checkout)"
+    return head + (f" + {len(dirty)} uncommitted files" if dirty else "")
+
+
+def arm_cell(arm: Arm, spec: MapSpec, specs: dict[str, MapSpec], n_boot: int,
+             root: Path | None = None) -> tuple[dict | None, str]:
+    """The values ``arm`` runs at (key -> value or list) and what they are, or None and why it cannot run yet;
+    a map that ``specs`` lacks (the first map of a second regime's best cell) is read from ``root``."""
+    if arm.cell is None:
+        return {}, ""
+    if arm.cell == "grid":
+        return grid_cell(spec.grid), ""
+    if arm.cell == "paper":
+        return dict(spec.paper_cell), ""
+    if arm.cell == "best":
+        source = specs.get(arm.best_from or spec.name) or load_map(arm.best_from, root=root)
+        cell = best_cell(load_map_runs(source, n_boot))
+        if cell is None:
+            return None, f"no best cell yet: no cell of {source.name}'s grid reaches the onset in most seeds"
+        return best_values(cell, source), f"best cell of {source.name}: {cell.label}"
+    result = optuna_result(spec.optuna_dir)
+    if result is None or not result["best_params"]:
+        return None, f"no Optuna result in {spec.optuna_dir} (run nsrun -m hparams_search=modadd_optuna first)"
+    return {**result["best_params"], "seed": list(spec.confirm_seeds)}, f"Optuna's best point in {spec.optuna_dir}"
+
+
+def run_arm(spec: MapSpec, arm: Arm, cell: dict, note: str, launcher: str | None, extra: list[str]) -> int:
+    """One arm's sweep through the reproduction's sweep runner, logged in ``ROOT/sweeps.jsonl``; its exit code."""
+    from nsrun.commands.reproduce import run_sweeps, sweep_commands
+
+    job = SimpleNamespace(config=spec.config, name=f"{spec.name}/{arm.name}", text_subset=None, sweeps=())
+    overrides = [*cell_overrides(arm, cell), f"hydra.sweep.dir={spec.root / arm.sweep}", *extra]
+    start = time.time()
+    failed = run_sweeps({job.name: job}, launcher, overrides)
+    append_sweep_log(spec.root, {"map": spec.name, "arm": arm.name, "sweep": arm.sweep, "at": note, "start": start,
+                                 "seconds": round(time.time() - start, 1), "exit": int(failed > 0),
+                                 "command": shlex.join(sweep_commands(job, launcher, overrides, None, None)[0]),
+                                 "commit": git_state()})
+    return int(failed > 0)
+
+
+def run_maps(specs: dict[str, MapSpec], only: list[str], launcher: str | None, extra: list[str], n_boot: int,
+             root: Path | None = None) -> int:
+    """Every selected arm of every map, in order; the number of failed sweeps."""
+    failed = 0
+    for spec in specs.values():
+        for arm in spec.arms:
+            if only and arm.name not in only:
+                continue
+            cell, why = arm_cell(arm, spec, specs, n_boot, root)
+            if cell is None:
+                print(f"{PROG}: {spec.name}/{arm.name} skipped: {why}", flush=True)
+                continue
+            if why:
+                print(f"{PROG}: {spec.name}/{arm.name} at the {why}", flush=True)
+            failed += run_arm(spec, arm, cell, why, launcher, extra)
+    return failed
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(prog=PROG, description="Run the map of where noise-stability regularisation helps "
+                                "on modular addition (conf/experiment/map_*.yaml) and write its report.")
+    sub = p.add_subparsers(dest="command", required=True)
+    for command in ("run", "report"):
+        s = sub.add_parser(command, help="run the arms, then the report" if command == "run"
+                           else "the report from existing run dirs (no training)")
+        s.add_argument("--map", default="", help=f"comma-separated map configs (default: {','.join(MAPS)})")
+        s.add_argument("--tiny", action="store_true", help=f"the tiny map for a first look and the tests ({TINY[0]})")
+        s.add_argument("--root", type=Path, default=None, help="sweep dirs under ROOT/NAME (default: each map's "
+                       "experiment.map.root, runs/map/...)")
+        s.add_argument("--out", type=Path, default=Path("results/map"), help="where summary.md and figures go")
+        s.add_argument("--n-boot", type=int, default=N_BOOT)
+        if command == "run":
+            s.add_argument("--launcher", default="local_cores",
+                           help="hydra/launcher option (local_cores, submitit_slurm, ...; '' = Hydra's basic)")
+            s.add_argument("--only", default="", help="comma-separated arm names (default: every arm)")
+            s.add_argument("overrides", nargs="*", help="extra nsrun overrides for every sweep (e.g. train.threads=1)")
+    args = p.parse_args(argv)
+    names = [x.strip() for x in args.map.split(",") if x.strip()] or list(TINY if args.tiny else MAPS)
+    try:
+        args.specs = {spec.name: spec for spec in (load_map(n, root=args.root) for n in names)}
+    except ValueError as e:
+        p.error(f"--map: {e}")
+    except Exception as e:  # Hydra's: no such config
+        p.error(f"--map: cannot load {', '.join(names)} from conf/experiment ({type(e).__name__}: "
+                f"{str(e).splitlines()[0]})")
+    args.only = [x.strip() for x in getattr(args, "only", "").split(",") if x.strip()]
+    known = {a.name for spec in args.specs.values() for a in spec.arms}
+    unknown = [x for x in args.only if x not in known]
+    if unknown:
+        p.error(f"--only: unknown arm(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    return args
+
+
+def main(argv=None) -> None:
+    from nsrun.analysis.map_report import write_map_report
+
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    start, code = time.time(), 0
+    command = shlex.join(["python", "-m", "nsrun.commands.map", *(sys.argv[1:] if argv is None else argv)])
+    if args.command == "run":
+        failed = run_maps(args.specs, args.only, args.launcher or None, args.overrides, args.n_boot, args.root)
+        code = 1 if failed else 0
+    maps = [load_map_runs(spec, args.n_boot) for spec in args.specs.values()]
+    sweeps = list(dict.fromkeys(row["command"] for spec in args.specs.values() for row in read_sweep_log(spec.root)))
+    summary = write_map_report(maps, args.out, {"commit": git_state(), "report written by": f"`{command}`"}, sweeps)
+    print(f"{PROG}: wrote {summary} and its figures, cells.csv, runs.csv in {args.out}")
+    print(f"{PROG}: {args.command} done in {time.time() - start:.0f} s (exit {code})")
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()
