@@ -10,7 +10,8 @@ import pytest
 from nsrun.runner.config import OPTIONS, field_names, validate
 from tests.conftest import CONF, compose_cfg, run_cli
 
-GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir() and p.name not in ("experiment", "hydra"))
+GROUPS = sorted(p.name for p in CONF.iterdir()
+                if p.is_dir() and p.name not in ("experiment", "hydra", "hparams_search"))  # test_optuna.py
 
 
 def options(group):
@@ -58,6 +59,8 @@ BAD = [
     (["task.train_fraction=1.0"], "task.train_fraction", "(0, 1)"),
     (["task.train_fraction=0"], "task.train_fraction", "(0, 1)"),
     (["task.operation=pow"], "task.operation", "add"),
+    (["task.resample=equals"], "task.resample", "content, all"),
+    (["noise=on_fit", "noise.train_acc=0"], "noise.train_acc", "(0, 1]"),
     (["model.n_heads=3"], "model.n_heads", "divide"),
     (["train.steps=-10"], "train.steps", ">= 1"),
     (["train.steps=ten"], "train.steps", "integer"),
@@ -158,10 +161,24 @@ def test_help_lists_nsruns_groups_and_the_keys_of_each_reg_option(tmp_path):
     res = run_cli(["--help"], cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     lines = res.stdout.splitlines()
-    for group in ("task", "model", "optim", "reg", "noise", "stop", "logger", "hydra/launcher", "+experiment"):
+    for group in ("task", "model", "optim", "reg", "noise", "stop", "logger", "hydra/launcher", "hparams_search",
+                  "+experiment"):
         assert any(ln.startswith(f"{group} ") and len(ln.split()) > 2 for ln in lines), group  # a description
     assert "analysis" not in res.stdout and "schema" not in res.stdout
     text = " ".join(ln.strip() for ln in lines)
     assert "stability (chosen): " in text and "keys: reg.rho reg.gamma reg.S reg.noise" in text
     assert "none: Plain cross-entropy: the baseline keys: none" in text
     assert "grokfast: " in text and "keys: reg.alpha reg.lamb" in text
+
+
+def test_runs_from_before_task_resample_count_as_content_and_only_modadd_runs_gain_it():
+    from omegaconf import OmegaConf
+
+    from nsrun.runner.rundir import science_config
+
+    new = OmegaConf.to_container(compose_cfg(), resolve=True)
+    old = {**new, "task": {k: v for k, v in new["task"].items() if k != "resample"}}
+    assert science_config(old) == science_config(new)
+    assert science_config(old) != science_config({**new, "task": {**new["task"], "resample": "all"}})
+    for task in ("parity", "wikitext2"):
+        assert "resample" not in science_config(compose_cfg([f"task={task}"]))["task"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import pytest
@@ -12,6 +13,7 @@ from nsrun.runner.errors import ConfigError
 from nsrun.runner.rundir import read_jsonl
 from nsrun.runner.train import train
 from nsrun.science.objective import CrossEntropy
+from nsrun.science.stability.noise import token_noise
 from tests.conftest import TINY, compose_cfg, run_cli
 
 
@@ -88,7 +90,17 @@ SCHEDULES = [
      {0: (0.2, 0.8), 49: (0.2, 0.8), 50: (0.5, 0.0), 100: (0.5, 0.0)}),
     (["noise=step", "noise.milestones=[30,60]", "noise.gamma_values=[0.4,0.1]"],
      {0: (0.2, 0.8), 45: (0.2, 0.4), 100: (0.2, 0.1)}),
+    (["noise=on_fit"], {0: (0.2, 0.0), 100: (0.2, 0.0)}),  # not fitted (on_since None): off
 ]
+
+
+def test_on_fit_schedule_after_the_switch_ramps_gamma_and_keeps_rho():
+    base = [*TINY, "reg=stability", "reg.rho=0.2", "reg.gamma=0.8", "noise=on_fit"]
+    at_once = build_schedule(compose_cfg(base))
+    assert [at_once(s, on_since=10) for s in (9, 10, 500)] == [(0.2, 0.0), (0.2, 0.8), (0.2, 0.8)]
+    ramp = build_schedule(compose_cfg([*base, "noise.ramp_steps=4"]))
+    assert [ramp(s, on_since=10)[1] for s in (9, 10, 11, 13, 14)] == pytest.approx([0, 0.2, 0.4, 0.8, 0.8])
+    assert ramp.fit_level == 1.0 and build_schedule(compose_cfg([*base, "noise=constant"])).fit_level is None
 
 
 @pytest.mark.parametrize("overrides,expected", SCHEDULES)
@@ -109,6 +121,10 @@ BAD = [
     (["noise=linear_warmup", "noise.rho_start=2"], "noise.rho_start"),
     (["noise=step", "noise.milestones=[50,10]"], "noise.milestones"),
     (["noise=step", "noise.gamma_values=[1,2]"], "noise.gamma_values"),
+    (["noise=on_fit", "noise.train_acc=0"], "noise.train_acc"),
+    (["noise=on_fit", "noise.train_acc=1.5"], "noise.train_acc"),
+    (["noise=on_fit", "noise.ramp_steps=-1"], "noise.ramp_steps"),
+    (["task.resample=operands"], "task.resample"),
     (["stability.rhos=[0.5,1.5]"], "stability.rhos"),
     (["stability.noises=[token,uniform]"], "stability.noises"),
     (["stability.n_examples=0"], "stability.n_examples"),
@@ -165,3 +181,116 @@ def test_theory_command_writes_tables_and_plots(tmp_path):
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "--rhos" in bad.stderr
     missing = run_cli(["--run", str(tmp_path / "nope")], script="nsrun.commands.theory")
     assert missing.returncode == 2 and "not a run directory" in missing.stderr and "Traceback" not in missing.stderr
+
+
+# -- task.resample (modadd): '=' resampled too, from the whole input vocabulary ---------------------------------
+
+@contextlib.contextmanager
+def model_inputs(model):
+    """The token inputs ``[N, T]`` of every forward pass of ``model`` inside the block (a list)."""
+    seen = []
+    handle = model.register_forward_pre_hook(
+        lambda m, args, kwargs: seen.append(args[0].clone()) if args else None, with_kwargs=True)
+    try:
+        yield seen
+    finally:
+        handle.remove()
+
+
+def test_resample_all_redraws_the_equals_sign_and_can_draw_it():
+    p = 23
+    content, every = (build_task(compose_cfg([*TINY, *o])) for o in ([], ["task.resample=all"]))
+    assert content.resample_mask.tolist() == [True, True, False] and content.noise_tokens.tolist() == list(range(p))
+    assert every.resample_mask.tolist() == [True, True, True] and every.noise_tokens.tolist() == list(range(p + 1))
+    assert torch.equal(every.train.x, content.train.x) and torch.equal(every.val.y, content.val.y)
+    x = every.train.x
+    y = token_noise(x, 0.0, every.noise_tokens, every.resample_mask, torch.Generator().manual_seed(0))
+    assert (y[:, 2] != p).any() and (y[:, :2] == p).any()  # '=' redrawn; an operand replaced by '='
+    y = token_noise(x, 0.0, content.noise_tokens, content.resample_mask, torch.Generator().manual_seed(0))
+    assert (y[:, 2] == p).all() and (y[:, :2] != p).all()
+
+
+@pytest.mark.parametrize("resample,changed", [("content", False), ("all", True)])
+def test_resample_reaches_the_regulariser_and_the_monitor(resample, changed):
+    from nsrun.science.stability.monitor import MonitorSettings, stability_metrics
+
+    cfg, task, model = setup(f"task.resample={resample}", "reg.rho=0.0")
+    p, x, y = task.p, task.train.x, task.train.y
+    with model_inputs(model) as inputs:
+        build_objective(cfg, task)(model, x, y, 0)
+    assert bool((inputs[0][len(x):, 2] != p).any()) == changed
+    for settings in (MonitorSettings(rhos=(0.0,), noises=("token",), sensitivity=False, n_examples=64),
+                     MonitorSettings(rhos=(0.0,), noises=("gaussian",), sensitivity=True, n_examples=64)):
+        with model_inputs(model) as inputs:
+            stability_metrics(model, task, settings, seed=0, step=0)
+        assert bool(any((t[:, 2] != p).any() for t in inputs)) == changed, settings
+
+
+# -- noise=on_fit: off (no noisy pass) until the training batch is fitted, then on for good ----------------------
+
+def clean_acc(model, task, x, y) -> float:
+    with torch.no_grad():
+        return float(task.correct(model(x), y)) / len(y)
+
+
+def test_on_fit_adds_nothing_before_the_fit_switches_at_the_first_fitted_step_and_stays_on():
+    _, task, model = setup()
+    x, y = task.train.x, task.train.y
+    level = (int(clean_acc(model, task, x, y) * len(y)) + 3) / len(y)  # three more correct than at init
+    objective = build_objective(compose_cfg([*TINY, "reg=stability", "noise=on_fit", f"noise.train_acc={level}"]),
+                                task)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    noise_state = objective.generator.get_state()
+    for step in range(300):
+        fitted = clean_acc(model, task, x, y) >= level
+        with model_inputs(model) as calls:
+            loss, stats = objective(model, x, y, step)
+        if not fitted:
+            assert objective.on_since is None and len(calls) == 1 and stats["reg_term"].item() == 0
+            assert torch.equal(loss, CrossEntropy(task)(model, x, y, step)[0]) and stats["reg_gamma"] == 0
+            assert torch.equal(objective.generator.get_state(), noise_state)  # no noise drawn
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if fitted:
+            break
+    assert objective.on_since == step > 0 and len(calls) == 2 and stats["reg_gamma"] == 0.75
+    assert stats["reg_term"].item() < 0 and torch.equal(calls[0], x) and calls[1].shape == x.shape
+    row = objective.log_stats()
+    assert row["reg_on_since"] == step and row["reg_term"] < 0 and "reg_stab" in row
+    assert row["reg_term"] == pytest.approx(stats["reg_term"].item() / (step + 1))  # zeros before the switch
+    shuffled = y[torch.randperm(len(y), generator=torch.Generator().manual_seed(0))]
+    _, stats = objective(model, x, shuffled, step + 1)  # no longer fitted: stays on
+    assert objective.on_since == step and stats["reg_term"].item() < 0
+
+
+ON_FIT = [*TINY, "optim.lr=1e-2", "reg=stability", "noise=on_fit", "noise.train_acc=0.2", "train.eval_every=10",
+          "stability.enabled=false"]  # seed 0 switches at step 54 of 80
+
+
+def test_on_fit_run_logs_the_switch_and_resumes_identically(tmp_path):
+    train(compose_cfg([*ON_FIT, "train.steps=80"]), tmp_path / "full")
+    rows = read_jsonl(tmp_path / "full" / "metrics.jsonl")
+    on = [r for r in rows if "reg_on_since" in r]
+    assert on and len(on) < len(rows) - 1, "the switch should fall inside the run"
+    since = on[0]["reg_on_since"]
+    assert 0 < since <= on[0]["step"] and all(r["reg_on_since"] == since for r in on)
+    assert all(r["reg_term"] == 0 and r["reg_gamma"] == 0 and "reg_stab" not in r for r in rows[1:] if r not in on)
+    assert all(r["reg_gamma"] == 0.75 for r in on)
+    train(compose_cfg([*ON_FIT, f"train.steps={on[0]['step'] + 10}"]), tmp_path / "ext")  # stop after the switch
+    train(compose_cfg([*ON_FIT, "train.steps=80"]), tmp_path / "ext")
+    assert (tmp_path / "ext" / "metrics.jsonl").read_bytes() == (tmp_path / "full" / "metrics.jsonl").read_bytes()
+
+
+def test_on_fit_with_vmapped_seeds_matches_separate_runs(tmp_path):
+    from tests.test_parallel_seeds import assert_rows_close
+
+    train(compose_cfg([*ON_FIT, "seed=0", "train.steps=80", "train.parallel_seeds=2", "train.parallel_backend=vmap"]),
+          tmp_path / "par")
+    switched = set()
+    for s in (0, 1):
+        train(compose_cfg([*ON_FIT, f"seed={s}", "train.steps=80"]), tmp_path / f"sep{s}")
+        rows = read_jsonl(tmp_path / "par" / f"seed_{s}" / "metrics.jsonl")
+        assert_rows_close(rows, read_jsonl(tmp_path / f"sep{s}" / "metrics.jsonl"))
+        switched.add(rows[-1]["reg_on_since"])
+    assert len(switched) == 2  # one seed ran on while the other was still off (seeds 0, 1: steps 54, 63)

@@ -91,6 +91,34 @@ def _sweep_jobs(overrides: list[str], sweeper_params: dict) -> list[list[str]]:
     return [list(job) for batch in batches for job in batch]
 
 
+def _optuna_jobs(overrides: list[str], sweeper_params: dict) -> list[list[str]]:
+    """Jobs that stand for an Optuna search's space (hydra-optuna-sweeper samples inside it): the base job (the
+    fixed overrides), then the base job with each value of each choice or range and with each endpoint of each
+    interval, one at a time (combinations are not composed: about 0.2 s each). The sweeper's precedence holds: a
+    later sweep of a key replaces an earlier one, a fixed value replaces a sweep. Raises ValueError for an
+    interval that Optuna cannot sample."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides([f"{k}={v}" for k, v in sweeper_params.items()] + overrides)
+    fixed = {o.get_key_element(): o.input_line for o in parsed if not o.is_sweep_override()}
+    sweeps = {o.get_key_element(): o for o in parsed if o.is_sweep_override()}
+    base = list(fixed.values())
+    jobs = [base]
+    for key, o in sweeps.items():
+        if key in fixed:
+            continue
+        if o.is_interval_sweep():
+            sweep = o.value()
+            if not sweep.start < sweep.end or ("log" in sweep.tags and sweep.start <= 0):
+                need = "0 < start < end (a log interval)" if "log" in sweep.tags else "start < end"
+                raise ValueError(f"{key}: an Optuna interval needs {need}, got interval({sweep.start}, {sweep.end})")
+            values = [sweep.start, sweep.end]
+        else:
+            values = list(o.sweep_string_iterator())
+        jobs += [[f"{key}={v}", *base] for v in values]
+    return jobs
+
+
 def _fixed(overrides: list[str]) -> list[str]:
     """The overrides that are not sweeps (``seed=0,1`` is one): what every job of a multirun shares."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -150,7 +178,14 @@ def prevalidate(argv: list[str], prog: str = "nsrun", config_dir: str = CONF_DIR
             if args.multirun:
                 hydra_cfg = compose(config_name=config_name, overrides=_fixed(overrides), return_hydra_config=True)
                 remote = "Slurm" in str(hydra_cfg.hydra.launcher.get("_target_", ""))
-                jobs = _sweep_jobs(overrides, dict(hydra_cfg.hydra.sweeper.get("params") or {}))
+                params = dict(hydra_cfg.hydra.sweeper.get("params") or {})
+                if "optuna" in str(hydra_cfg.hydra.sweeper.get("_target_", "")).lower():
+                    try:
+                        jobs = _optuna_jobs(overrides, params)
+                    except ValueError as e:
+                        fail(str(e), prog=prog)
+                else:
+                    jobs = _sweep_jobs(overrides, params)
             for job in jobs[:MAX_VALIDATED_JOBS]:
                 cfg = compose(config_name=config_name, overrides=job)
                 try:
@@ -217,6 +252,7 @@ def hydra_record(cfg: DictConfig, hydra_cfg) -> dict[str, str]:
 
 # groups of conf/ that have no schema of their own (Hydra's launcher group; the experiments, added with +)
 OTHER_GROUPS = {"hydra/launcher": "where the jobs of a multirun (-m) run: local cores or GPUs, or SLURM",
+                "hparams_search": "an Optuna search over the regulariser's settings (use with -m)",
                 "+experiment": "one of the paper's experiments: its settings and its sweep (use with -m)"}
 HELP_INDENT = 16
 

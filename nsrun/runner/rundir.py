@@ -54,6 +54,8 @@ NON_SCIENCE_KEYS = ("train.steps", "train.device", "train.threads", "train.progr
 # config without such a key counts as having that value, so old run dirs still skip and resume
 ADDED_KEYS = {"eval.n_examples": None, "stability.sensitivity_positions": None, "task.eval_examples": None,
               "task.stability_examples": None, "task.sensitivity_positions": None}
+# the same for a key of one option only (its section's name): key -> (option, value)
+ADDED_OPTION_KEYS = {"task.resample": ("modadd", "content")}
 # keys that earlier configs carried where they had no effect (reg.rho/gamma of a run without the stability
 # term); dropped before comparing: reg option -> keys
 NO_EFFECT_KEYS = {"none": ("rho", "gamma"), "grokfast": ("rho", "gamma"), "weight_decay": ("rho", "gamma")}
@@ -78,7 +80,8 @@ def _plain(config) -> dict:
 
 def science_config(config, drop: tuple[str, ...] = ()) -> dict:
     """The resolved config without the keys that do not change a run's metrics (:data:`NON_SCIENCE_KEYS` and
-    ``drop``), with :data:`ADDED_KEYS` filled in where missing and :data:`NO_EFFECT_KEYS` removed."""
+    ``drop``), with :data:`ADDED_KEYS` (and :data:`ADDED_OPTION_KEYS` in their option's section) filled in where
+    missing and :data:`NO_EFFECT_KEYS` removed."""
     d = _plain(config)
     for key in (*NON_SCIENCE_KEYS, *drop):
         node, leaf = _parent(d, key)
@@ -87,6 +90,10 @@ def science_config(config, drop: tuple[str, ...] = ()) -> dict:
     for key, value in ADDED_KEYS.items():
         node, leaf = _parent(d, key)
         if node is not None:
+            node.setdefault(leaf, value)
+    for key, (option, value) in ADDED_OPTION_KEYS.items():
+        node, leaf = _parent(d, key)
+        if node is not None and node.get("name") == option:
             node.setdefault(leaf, value)
     reg = d.get("reg")
     if isinstance(reg, dict):

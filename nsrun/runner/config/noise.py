@@ -93,6 +93,20 @@ class StepNoise(_Schedule):
         _check_values("noise.gamma_values", self.gamma_values, len(m), 0, None)
 
 
+@option("noise", "on_fit")
+@dataclass
+class OnFitNoise(_Schedule):
+    """Off until the training batch is fitted (accuracy >= train_acc), then reg.rho and reg.gamma for good."""
+
+    name: str = "on_fit"
+    train_acc: float = MISSING
+    ramp_steps: int = MISSING
+
+    def check(self) -> None:
+        check_number("noise.train_acc", self.train_acc, 0, 1, low_open=True)
+        check_int("noise.ramp_steps", self.ramp_steps, 0)
+
+
 def build_schedule(cfg):
     """The schedule ``step -> (rho, gamma)`` of ``cfg.noise`` around ``cfg.reg``'s rho and gamma."""
     reg = section(cfg, "reg")

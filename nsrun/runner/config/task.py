@@ -39,21 +39,23 @@ class ModAddTask:
     operation: str = MISSING
     train_fraction: float = MISSING
     split_seed: int = MISSING
+    resample: str = MISSING
 
     def check(self) -> None:
-        from nsrun.science.tasks.modadd import OPERATIONS, is_prime
+        from nsrun.science.tasks.modadd import OPERATIONS, RESAMPLE, is_prime
 
         if not is_int(self.p) or self.p < 3 or not is_prime(self.p):
             raise ConfigError("task.p", f"must be a prime >= 3, got {self.p!r}")
         check_choice("task.operation", self.operation, OPERATIONS)
         check_number("task.train_fraction", self.train_fraction, 0, 1, low_open=True, high_open=True)
         check_int("task.split_seed", self.split_seed)
+        check_choice("task.resample", self.resample, RESAMPLE)
 
     def build(self):
         from nsrun.science.tasks.modadd import ModularArithmetic
 
         return ModularArithmetic(p=self.p, operation=self.operation, train_fraction=self.train_fraction,
-                                 split_seed=self.split_seed)
+                                 split_seed=self.split_seed, resample=self.resample)
 
 
 @option("task", "parity")

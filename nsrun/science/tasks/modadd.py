@@ -7,6 +7,7 @@ import torch
 from nsrun.science.tasks.base import Split, Task
 
 OPERATIONS = ("add", "sub", "mul", "div")
+RESAMPLE = ("content", "all")  # the positions token noise may resample and the tokens it draws
 
 
 def is_prime(n: int) -> bool:
@@ -28,18 +29,26 @@ def apply_operation(a: torch.Tensor, b: torch.Tensor, p: int, operation: str) ->
 
 class ModularArithmetic(Task):
     """All pairs ``(a, b)`` (``b != 0`` for div), split at random (``split_seed``) into a ``train_fraction`` of
-    training examples and the rest for validation."""
+    training examples and the rest for validation.
+
+    ``resample``: what token noise (the regulariser, the stability and sensitivity monitor) may change.
+    ``content`` **[ours]**: the operands a and b, redrawn from the p residues ('=' is never touched);
+    ``all``: every position, redrawn from the whole input vocabulary (the p residues and '='), as the paper's
+    "each coordinate is resampled" reads (SCIENCE.md section 1)."""
 
     kind = "classification"
     causal = False
 
-    def __init__(self, p: int, operation: str = "add", train_fraction: float = 0.3, split_seed: int = 0):
+    def __init__(self, p: int, operation: str = "add", train_fraction: float = 0.3, split_seed: int = 0,
+                 resample: str = "content"):
         if not is_prime(p) or p < 3:
             raise ValueError(f"p: must be a prime >= 3, got {p!r}")
         if operation not in OPERATIONS:
             raise ValueError(f"operation: must be one of {', '.join(OPERATIONS)}, got {operation!r}")
         if not 0 < train_fraction < 1:
             raise ValueError(f"train_fraction: must be a number in (0, 1), got {train_fraction!r}")
+        if resample not in RESAMPLE:
+            raise ValueError(f"resample: must be one of {', '.join(RESAMPLE)}, got {resample!r}")
         self.name = "modadd"
         self.p = p
         self.operation = operation
@@ -58,5 +67,6 @@ class ModularArithmetic(Task):
         n_train = max(1, min(len(x) - 1, round(train_fraction * len(x))))
         self.train = Split(x[perm[:n_train]], y[perm[:n_train]])
         self.val = Split(x[perm[n_train:]], y[perm[n_train:]])
-        self.resample_mask = torch.tensor([True, True, False])
-        self.noise_tokens = torch.arange(p)
+        self.resample = resample
+        self.resample_mask = torch.tensor([True, True, resample == "all"])
+        self.noise_tokens = torch.arange(p if resample == "content" else self.vocab_size)

@@ -1,0 +1,98 @@
+"""conf/hparams_search/: an Optuna search (hydra-optuna-sweeper) through the console script. The search space is
+validated before any trial runs; a real tiny search finishes and writes Optuna's result; a rerun skips its runs
+and continues the search."""
+
+from __future__ import annotations
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import OmegaConf
+
+from nsrun.runner.config import validate
+from nsrun.runner.train import run_objective
+from tests.conftest import CONF, compose_cfg, refusal, run_cli
+
+SEARCH = ["-m", "hparams_search=modadd_optuna"]
+
+
+def test_the_search_composes_to_the_quick_modadd_regime():
+    cfg = compose_cfg(["hparams_search=modadd_optuna"])
+    validate(cfg)
+    assert (cfg.task.p, cfg.task.train_fraction, cfg.model.name, cfg.model.init_std) == (31, 0.6, "small", 0.2)
+    assert (cfg.optim.lr, cfg.optim.warmup_steps, cfg.train.steps, cfg.train.batch_size) == (1e-3, 0, 8000, None)
+    assert (cfg.reg.name, cfg.stop.name, cfg.stop.level, cfg.stop.unreached_penalty) == ("stability", "onset", 0.95,
+                                                                                        2000)
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        hydra_cfg = compose("config", overrides=["hparams_search=modadd_optuna"], return_hydra_config=True).hydra
+    sweeper = hydra_cfg.sweeper
+    assert "optuna" in sweeper._target_ and "LocalPoolLauncher" in hydra_cfg.launcher._target_
+    assert (sweeper.n_trials, sweeper.n_jobs, sweeper.sampler.seed, sweeper.direction) == (30, 2, 0, "minimize")
+    assert "TPESampler" in sweeper.sampler._target_
+    assert dict(sweeper.params) == {"reg.S": "choice(0, 1)", "reg.gamma": "tag(log, interval(0.01, 4))",
+                                    "reg.rho": "interval(0.05, 0.95)",
+                                    "noise": "choice(constant, linear_warmup, cosine, on_fit)"}
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["reg.rho=interval(0.05,1.5)"],
+     "[job reg.rho=1.5 hparams_search=modadd_optuna] reg.rho: must be a number in [0, 1], got 1.5"),
+    (["reg.gamma=tag(log,interval(0,4))"],
+     "reg.gamma: an Optuna interval needs 0 < start < end (a log interval), got interval(0.0, 4.0)"),
+    (["reg.rho=interval(0.9,0.1)"], "reg.rho: an Optuna interval needs start < end, got interval(0.9, 0.1)"),
+    (["noise=choice(constant,nosuch)"], "noise=nosuch: unknown option for config group 'noise'; allowed: "),
+    (["reg.rhoo=interval(0.1,0.2)"], "reg.rhoo: unknown key (did you mean reg.rho?)"),
+    (["reg.rho=1.5"], "[job hparams_search=modadd_optuna reg.rho=1.5] reg.rho: must be a number in [0, 1], got 1.5"),
+], ids=["endpoint out of range", "log from 0", "start > end", "unknown option", "unknown key", "fixed replaces"])
+def test_a_bad_search_space_is_refused_in_one_line(overrides, message):
+    assert message in refusal([*SEARCH, *overrides])
+
+
+def test_a_bad_search_space_exits_2_before_anything_is_created(tmp_path):
+    res = run_cli([*SEARCH, "reg.rho=interval(0.05,1.5)", f"hydra.sweep.dir={tmp_path / 'search'}"], cwd=tmp_path)
+    assert res.returncode == 2 and res.stderr.strip() == (
+        "nsrun: error: [job reg.rho=1.5 hparams_search=modadd_optuna] reg.rho: must be a number in [0, 1], got 1.5")
+    assert not (tmp_path / "search").exists() and not (tmp_path / "multirun").exists()
+
+
+def tiny_search(tmp_path, n_trials: int):
+    """A real search of ``n_trials`` on the tiny model (stop once train_acc >= 0.5 held 20 steps): its sweep dir."""
+    search = tmp_path / "search"
+    res = run_cli([*SEARCH, "model=tiny", "task.p=23", "train.steps=300", "train.eval_every=20",
+                   "stop.metric=train_acc", "stop.level=0.5", "stop.patience=20", "train.threads=1",
+                   "train.progress=none", f"hydra.sweeper.n_trials={n_trials}", f"hydra.sweep.dir={search}",
+                   "hydra/launcher=basic"], cwd=tmp_path)  # trials in this process (the pool: test_parallel_launcher)
+    assert res.returncode == 0, res.stderr
+    return search
+
+
+def trial_objectives(search) -> list[float]:
+    trials = sorted((d for d in search.iterdir() if d.is_dir()), key=lambda d: int(d.name))
+    return [run_objective(OmegaConf.load(d / "resolved_config.yaml"), d) for d in trials]
+
+
+def test_a_tiny_search_finishes_and_writes_the_best_value(tmp_path):
+    search = tiny_search(tmp_path, n_trials=3)
+    result = OmegaConf.load(search / "optimization_results.yaml")
+    assert set(result.best_params) == {"reg.S", "reg.gamma", "reg.rho", "noise"}
+    assert sorted(d.name for d in search.iterdir() if d.is_dir()) == ["0", "1", "2"]
+    objectives = trial_objectives(search)
+    assert result.best_value == min(objectives) < 300 + 2000, objectives
+    best = OmegaConf.load(search / str(objectives.index(min(objectives))) / "resolved_config.yaml")
+    assert (best.reg.rho, best.reg.gamma, best.reg.S, best.noise.name) == tuple(
+        result.best_params[k] for k in ("reg.rho", "reg.gamma", "reg.S", "noise"))
+
+
+@pytest.mark.slow
+def test_a_rerun_with_more_trials_skips_the_finished_ones_and_continues(tmp_path):
+    search = tiny_search(tmp_path, n_trials=3)
+    trials = [search / str(n) for n in range(3)]
+
+    def written():
+        return {d: ((d / "metrics.jsonl").read_bytes(), (d / "metrics.jsonl").stat().st_mtime_ns) for d in trials}
+
+    before = written()
+    tiny_search(tmp_path, n_trials=4)  # TPE is seeded: the same 3 trials (finished, not trained again), then one more
+    assert written() == before and (search / "3" / "DONE").exists()
+    assert OmegaConf.load(search / "optimization_results.yaml").best_value == min(trial_objectives(search))
