@@ -16,15 +16,17 @@ STEPS = list(range(0, 1001, 100))
 
 
 def make_run(run_dir, seed, onset, stab_fall=None, weight_decay=1.0, task="modadd", done=True, seconds_per_step=0.01,
-             reg="none"):
+             reg="none", stop=(), ended=None):
     """A run directory with a real resolved config and hand-made curves: val_acc jumps to 0.99 at
-    ``onset`` (None: never), the stability curve drops from 0.9 to 0.3 at ``stab_fall``."""
+    ``onset`` (None: never), the stability curve drops from 0.9 to 0.3 at ``stab_fall``. ``ended``:
+    ``(step, DONE reason)`` of a run its stop rule (overrides ``stop``) ended at that step."""
     cfg = OmegaConf.to_container(compose_cfg([*TINY, f"reg={reg}", f"seed={seed}",
-                                              f"optim.weight_decay={weight_decay}"]), resolve=True)
+                                              f"optim.weight_decay={weight_decay}", *stop]), resolve=True)
     cfg["task"]["name"] = task
     run_dir.mkdir(parents=True)
     (run_dir / "resolved_config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(cfg)))
     steps = STEPS if done else STEPS[:4]
+    steps = [s for s in steps if ended is None or s <= ended[0]]
     with open(run_dir / "metrics.jsonl", "w") as f:
         for s in steps:
             acc = 0.99 if onset is not None and s >= onset else 0.1 + 0.0001 * s
@@ -34,7 +36,7 @@ def make_run(run_dir, seed, onset, stab_fall=None, weight_decay=1.0, task="modad
         for s in steps:
             f.write(json.dumps({"step": s, "train_seconds": s * seconds_per_step, "eval_seconds": 0.0}) + "\n")
     if done:
-        (run_dir / "DONE").write_text("1000\n")
+        (run_dir / "DONE").write_text("1000\n" if ended is None else f"{ended[0]}\n{ended[1]}\n")
 
 
 def run_main(args, capsys):
@@ -224,3 +226,85 @@ def test_sweep_end_to_end_one_wandb_group_no_secrets_then_compare(tmp_path):
     assert all(r["n_runs"] == "2" for r in rows.values())
     assert (sweep / "compare" / "compare.md").exists() and (sweep / "compare" / "overlay.png").exists()
     assert "optim.weight_decay=1.0" in res.stdout
+
+
+STOP_ONSET = ["train.steps=1000", "stop=onset", "stop.metric=val_acc", "stop.level=0.95", "stop.patience=200",
+              "stop.give_up_patience=400"]
+
+
+@pytest.fixture
+def stopped_sweep(tmp_path):
+    """reg=none trained to step 1000 (onsets 600, 800, never); reg=stability with stop=onset: two seeds stopped
+    200 steps after their onsets 300 and 400, one gave up at step 600 although past the level at its end."""
+    root = tmp_path / "sweep"
+    for i, onset in enumerate([600, 800, None]):
+        make_run(root / f"none{i}", seed=i, onset=onset)
+    for i, onset in enumerate([300, 400]):
+        reason = f"stopped: val_acc >= 0.95 held for 200 steps (past the level since step {onset})"
+        make_run(root / f"reg{i}", seed=i, onset=onset, reg="stability", stop=STOP_ONSET, ended=(onset + 200, reason))
+    make_run(root / "reg2", seed=2, onset=600, reg="stability", stop=STOP_ONSET,
+             ended=(600, "gave up: best val_acc 0.99 at step 600, no improvement for 400 steps"))
+    return root
+
+
+def test_stopped_runs_keep_their_onset_gave_up_is_not_reached_and_compute_spared_is_counted(stopped_sweep, tmp_path,
+                                                                                             capsys):
+    out = tmp_path / "out"
+    code, stdout, err = run_main([stopped_sweep, "--out", out, "--n-boot", 500], capsys)
+    assert code == 0 and err == []
+    groups = {row["group"]: row for row in read_csv(out / "compare.csv")}
+    reg = groups["reg.name=stability"]
+    assert (reg["n_reached"], reg["n_unknown"], reg["n_stopped"], reg["n_gave_up"]) == ("2", "0", "2", "1")
+    assert float(reg["onset_step_median"]) == 400  # 300, 400 and not reached
+    assert (reg["steps_trained"], reg["steps_spared"]) == ("1700", "1300")
+    assert float(reg["spared_frac"]) == pytest.approx(1300 / 3000)
+    assert float(reg["train_seconds"]) == pytest.approx(17) and float(reg["spared_seconds_est"]) == pytest.approx(13)
+    none = groups["reg.name=none"]
+    assert (none["n_stopped"], none["steps_spared"], float(none["train_seconds"])) == ("0", "0", 30.0)
+    runs = {r["run_dir"].rsplit("/", 1)[1]: r for r in read_csv(out / "runs.csv")}
+    assert [runs[f"reg{i}"]["onset_status"] for i in range(3)] == ["reached", "reached", "not reached"]
+    assert [runs[f"reg{i}"]["ended_by"] for i in range(3)] == ["stopped", "stopped", "gave up"]
+    md = (out / "compare.md").read_text()
+    assert "| 2 stopped, 1 gave up: 1300 steps spared (43 %, ~13.0 s); 17.0 s trained |" in md
+    assert "| none stopped early; 30.0 s trained |" in md
+    assert "| 2/3 |" in md and "| gave up: best val_acc 0.99 at step 600" in md
+
+
+def test_an_onset_stricter_than_the_stop_rule_is_unknown_and_said_so(stopped_sweep, tmp_path, capsys):
+    out = tmp_path / "out"
+    code, _, err = run_main([stopped_sweep, "--threshold", "0.98", "--out", out, "--n-boot", 500], capsys)
+    assert code == 0 and len(err) == 1
+    assert err[0].startswith("nsrun-compare: warning: 2 run(s) ended by their stop rule (stopped: val_acc >= 0.95 "
+                             "held for 200 steps) cannot tell whether val_acc >= 0.98 holds for the rest of the run")
+    reg = {row["group"]: row for row in read_csv(out / "compare.csv")}["reg.name=stability"]
+    assert (reg["n_reached"], reg["n_unknown"]) == ("0", "2")  # the gave-up run: not reached at a stricter level
+    assert reg["onset_step_median"] == "inf"
+    assert "| 0/3, 2 unknown |" in (out / "compare.md").read_text()
+    runs = [r for r in read_csv(out / "runs.csv") if r["ended_by"] == "stopped"]
+    assert [r["onset_status"] for r in runs] == ["unknown", "unknown"] and all(r["onset_step"] == "" for r in runs)
+
+
+# a real tiny modular-addition baseline whose val_acc passes 0.9 at step 700 and stays there (0.91-0.93)
+GROKS_SOON = [*TINY, "reg=none", "task.train_fraction=0.8", "optim.lr=3e-3", "optim.weight_decay=1.0",
+              "train.steps=1500", "train.eval_every=50", "train.checkpoint_every=500", "stability.enabled=false"]
+STOPS_AT_ONSET = ["stop=onset", "stop.metric=val_acc", "stop.level=0.9", "stop.direction=above", "stop.patience=300"]
+
+
+def test_a_stopped_real_run_has_the_onset_of_the_same_run_trained_to_the_end(tmp_path, capsys):
+    from nsrun.runner.rundir import RunDir
+    from nsrun.runner.train import train
+
+    train(compose_cfg(GROKS_SOON), tmp_path / "runs" / "full")
+    train(compose_cfg([*GROKS_SOON, *STOPS_AT_ONSET]), tmp_path / "runs" / "stopped")
+    done = RunDir(tmp_path / "runs" / "stopped").done_info()
+    assert done["reason"].startswith("stopped: val_acc >= 0.9 held for 300 steps") and done["step"] < 1500
+    code, _, err = run_main([tmp_path / "runs", "--threshold", "0.9", "--out", tmp_path / "out", "--n-boot", 200],
+                            capsys)
+    assert code == 0 and err == []
+    runs = {r["run_dir"].rsplit("/", 1)[1]: r for r in read_csv(tmp_path / "out" / "runs.csv")}
+    assert runs["stopped"]["onset_step"] == runs["full"]["onset_step"] != ""
+    assert int(runs["stopped"]["onset_step"]) + 300 == done["step"] == int(runs["stopped"]["last_step"])
+    assert (runs["stopped"]["ended_by"], runs["full"]["ended_by"]) == ("stopped", "")
+    assert int(runs["stopped"]["steps_spared"]) == 1500 - done["step"]
+    [group] = read_csv(tmp_path / "out" / "compare.csv")  # stop is not part of the science key: one group
+    assert (group["n_runs"], group["n_reached"], group["n_stopped"]) == ("2", "2", "1")

@@ -58,7 +58,7 @@ def onset_rows(er: ExperimentRuns) -> list[dict]:
         final = _last_values(g.runs, rule.metric)
         row = {"experiment": exp.name, "figure": exp.figure, "group": er.label(g), "reg": name,
                "onset": f"{rule.metric} {rule.comparison} {rule.level:g}",
-               "n_seeds": s["n"], "n_not_reached": s["n"] - s["n_reached"],
+               "n_seeds": s["n"], "n_not_reached": s["n"] - s["n_reached"] - s["n_unknown"],
                "onset_median": s["steps"][0], "onset_ci_low": s["steps"][1], "onset_ci_high": s["steps"][2],
                "fewer_steps": vs["fewer"] if vs else math.nan,
                "fewer_ci_low": vs["fewer_ci"][0] if vs else math.nan,
@@ -71,11 +71,13 @@ def onset_rows(er: ExperimentRuns) -> list[dict]:
                "wallclock_speedup_ci_high": secs["speedup_ci"][1] if secs else math.nan,
                "time_per_step_ratio": median([seconds_per_step(r) for r in g.runs]) / base_sps if base else math.nan,
                "final_median": median(final), "final_min": min(final), "final_max": max(final),
-               "paper": "", "verdict": "", "reason": ""}
+               "paper": "", "verdict": "", "reason": "", "n_unknown": s["n_unknown"],
+               **{f"compute_{k}": v for k, v in s["compute"].items()}}
         if name == exp.regulariser and base is not None and vs:
             row["paper"] = exp.paper
             row["verdict"], row["reason"] = speedup_verdict(
-                vs["fewer_ci"], s["steps"][0], base.stats["steps"][0], s["n"], base.stats["n"], exp.paper_fewer_steps)
+                vs["fewer_ci"], s["steps"][0], base.stats["steps"][0], s["n"] - s["n_unknown"],
+                base.stats["n"] - base.stats["n_unknown"], exp.paper_fewer_steps)
         elif name == exp.baseline:
             row["reason"] = "baseline"
         rows.append(row)

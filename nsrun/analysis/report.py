@@ -55,6 +55,22 @@ def fmt_versus(c: dict | None, group_median: float, base_median: float) -> str:
     return f"{fewer}; {fmt_ci((c['speedup'], *c['speedup_ci']), 2, 'x')}"
 
 
+def fmt_compute(c: dict) -> str:
+    """Early stopping's account of a group (:func:`nsrun.analysis.stats.compute_totals`), e.g. ``2 stopped,
+    1 gave up: 4100 steps spared (46 %, ~9.8 s); 12.3 s trained``."""
+    trained = f"{fmt_bound(c['train_seconds'], 1)} s trained"
+    if not c["stopped"] and not c["gave_up"]:
+        return f"none stopped early; {trained}"
+    frac = "?" if math.isnan(c["spared_frac"]) else f"{100 * c['spared_frac']:.0f} %"
+    return (f"{c['stopped']} stopped, {c['gave_up']} gave up: {c['steps_spared']} steps spared ({frac}, "
+            f"~{c['spared_seconds_est']:.1f} s); {trained}")
+
+
+def fmt_reached(n_reached: int, n: int, n_unknown: int) -> str:
+    """``3/5`` runs reached the onset, ``3/5, 1 unknown`` when a stop rule left some onsets unknown."""
+    return f"{n_reached}/{n}" + (f", {n_unknown} unknown" if n_unknown else "")
+
+
 def fmt(v: float, digits: int = 0, pct: bool = False) -> str:
     """A number of the reproduction's tables: ``-`` for none, ``not reached`` for +inf, a percentage."""
     if v is None or (isinstance(v, float) and math.isnan(v)):
@@ -86,7 +102,7 @@ def _cell(text: str) -> str:
 
 COLUMNS = ("group", "task", "reached", "onset step [95% CI]", "train s at onset [95% CI]",
            "fewer steps; speedup vs baseline", "fewer seconds; speedup", "stability onset (median)",
-           "lag stability - onset [95% CI]")
+           "lag stability - onset [95% CI]", "early stopping; compute")
 
 
 def table_rows(groups) -> list[list[str]]:
@@ -99,12 +115,13 @@ def table_rows(groups) -> list[list[str]]:
         base_steps = base.stats["steps"][0] if base else math.nan
         base_seconds = base.stats["seconds"][0] if base else math.nan
         rows.append([
-            g.label + (" (baseline)" if is_base else ""), g.task, f"{s['n_reached']}/{s['n']}",
+            g.label + (" (baseline)" if is_base else ""), g.task, fmt_reached(s["n_reached"], s["n"], s["n_unknown"]),
             fmt_ci(s["steps"]), fmt_ci(s["seconds"], 1),
             fmt_versus(s.get("vs_steps"), s["steps"][0], base_steps),
             fmt_versus(s.get("vs_seconds"), s["seconds"][0], base_seconds),
             fmt_step(s["stab"]) if s["n_stab"] else "-",
             fmt_ci(s["lag"]) + (f" (n={s['n_lag']})" if s["n_lag"] else ""),
+            fmt_compute(s["compute"]),
         ])
     return rows
 
@@ -115,7 +132,9 @@ def write_compare_csv(groups, path: Path) -> None:
               "baseline", "fewer_steps_frac", "fewer_steps_ci_low", "fewer_steps_ci_high", "speedup_steps",
               "speedup_steps_ci_low", "speedup_steps_ci_high", "fewer_seconds_frac", "fewer_seconds_ci_low",
               "fewer_seconds_ci_high", "speedup_seconds", "speedup_seconds_ci_low", "speedup_seconds_ci_high",
-              "stab_onset_step_median", "lag_steps_median", "lag_ci_low", "lag_ci_high", "n_lag"]
+              "stab_onset_step_median", "lag_steps_median", "lag_ci_low", "lag_ci_high", "n_lag", "n_unknown",
+              "n_stopped", "n_gave_up", "steps_trained", "steps_spared", "spared_frac", "train_seconds",
+              "spared_seconds_est"]
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(header)
@@ -126,7 +145,13 @@ def write_compare_csv(groups, path: Path) -> None:
                 vs += ([_num(c["fewer"]), *map(_num, c["fewer_ci"]), _num(c["speedup"]), *map(_num, c["speedup_ci"])]
                        if c else [""] * 6)
             w.writerow([g.label, g.task, s["n"], s["n_reached"], *map(_num, s["steps"]), *map(_num, s["seconds"]),
-                        s["baseline"] or "", *vs, _num(s["stab"]), *map(_num, s["lag"]), s["n_lag"]])
+                        s["baseline"] or "", *vs, _num(s["stab"]), *map(_num, s["lag"]), s["n_lag"], s["n_unknown"],
+                        *compute_cells(s["compute"])])
+
+
+def compute_cells(c: dict) -> list:
+    return [c["stopped"], c["gave_up"], c["steps_trained"], c["steps_spared"], _num(c["spared_frac"]),
+            _num(c["train_seconds"]), _num(c["spared_seconds_est"])]
 
 
 def _or_blank(v) -> str:
@@ -137,13 +162,26 @@ def write_runs_csv(groups, path: Path) -> None:
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["group", "seed", "run_dir", "finished", "last_step", "onset_step", "onset_seconds",
-                    "stab_key", "stab_onset_step", "lag_steps"])
+                    "stab_key", "stab_onset_step", "lag_steps", "onset_status", "ended_by", "steps_spared",
+                    "train_seconds"])
         for g in groups:
             for r in g.runs:
                 o = r.onsets
                 w.writerow([g.label, r.seed, str(r.path), r.finished, r.rows[-1]["step"], _or_blank(o["onset_step"]),
                             _num(o["onset_seconds"]), o["stab_key"] or "", _or_blank(o["stab_onset_step"]),
-                            _or_blank(o["lag_steps"])])
+                            _or_blank(o["lag_steps"]), o.get("onset_status", ""), ended_by(r), r.steps_spared,
+                            _num(r.train_seconds)])
+
+
+def ended_by(run) -> str:
+    """``stopped`` / ``gave up`` for a run its stop rule ended, else empty."""
+    return run.outcome.kind if run.outcome is not None else ""
+
+
+def onset_cell(onsets: dict) -> str:
+    if onsets.get("onset_status") == "unknown":
+        return "unknown"
+    return "not reached" if onsets["onset_step"] is None else str(onsets["onset_step"])
 
 
 def write_compare_markdown(groups, path: Path, settings: dict, figure: str | None) -> None:
@@ -151,13 +189,15 @@ def write_compare_markdown(groups, path: Path, settings: dict, figure: str | Non
     lines += [f"- {k}: {v}" for k, v in settings.items()]
     lines += ["", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in table_rows(groups)]
-    lines += ["", "## Runs", "", "| group | seed | onset step | stability onset | lag | run |", "|---" * 6 + "|"]
+    lines += ["", "## Runs", "", "| group | seed | onset step | stability onset | lag | ended | run |",
+              "|---" * 7 + "|"]
     for g in groups:
         for r in g.runs:
             o = r.onsets
-            lines.append(f"| {g.label} | {r.seed} | {'not reached' if o['onset_step'] is None else o['onset_step']} "
+            ended = _cell(r.outcome.reason) if r.outcome is not None else f"step {r.last_step}"
+            lines.append(f"| {g.label} | {r.seed} | {onset_cell(o)} "
                          f"| {'-' if o['stab_onset_step'] is None else o['stab_onset_step']} "
-                         f"| {'-' if o['lag_steps'] is None else o['lag_steps']} | {r.path} |")
+                         f"| {'-' if o['lag_steps'] is None else o['lag_steps']} | {ended} | {r.path} |")
     if figure:
         lines += ["", f"![overlay]({figure})"]
     path.write_text("\n".join(lines) + "\n")
@@ -190,6 +230,13 @@ CLAIM1_RULE = ("Median over seeds with a percentile-bootstrap 95 % interval (10,
                "not and it excludes the paper's number (upper end <= 0 or below it); else inconclusive.")
 
 
+COMPUTE_RULE = ("A run ended by its stop rule (conf/stop/onset.yaml) spares train.steps minus its last step; seconds "
+                "spared are estimated at the run's own training seconds per step. With stop=onset at the onset's "
+                "metric and level, a stopped run's onset is where its stopping stretch began; a run that gave up "
+                "counts as not reached; a run stopped on another metric or at a looser level has an unknown "
+                "onset, left out of the medians.")
+
+
 def markdown_onset_table(rows: list[dict]) -> list[str]:
     head = ("experiment", "group", "onset", "seeds (not reached)", "last value, median (min-max)",
             "steps to onset, median [95 % CI]",
@@ -198,7 +245,8 @@ def markdown_onset_table(rows: list[dict]) -> list[str]:
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         out.append("| " + " | ".join([
-            r["experiment"], r["group"], r["onset"], f"{r['n_seeds']} ({r['n_not_reached']})",
+            r["experiment"], r["group"], r["onset"],
+            f"{r['n_seeds']} ({r['n_not_reached']}" + (f", {r['n_unknown']} unknown)" if r["n_unknown"] else ")"),
             f"{r['final_median']:.3f} ({r['final_min']:.3f}-{r['final_max']:.3f})",
             fmt_interval(r["onset_median"], r["onset_ci_low"], r["onset_ci_high"]),
             fmt_interval(r["fewer_steps"], r["fewer_ci_low"], r["fewer_ci_high"], 1, pct=True),
@@ -208,6 +256,19 @@ def markdown_onset_table(rows: list[dict]) -> list[str]:
             fmt(r["time_per_step_ratio"], 2) + ("x" if not math.isnan(r["time_per_step_ratio"]) else ""),
             r["paper"] or "-", f"**{r['verdict']}** ({r['reason']})" if r["verdict"] else r["reason"] or "-",
         ]).replace("inf %", "inf") + " |")
+    return out
+
+
+def markdown_compute_table(rows: list[dict]) -> list[str]:
+    """Early stopping's account per experiment and group (the ``compute_*`` keys of the onset rows)."""
+    out = ["| experiment | group | runs stopped (onset rule) | gave up | steps trained | steps spared "
+           "(% of configured) | train seconds | seconds spared (est.) |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        frac = r["compute_spared_frac"]
+        out.append(f"| {r['experiment']} | {r['group']} | {r['compute_stopped']} of {r['n_seeds']} | "
+                   f"{r['compute_gave_up']} | {r['compute_steps_trained']} | {r['compute_steps_spared']} "
+                   f"({fmt(frac, 0, pct=True)}) | {fmt(r['compute_train_seconds'], 1)} | "
+                   f"{fmt(r['compute_spared_seconds_est'], 1)} |")
     return out
 
 
@@ -244,6 +305,9 @@ def write_summary(out: Path, rows: list[dict], claims: list[dict], figures: list
     lines += [f"- {k}: {v}" for k, v in settings.items()]
     lines += ["", "## Claim 1: steps to onset, regularised and peers vs baseline", "", CLAIM1_RULE, ""]
     lines += markdown_onset_table(rows)
+    lines += ["", "## Compute: training spent and spared by early stopping (the runs' stop rule)", "",
+              COMPUTE_RULE, ""]
+    lines += markdown_compute_table(rows)
     lines += ["", "## Claims 1-6: verdicts", "", "| claim | experiment | statement | measured | verdict |",
               "|---|---|---|---|---|"]
     for r in rows:

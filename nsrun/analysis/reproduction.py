@@ -14,9 +14,17 @@ from pathlib import Path
 from nsrun.analysis import claims as claim_rules
 from nsrun.analysis import figures, report, theory
 from nsrun.analysis.experiments import Experiment, compose
-from nsrun.analysis.runs import Group, choose_baselines, group_runs, load_runs, merge_groups_by
+from nsrun.analysis.runs import (
+    Group,
+    choose_baselines,
+    group_runs,
+    load_runs,
+    merge_groups_by,
+    run_onsets,
+    unknown_onset_notes,
+)
 from nsrun.analysis.stats import group_statistics
-from nsrun.science.onsets import rule_onsets, stability_key
+from nsrun.science.onsets import stability_key
 
 N_BOOT = 10_000
 
@@ -58,7 +66,7 @@ def load_experiment(exp: Experiment, sweep_dir: Path, n_boot: int = N_BOOT) -> E
         return None
     stab = stability_key(set().union(*(r.rows[-1].keys() for r in runs)))
     for r in runs:
-        r.onsets = rule_onsets(r.rows, r.timing, exp.rule, stab)
+        r.onsets = run_onsets(r, exp.rule, stab)
     groups, merged = merge_groups_by(group_runs(runs), "reg.name")
     order = list(exp.groups)
     groups.sort(key=lambda g: (order.index(ExperimentRuns.reg(g)) if ExperimentRuns.reg(g) in order else len(order),
@@ -68,6 +76,7 @@ def load_experiment(exp: Experiment, sweep_dir: Path, n_boot: int = N_BOOT) -> E
     except LookupError:
         baselines, tie_notes = {}, []
     group_statistics(groups, baselines, n_boot, 0)
+    notes += unknown_onset_notes(runs, exp.rule)
     return ExperimentRuns(exp, groups, stab, [*notes, *tie_notes], merged, n_boot)
 
 

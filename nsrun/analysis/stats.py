@@ -12,6 +12,8 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from nsrun.runner.stopping import GAVE_UP, STOPPED
+
 NOT_REACHED = math.inf
 MIN_SEEDS = 3  # fewer seeds per group than this: every verdict is inconclusive
 VERDICTS = ("reproduced", "not reproduced", "inconclusive")
@@ -20,6 +22,29 @@ VERDICTS = ("reproduced", "not reproduced", "inconclusive")
 def as_onset(step: int | None) -> float:
     """A step as a number for the statistics: ``inf`` when not reached."""
     return NOT_REACHED if step is None else float(step)
+
+
+def onset_value(onsets: dict) -> float:
+    """A run's onset step for the statistics: ``inf`` when not reached, NaN when unknown (a run its stop rule
+    ended cannot tell; :func:`nsrun.analysis.runs.settle_onset`), which the medians leave out."""
+    return math.nan if onsets.get("onset_status") == "unknown" else as_onset(onsets["onset_step"])
+
+
+def compute_totals(runs) -> dict:
+    """Early stopping's account of a group of runs (:class:`nsrun.analysis.runs.Run`): how many its stop rule
+    ended (``stopped`` by the onset rule, ``gave_up``), steps trained (their last steps), steps spared
+    (``train.steps`` minus the last step of each run its rule ended) and their fraction of the configured
+    steps, training seconds spent, and the seconds spared estimated at each run's own seconds per step."""
+    kinds = [r.outcome.kind if r.outcome is not None else None for r in runs]
+    trained = sum(r.last_step for r in runs)
+    spared = sum(r.steps_spared for r in runs)
+    seconds = [r.train_seconds for r in runs]
+    spared_seconds = [r.steps_spared * s / r.last_step for r, s in zip(runs, seconds, strict=True)
+                      if r.steps_spared and r.last_step]
+    return {"stopped": kinds.count(STOPPED), "gave_up": kinds.count(GAVE_UP), "steps_trained": trained,
+            "steps_spared": spared, "spared_frac": spared / (trained + spared) if trained + spared else math.nan,
+            "train_seconds": float(np.nansum(seconds)) if any(map(math.isfinite, seconds)) else math.nan,
+            "spared_seconds_est": float(np.nansum(spared_seconds)) if spared_seconds else 0.0}
 
 
 def median(values: Sequence[float]) -> float:
@@ -119,14 +144,16 @@ def spearman(a, b) -> float:
 
 def group_statistics(groups, baselines: dict, n_boot: int, seed: int) -> None:
     """Fill ``group.stats`` of each group (its runs' ``onsets`` filled in): median onset step and training
-    seconds with intervals, runs that reached it, median stability onset, the lag, and against the group's
-    baseline (``baselines``: group key -> baseline group) fewer steps / seconds and the speedups."""
+    seconds with intervals, runs that reached it and runs whose onset is unknown (left out of the medians),
+    median stability onset, the lag, against the group's baseline (``baselines``: group key -> baseline
+    group) fewer steps / seconds and the speedups, and early stopping's account (:func:`compute_totals`)."""
     for i, g in enumerate(groups):
-        steps = [as_onset(r.onsets["onset_step"]) for r in g.runs]
+        steps = [onset_value(r.onsets) for r in g.runs]
         seconds = [r.onsets["onset_seconds"] for r in g.runs]
         stab = [as_onset(r.onsets["stab_onset_step"]) for r in g.runs if r.onsets["stab_key"] is not None]
         lags = [float(r.onsets["lag_steps"]) for r in g.runs if r.onsets["lag_steps"] is not None]
         s = {"n": len(g.runs), "n_reached": sum(math.isfinite(x) for x in steps),
+             "n_unknown": sum(math.isnan(x) for x in steps), "compute": compute_totals(g.runs),
              "steps": median_ci(steps, n_boot, seed=seed + i), "seconds": median_ci(seconds, n_boot, seed=seed + i),
              "stab": median(stab) if stab else math.nan, "n_stab": len(stab),
              "lag": median_ci(lags, n_boot, seed=seed + i) if lags else (math.nan,) * 3, "n_lag": len(lags),
@@ -134,7 +161,7 @@ def group_statistics(groups, baselines: dict, n_boot: int, seed: int) -> None:
         base = baselines.get(g.key)
         if base is not None and base is not g:
             s["baseline"] = base.label
-            base_steps = [as_onset(r.onsets["onset_step"]) for r in base.runs]
+            base_steps = [onset_value(r.onsets) for r in base.runs]
             s["vs_steps"] = compare_ci(steps, base_steps, n_boot, seed=seed + i)
             s["vs_seconds"] = compare_ci(seconds, [r.onsets["onset_seconds"] for r in base.runs], n_boot,
                                          seed=seed + i)

@@ -24,9 +24,11 @@ from nsrun.analysis.runs import (
     group_runs,
     load_runs,
     parse_selector,
+    run_onsets,
+    unknown_onset_notes,
 )
 from nsrun.analysis.stats import group_statistics
-from nsrun.science.onsets import OnsetRule, rule_onsets, stability_key
+from nsrun.science.onsets import OnsetRule, stability_key
 
 PROG = "nsrun-compare"
 
@@ -119,7 +121,9 @@ def compare(args) -> int:
     elif not any(stab in row for r in runs for row in r.rows):
         warn(f"--stability {stab}: no run logs it; stability onsets left out")
     for r in runs:
-        r.onsets = rule_onsets(r.rows, r.timing, rule, stab)
+        r.onsets = run_onsets(r, rule, stab)
+    for note in unknown_onset_notes(runs, rule):
+        warn(note)
     groups = group_runs(runs)
     tasks = sorted({g.task for g in groups})
     if len(tasks) > 1:
@@ -139,6 +143,9 @@ def compare(args) -> int:
                 "baseline": baseline_desc,
                 "intervals": f"percentile bootstrap over seeds, 95 %, {args.n_boot} resamples, seed {args.seed}",
                 "seconds": "cumulative training seconds at the onset step (timing.jsonl; evaluation excluded)",
+                "early stopping": "a run ended by stop=onset at the onset's metric and a level at least as strict "
+                                  "keeps its onset, one that gave up is not reached, any other is unknown; steps "
+                                  "spared = train.steps - last step (seconds estimated at the run's s/step)",
                 "runs": f"{len(runs)} in {len(groups)} groups"}
     title = f"grokking onset: {len(runs)} runs in {len(groups)} groups"
     figures.save(figures.plot_onset_curves(groups, rule, stab, title), out, "overlay", ("png",))
