@@ -4,7 +4,7 @@ PYTHON ?= python3
 PIP ?= $(PYTHON) -m pip
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: install torch test test-all lint run bench slurm-up slurm-down reproduce-figures reproduce-figures-quick figures map map-report clean
+.PHONY: install torch test test-all lint run bench slurm-up slurm-down reproduce-figures reproduce-figures-quick reproduce-lm-parity figures figures-lm-parity map map-report clean
 
 torch:
 	@$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install "torch==$(TORCH_VERSION)"
@@ -56,6 +56,17 @@ map:
 
 map-report:
 	$(PYTHON) -m nsrun.commands.map report --out $(MAP_OUT) $(MAP_ARGS)
+
+# WikiText-2 (7 arms) and sparse parity at n = 10, 20, 40, 100 (3 arms each), 5 seeds (issue 16; docs/reproduction.md):
+# 95 runs of 1-4 min each on one thread, with their own summary (OUT, default results/reproduce-lm-parity).
+#   make reproduce-lm-parity [LAUNCHER=basic] [OUT=results/DATE-lm-parity]   # sweeps (finished runs skipped), figures
+#   make figures-lm-parity [OUT=...]                                         # figures + summary from the run dirs
+LM_PARITY = --only wikitext2,parity_n10,parity_n20,parity_n40,parity_n100 --no-theory --no-influence
+reproduce-lm-parity:
+	$(PYTHON) -m nsrun.commands.reproduce run $(LM_PARITY) --launcher=$(LAUNCHER) --out $(or $(OUT),results/reproduce-lm-parity)
+
+figures-lm-parity:
+	$(PYTHON) -m nsrun.commands.reproduce figures $(LM_PARITY) --out $(or $(OUT),results/reproduce-lm-parity)
 
 # a local single-node SLURM cluster (root; installs Debian's slurm + munge when missing): see README
 slurm-up:

@@ -7,14 +7,17 @@ import csv
 import json
 import math
 from functools import cache
+from itertools import product
 from pathlib import Path
 
 import pytest
 import yaml
+from omegaconf import OmegaConf
 
 from nsrun.analysis import claims, theory
-from nsrun.analysis.experiments import load_experiments
+from nsrun.analysis.experiments import compose, load_experiments
 from nsrun.analysis.reproduction import load_experiment, reproduce_figures
+from nsrun.analysis.runs import flatten, matches
 from nsrun.analysis.stats import spearman, speedup_verdict
 from nsrun.commands.reproduce import run_sweeps
 from nsrun.runner.config import validate
@@ -24,6 +27,7 @@ EXPERIMENT_CONFIGS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml")
                             if not p.stem.startswith("map_"))  # the map's: tests/test_map.py
 WIKITEXT = SHARED / "data" / "wikitext-2"
 SEEDS = "0,1,2"  # the 2-step sweeps run 3 of the 5 seeds (enough for the statistics, and quicker)
+PARITY_SIZES = ("parity_n10", "parity_n20", "parity_n40", "parity_n100")
 
 
 @cache
@@ -33,58 +37,77 @@ def experiments(quick: bool) -> dict:
 
 
 def sweep_values(name: str) -> list[list[str]]:
-    """Every (reg, seed) job of an experiment's sweep as override lists."""
-    params = yaml.safe_load((CONF / "experiment" / f"{name}.yaml").read_text())["hydra"].get("sweeper")
-    if params is None:  # a quick file inherits the sweep of its full file
-        parent = yaml.safe_load((CONF / "experiment" / f"{name}.yaml").read_text())["defaults"][0]
-        params = yaml.safe_load((CONF / "experiment" / f"{parent}.yaml").read_text())["hydra"]["sweeper"]
-    regs = str(params["params"]["reg"]).split(",")
-    seeds = str(params["params"]["seed"]).split(",")
-    return [[f"reg={r}", f"seed={s}"] for r in regs for s in seeds]
+    """Every job of an experiment's sweeps as override lists, the seed last: each entry of its
+    ``experiment.sweeps`` (one sweep without) over the sweeper's params, the entry's values winning."""
+    cfg = compose(CONF, [f"+experiment={name}"], hydra_config=True)
+    params = {k: str(v).split(",") for k, v in cfg.hydra.sweeper.params.items()}
+    jobs = []
+    for sweep in cfg.experiment.get("sweeps") or [""]:
+        grid = dict(params, **{k: v.split(",") for k, _, v in (o.partition("=") for o in sweep.split())})
+        keys = sorted(grid, key=lambda k: (k == "seed", k))
+        jobs += [[f"{k}={v}" for k, v in zip(keys, values, strict=True)] for values in product(*map(grid.get, keys))]
+    return jobs
 
 
-def test_every_experiment_has_full_and_quick_configs_with_five_seeds():
-    full = experiments(False)
-    assert set(experiments(True)) == set(full)
-    assert {e.config for e in experiments(True).values()} == {f"{e}_quick" for e in full}
-    assert set(full) | {f"{e}_quick" for e in full} == set(EXPERIMENT_CONFIGS)
+def test_every_experiment_has_a_config_with_five_seeds():
+    full, quick = experiments(False), experiments(True)
+    assert set(full) == {"modadd", *PARITY_SIZES, "wikitext2"}
+    assert set(quick) == {"modadd", "parity", "wikitext2"}  # parity and wikitext2 quick: smoke-level, as committed
+    assert {e.config for e in quick.values()} == {f"{e}_quick" for e in quick}
+    assert {e.config for e in (*full.values(), *quick.values())} == set(EXPERIMENT_CONFIGS)
     for name in EXPERIMENT_CONFIGS:
         jobs = sweep_values(name)
-        assert len({j[1] for j in jobs}) >= 5
+        assert len({j[-1] for j in jobs}) >= 5
         assert {"reg=none", "reg=stability"} <= {j[0] for j in jobs}
     assert {j[0] for j in sweep_values("modadd")} == {"reg=none", "reg=stability", "reg=grokfast", "reg=weight_decay"}
+    for name in ("wikitext2", *PARITY_SIZES):  # both signs of the regulariser
+        assert {"reg.S=1", "reg.S=0"} <= {o for j in sweep_values(name) for o in j}
 
 
 def test_experiment_metadata_is_read_from_the_configs_and_quick_files_override_it():
     full, quick = experiments(False), experiments(True)
-    assert list(full) == ["modadd", "parity", "wikitext2"]  # figure order
-    assert (full["wikitext2"].onset_metric, full["wikitext2"].onset_level) == ("val_loss", 4.0)
+    assert list(full) == ["modadd", *PARITY_SIZES, "wikitext2"]  # figure order, then sizes by value
+    wt = full["wikitext2"]
+    assert (wt.onset_metric, wt.onset_level, wt.baseline_factors, wt.onset_reach) == ("val_loss", None, (1.0, 1.05),
+                                                                                       "first")
     assert (quick["wikitext2"].onset_metric, quick["wikitext2"].onset_level) == ("val_loss", 4.3)
     assert quick["wikitext2"].text_subset == {"train_lines": 1000, "val_lines": 500}
-    assert full["wikitext2"].text_subset is None
+    assert wt.text_subset is not None and wt.sweep_dir == Path("runs/reproduce/wikitext2")
     assert quick["modadd"].sweep_dir == Path("runs/reproduce-quick/modadd")
-    for exp in (*full.values(), *quick.values()):
+    for exp in (full["modadd"], *quick.values()):
         assert (exp.baseline, exp.regulariser) == ("none", "stability")
         assert list(exp.groups) == [j[0].removeprefix("reg=") for j in sweep_values(exp.config)[::5]]
+    assert wt.arms_with_role("regulariser") == ["S1_rho25", "S1_rho75", "S1_rho90"]
+    assert wt.arms_with_role("control") == ["S0_rho25", "S0_rho75", "S0_rho90"]
+    for name in PARITY_SIZES:
+        assert list(full[name].groups) == ["none", "S1", "S0"] and "lag" in full[name].claims
     assert full["modadd"].paper_fewer_steps == 0.267 and "theory" in full["modadd"].claims
 
 
 @pytest.mark.parametrize("name", EXPERIMENT_CONFIGS)
 def test_experiment_configs_compose_and_validate(name, tmp_path):
+    """Every job of the experiment's sweeps composes, validates and lands in exactly one of its arms."""
     extra = []
     if name.startswith("wikitext2"):
         if not (WIKITEXT / "valid.txt").exists():
             pytest.skip("no offline WikiText-2 copy")
         extra = [f"task.data_dir={WIKITEXT}"]
+    exp = {e.config: e for e in (*experiments(False).values(), *experiments(True).values())}[name]
+    arms_of_jobs = []
     for job in sweep_values(name):
-        if job[1] != "seed=0":  # the seed changes nothing in the composition
+        if job[-1] != "seed=0":  # the seed changes nothing in the composition
             continue
         cfg = compose_cfg([f"+experiment={name}", *job, *extra])
         validate(cfg)
         assert cfg.reg.name == job[0].split("=")[1]
         assert cfg.logger.name == "none"
+        config = flatten(OmegaConf.to_container(cfg, resolve=True))
+        arms = [arm for arm in exp.groups if matches(config, exp.selector(arm))]
+        assert len(arms) == 1, (job, arms)
+        arms_of_jobs += arms
+    assert sorted(arms_of_jobs) == sorted(exp.groups)  # one sweep job per arm and seed
     paper = {"modadd": (0.75, 0.25), "parity": (0.05, 0.05)}
-    base = name.removesuffix("_quick")
+    base = name.removesuffix("_quick").partition("_n")[0]
     cfg = compose_cfg([f"+experiment={name}", "reg=stability", *extra])
     if base in paper:
         assert (cfg.reg.gamma, cfg.reg.rho) == paper[base]
@@ -94,6 +117,8 @@ def test_experiment_configs_compose_and_validate(name, tmp_path):
         assert wd.optim.weight_decay > cfg.optim.weight_decay and wd.reg.get("gamma", 0) == 0  # no stability term
     if base == "wikitext2":
         assert (cfg.model.n_layers, cfg.model.d_model, cfg.model.n_heads, cfg.task.vocab_size) == (4, 30, 6, 500)
+    if base == "parity" and not name.endswith("_quick"):
+        assert cfg.task.n_bits == int(name.removeprefix("parity_n")) and cfg.stop.name == "onset"
 
 
 def test_weight_decay_peer_is_plain_cross_entropy():

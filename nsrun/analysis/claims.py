@@ -45,19 +45,25 @@ def _last_values(runs, key: str) -> list[float]:
     return [curve(r.rows, key)[1][-1] for r in runs]
 
 
+def _last_and_fall(runs, key: str) -> tuple[list[float], list[float]]:
+    """Per run: the last value of ``key`` and its fall from its peak (peak - last)."""
+    return _last_values(runs, key), [max(curve(r.rows, key)[1]) - curve(r.rows, key)[1][-1] for r in runs]
+
+
 def onset_rows(er: ExperimentRuns) -> list[dict]:
     """Claim 1, one row per group: onsets, fewer steps and speedup vs the baseline, wall-clock, the paper's
-    number, and the verdict (for the regulariser's group)."""
+    number, and the verdict (for each regulariser arm), at the experiment's current target (``er.target``)."""
     exp, rows = er.exp, []
     base = er.group(exp.baseline)
     base_sps = median([seconds_per_step(r) for r in base.runs]) if base else math.nan
-    rule = exp.rule
+    rule = er.rule
+    regularisers = exp.arms_with_role("regulariser")
     for g in er.groups:
         s, name = g.stats, er.reg(g)
         vs, secs = s.get("vs_steps"), s.get("vs_seconds")
         final = _last_values(g.runs, rule.metric)
         row = {"experiment": exp.name, "figure": exp.figure, "group": er.label(g), "reg": name,
-               "onset": f"{rule.metric} {rule.comparison} {rule.level:g}",
+               "onset": er.target.describe() if er.target else f"{rule.metric} {rule.comparison} {rule.level:g}",
                "n_seeds": s["n"], "n_not_reached": s["n"] - s["n_reached"] - s["n_unknown"],
                "onset_median": s["steps"][0], "onset_ci_low": s["steps"][1], "onset_ci_high": s["steps"][2],
                "fewer_steps": vs["fewer"] if vs else math.nan,
@@ -73,7 +79,7 @@ def onset_rows(er: ExperimentRuns) -> list[dict]:
                "final_median": median(final), "final_min": min(final), "final_max": max(final),
                "paper": "", "verdict": "", "reason": "", "n_unknown": s["n_unknown"],
                **{f"compute_{k}": v for k, v in s["compute"].items()}}
-        if name == exp.regulariser and base is not None and vs:
+        if name in regularisers and base is not None and vs:
             row["paper"] = exp.paper
             row["verdict"], row["reason"] = speedup_verdict(
                 vs["fewer_ci"], s["steps"][0], base.stats["steps"][0], s["n"] - s["n_unknown"],
@@ -88,9 +94,10 @@ def lag_claim(er: ExperimentRuns) -> dict:
     """Claim 2: stability falls during training, and the fall precedes generalisation. First whether it falls
     at all (last minus first logged value per run; an interval above 0 means it rises: not reproduced), then
     the lag = steepest stability fall minus accuracy onset (interval below 0: reproduced). Baseline and
-    regularised runs together."""
+    regulariser arms' runs together (not the controls: penalising stability is not the training it describes)."""
     key = er.stab_key
-    runs = [r for g in er.groups if er.reg(g) in (er.exp.baseline, er.exp.regulariser) for r in g.runs]
+    arms = [er.exp.baseline, *er.exp.arms_with_role("regulariser")]
+    runs = [r for g in er.groups if er.reg(g) in arms for r in g.runs]
 
     def changes(k):
         return [curve(r.rows, k)[1][-1] - curve(r.rows, k)[1][0] for r in runs if k and curve(r.rows, k)[1]]
@@ -102,8 +109,8 @@ def lag_claim(er: ExperimentRuns) -> dict:
     c = median_ci(change, er.n_boot) if change else NAN3
     nc = median_ci(norm_change, er.n_boot) if norm_change else NAN3
     measured = (f"{key} last - first: {c[0]:+.3f} [{c[1]:+.3f}, {c[2]:+.3f}]; normalised {norm_key}: "
-                f"{nc[0]:+.3f} [{nc[1]:+.3f}, {nc[2]:+.3f}] (n = {len(change)} runs, {er.exp.baseline} and "
-                f"{er.exp.regulariser}); lag steepest fall - onset {fmt_ci((m, lo, hi))} steps (n = {len(lags)})")
+                f"{nc[0]:+.3f} [{nc[1]:+.3f}, {nc[2]:+.3f}] (n = {len(change)} runs, {' and '.join(arms)}); "
+                f"lag steepest fall - onset {fmt_ci((m, lo, hi))} steps (n = {len(lags)})")
     if len(change) >= MIN_SEEDS and c[1] > 0:
         verdict, reason = "not reproduced", f"{key} rises over training instead of falling"
     else:
@@ -114,20 +121,19 @@ def lag_claim(er: ExperimentRuns) -> dict:
             "measured": measured, "verdict": verdict, "reason": reason}
 
 
-def final_stability_claim(er: ExperimentRuns) -> dict:
-    """Claim 3: the regularised model's stability stays high while the baseline's falls (last eval values;
-    inconclusive when the baseline's does not fall 10 % below its peak within the run)."""
-    base, reg = er.group(er.exp.baseline), er.group(er.exp.regulariser)
+def final_stability_claim(er: ExperimentRuns, arm: str | None = None) -> dict:
+    """Claim 3: the regularised model's (``arm``, default the first regulariser arm) stability stays high while
+    the baseline's falls (last eval values; inconclusive when the baseline's does not fall 10 % below its
+    peak within the run)."""
+    arm = arm or er.exp.regulariser
+    base, reg = er.group(er.exp.baseline), er.group(arm)
     key = er.stab_key
     if base is None or reg is None or key is None:
         return {"claim": 3, "experiment": er.exp.name, "statement": "regularised stability stays high",
                 "measured": "missing groups or stability key", "verdict": "inconclusive", "reason": "no data"}
 
-    def last_and_fall(runs):
-        return _last_values(runs, key), [max(curve(r.rows, key)[1]) - curve(r.rows, key)[1][-1] for r in runs]
-
-    base_last, base_fall = last_and_fall(base.runs)
-    reg_last, reg_fall = last_and_fall(reg.runs)
+    base_last, base_fall = _last_and_fall(base.runs, key)
+    reg_last, reg_fall = _last_and_fall(reg.runs, key)
     diff = median(reg_last) - median(base_last)
     ci = bootstrap_ci([reg_last, base_last], lambda a, b: median_rows(a) - median_rows(b), er.n_boot)
     verdict, reason = interval_verdict(ci, min(len(reg_last), len(base_last)),
@@ -137,12 +143,19 @@ def final_stability_claim(er: ExperimentRuns) -> dict:
     if verdict == "reproduced" and median(base_fall) < 0.1 * base_peak:
         verdict, reason = "inconclusive", ("regularised stability ends higher, but the baseline's does not fall "
                                            "(less than 10 % below its peak) within the run")
+    measured = (f"last {key}: {er.label(reg)} {median(reg_last):.3f} vs baseline {median(base_last):.3f} "
+                f"(difference {diff:+.3f} [{ci[0]:+.3f}, {ci[1]:+.3f}]); fall from its peak: "
+                f"{er.label(reg)} {median(reg_fall):.3f}, baseline {median(base_fall):.3f}")
+    norm = f"n{key}"
+    if all(curve(r.rows, norm)[1] for r in (*base.runs, *reg.runs)):  # the normalised variant, for the record
+        (nb, nb_fall), (nr, nr_fall) = (_last_and_fall(runs, norm) for runs in (base.runs, reg.runs))
+        nci = bootstrap_ci([nr, nb], lambda a, b: median_rows(a) - median_rows(b), er.n_boot)
+        measured += (f"; normalised {norm}: {median(nr):.3f} vs {median(nb):.3f} (difference "
+                     f"{median(nr) - median(nb):+.3f} [{nci[0]:+.3f}, {nci[1]:+.3f}]), fall from its peak "
+                     f"{median(nr_fall):.3f} vs {median(nb_fall):.3f}")
     return {"claim": 3, "experiment": er.exp.name,
             "statement": "the regularised model's stability stays high while the baseline's falls",
-            "measured": f"last {key}: regularised {median(reg_last):.3f} vs baseline {median(base_last):.3f} "
-                        f"(difference {diff:+.3f} [{ci[0]:+.3f}, {ci[1]:+.3f}]); fall from its peak: regularised "
-                        f"{median(reg_fall):.3f}, baseline {median(base_fall):.3f}",
-            "verdict": verdict, "reason": reason}
+            "measured": measured, "verdict": verdict, "reason": reason}
 
 
 def run_correlations(groups, key: str | None) -> list[float]:
@@ -173,6 +186,18 @@ def correlation_claim(er: ExperimentRuns) -> dict:
 
 # claims an experiment names in its ``experiment.claims`` (conf/experiment/*.yaml)
 RUN_CLAIMS = {"lag": lag_claim, "final_stability": final_stability_claim, "correlation": correlation_claim}
+
+
+def run_claims(er: ExperimentRuns) -> list[dict]:
+    """The claims an experiment names (but theory), claim 3 once per regulariser arm with runs."""
+    out = []
+    for name in er.exp.claims:
+        if name == "final_stability":
+            arms = [arm for arm in er.exp.arms_with_role("regulariser") if er.group(arm)] or [None]
+            out += [final_stability_claim(er, arm) for arm in arms]
+        elif name != "theory":
+            out.append(RUN_CLAIMS[name](er))
+    return out
 
 
 def theory_claim(tables: dict[str, dict]) -> dict:

@@ -8,24 +8,40 @@ its full file's metadata and overrides what differs.
       figure: 1
       title: Modular addition
       onset: {metric: val_acc, level: 0.95}   # val_acc stays >= level; val_loss stays <= level
+      # or a level from the baseline's runs (nsrun/analysis/arms.py), e.g. for a baseline that overfits:
+      # onset: {metric: val_loss, level: {baseline_best: [1.0, 1.05]}, reach: first}
+      #   baseline_best: factors of the best value every baseline seed reaches (one onset target each);
+      #   reach: sustained (default: the first eval from which the metric stays past the level) | first (the
+      #   first eval at which it is past the level)
       stability_window: 3          # moving average (eval points) before the steepest stability fall
-      groups:                      # reg option -> role (baseline | regulariser | peer), label, colour
-        none: {role: baseline, label: baseline, colour: tab:blue}
+      groups:                      # arm -> role (baseline | regulariser | control | peer), label, colour and
+        none: {role: baseline, label: baseline, colour: tab:blue}   # optionally match: {key: value} (a run
+        reward: {role: regulariser, label: S 1, colour: tab:red,    # belongs to the first arm whose match its
+                 match: {reg.name: stability, reg.S: 1}}           # config has; default {reg.name: ARM})
+      sweeps: ["reg=none", "reg=stability reg.S=1,0"]   # optional: one nsrun -m per entry (x the sweeper's
+                                   # params), for arms that no single grid holds (reg=none has no reg.S)
       paper: {result: "...", fewer_steps: 0.267}  # the paper's claim 1 as text and as a fraction
       claims: [correlation]        # claims its runs test besides claim 1: lag (2), final_stability (3),
                                    # correlation (4), theory (5: on this experiment's model)
-      text_subset: {train_lines: 1000, val_lines: 500}   # optional: quick WikiText-2 files (see commands)
+      text_subset: {train_lines: 1000, val_lines: 500}   # optional: WikiText-2 subset files (see commands)
+
+Roles: the baseline arm is what every arm is compared with; claim 1's verdict is given for each regulariser
+arm (the paper's method: S 1), and intervals without a verdict for control arms (e.g. the opposite sign, S 0)
+and peers (other accelerators).
 """
 
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from nsrun.science.onsets import OnsetRule
 
-ROLES = ("baseline", "regulariser", "peer")
+ROLES = ("baseline", "regulariser", "control", "peer")
 CLAIMS = ("lag", "final_stability", "correlation", "theory")
+REACH = ("sustained", "first")
 
 
 @dataclass(frozen=True)
@@ -33,6 +49,7 @@ class GroupStyle:
     role: str
     label: str
     colour: str
+    match: tuple[tuple[str, object], ...] = ()  # (dotted config key, value) a run of this arm has; () = reg.name
 
 
 @dataclass(frozen=True)
@@ -45,22 +62,36 @@ class Experiment:
     figure: int
     title: str
     onset_metric: str
-    onset_level: float
+    onset_level: float | None  # None: levels from the baseline's runs (baseline_factors)
     stability_window: int
-    groups: dict[str, GroupStyle]  # reg option -> style, in the figure's order
+    groups: dict[str, GroupStyle]  # arm -> style, in the figure's order
     paper: str
     paper_fewer_steps: float | None
     claims: tuple[str, ...]
     sweep_dir: Path
     text_subset: dict | None = None
+    onset_reach: str = "sustained"  # sustained | first
+    baseline_factors: tuple[float, ...] = ()  # onset levels: these factors x the baseline's best value
+    sweeps: tuple[str, ...] = ()  # override sets, one nsrun -m each; () = one sweep of the sweeper's params
 
     @property
     def rule(self) -> OnsetRule:
-        return OnsetRule(self.onset_metric, self.onset_level, window=self.stability_window)
+        """The onset rule at the experiment's fixed level (a baseline-derived level: :func:`rule_at`)."""
+        return self.rule_at(math.nan if self.onset_level is None else self.onset_level)
+
+    def rule_at(self, level: float) -> OnsetRule:
+        return OnsetRule(self.onset_metric, level, window=self.stability_window)
+
+    def selector(self, arm: str) -> dict:
+        """The config values that put a run in ``arm``: its ``match``, else ``{"reg.name": arm}``."""
+        return dict(self.groups[arm].match) or {"reg.name": arm}
+
+    def arms_with_role(self, role: str) -> list[str]:
+        return [arm for arm, style in self.groups.items() if style.role == role]
 
     def with_role(self, role: str) -> str | None:
-        """The first reg option with ``role`` (baseline, regulariser)."""
-        return next((reg for reg, style in self.groups.items() if style.role == role), None)
+        """The first arm with ``role`` (baseline, regulariser)."""
+        return next(iter(self.arms_with_role(role)), None)
 
     @property
     def baseline(self) -> str | None:
@@ -93,23 +124,28 @@ def from_config(stem: str, cfg) -> Experiment:
     from omegaconf import OmegaConf
 
     meta = OmegaConf.to_container(cfg.experiment, resolve=True)
+    where = f"conf/experiment/{stem}.yaml: experiment"
     try:
-        groups = {reg: GroupStyle(g["role"], g["label"], g["colour"]) for reg, g in meta["groups"].items()}
-        bad = [reg for reg, g in groups.items() if g.role not in ROLES]
+        groups = {arm: GroupStyle(g["role"], g["label"], g["colour"], tuple((g.get("match") or {}).items()))
+                  for arm, g in meta["groups"].items()}
+        bad = [arm for arm, g in groups.items() if g.role not in ROLES]
         if bad:
-            raise ValueError(f"conf/experiment/{stem}.yaml: experiment.groups.{bad[0]}.role must be one of "
-                             f"{', '.join(ROLES)}")
+            raise ValueError(f"{where}.groups.{bad[0]}.role must be one of {', '.join(ROLES)}")
         unknown = [c for c in meta.get("claims", ()) if c not in CLAIMS]
         if unknown:
-            raise ValueError(f"conf/experiment/{stem}.yaml: experiment.claims: unknown claim {unknown[0]!r}; "
-                             f"allowed: {', '.join(CLAIMS)}")
+            raise ValueError(f"{where}.claims: unknown claim {unknown[0]!r}; allowed: {', '.join(CLAIMS)}")
+        level, factors = onset_level(meta["onset"]["level"], where)
+        reach = meta["onset"].get("reach", "sustained")
+        if reach not in REACH:
+            raise ValueError(f"{where}.onset.reach must be one of {', '.join(REACH)}, got {reach!r}")
         exp = Experiment(
             name=meta["name"], config=stem, quick=bool(meta.get("quick", False)), figure=int(meta["figure"]),
-            title=meta["title"], onset_metric=meta["onset"]["metric"], onset_level=float(meta["onset"]["level"]),
+            title=meta["title"], onset_metric=meta["onset"]["metric"], onset_level=level,
             stability_window=int(meta.get("stability_window", 1)), groups=groups,
             paper=meta["paper"]["result"], paper_fewer_steps=meta["paper"].get("fewer_steps"),
             claims=tuple(meta.get("claims", ())), sweep_dir=Path(cfg.hydra.sweep.dir),
-            text_subset=meta.get("text_subset"))
+            text_subset=meta.get("text_subset"), onset_reach=reach, baseline_factors=factors,
+            sweeps=tuple(meta.get("sweeps") or ()))
     except (KeyError, TypeError) as e:
         raise ValueError(f"conf/experiment/{stem}.yaml: experiment metadata incomplete ({e!r} missing)") from None
     try:
@@ -119,10 +155,22 @@ def from_config(stem: str, cfg) -> Experiment:
     return exp
 
 
+def onset_level(level, where: str) -> tuple[float | None, tuple[float, ...]]:
+    """``(fixed level, ())`` for a number, ``(None, factors)`` for ``{baseline_best: [factors]}``."""
+    if isinstance(level, dict):
+        factors = level.get("baseline_best")
+        if set(level) != {"baseline_best"} or not factors or not all(isinstance(f, (int, float)) and f > 0
+                                                                      for f in factors):
+            raise ValueError(f"{where}.onset.level must be a number or {{baseline_best: [positive factors]}}, "
+                             f"got {level!r}")
+        return None, tuple(float(f) for f in factors)
+    return float(level), ()
+
+
 def load_experiments(conf_dir: Path | None, quick: bool) -> dict[str, Experiment]:
     """Every experiment of ``conf_dir/experiment/*.yaml`` (None: nsrun's conf/) at the full or quick setting, by
-    name, in figure order. Files without an ``experiment:`` key, or with an ``experiment.map`` (the map of issue 15:
-    :mod:`nsrun.analysis.maps`), are not experiments of the paper: skipped."""
+    name, in figure order (then by name, numbers by value). Files without an ``experiment:`` key, or with an
+    ``experiment.map`` (the map of issue 15: :mod:`nsrun.analysis.maps`), are not experiments of the paper: skipped."""
     from nsrun.runner.config import CONF_DIR
 
     found = {}
@@ -136,4 +184,9 @@ def load_experiments(conf_dir: Path | None, quick: bool) -> dict[str, Experiment
                 raise ValueError(f"conf/experiment: {found[exp.name].config}.yaml and {path.stem}.yaml are both "
                                  f"the {'quick' if quick else 'full'} setting of {exp.name}")
             found[exp.name] = exp
-    return dict(sorted(found.items(), key=lambda item: item[1].figure))
+    return dict(sorted(found.items(), key=lambda item: (item[1].figure, natural_key(item[0]))))
+
+
+def natural_key(name: str) -> list:
+    """``parity_n20`` before ``parity_n100``: the runs of digits compared as numbers."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]

@@ -42,10 +42,11 @@ def cycle_colours(groups) -> dict[str, str]:
 
 
 def plot_onset_curves(groups, rule: OnsetRule, stab_key: str | None, title: str,
-                      colour: Callable | None = None, label: Callable | None = None):
+                      colour: Callable | None = None, label: Callable | None = None, onset_text: str | None = None):
     """The onset metric, validation loss (when the onset is read from accuracy) and stability vs step: one
     colour per group (``colour(group)``, default matplotlib's cycle), seeds as thin lines, each seed's onset
-    marked (o), its stability onset (v), the group's median onset dashed, the onset level dotted."""
+    marked (o), its stability onset (v), the group's median onset dashed, the onset level dotted.
+    ``onset_text``: what the onset is, for the title (default: the rule's level, held for good)."""
     plt = pyplot()
     cycle = cycle_colours(groups)
     colour = colour or (lambda g: cycle[g.key])
@@ -74,7 +75,8 @@ def plot_onset_curves(groups, rule: OnsetRule, stab_key: str | None, title: str,
             ax.set_yscale("log")
     axes[-1].set_xlabel("step")
     axes[0].legend(fontsize=7, loc="best")
-    fig.suptitle(f"{title}; o onset ({rule.metric} {rule.comparison} {rule.level:g} for good), "
+    onset_text = onset_text or f"{rule.metric} {rule.comparison} {rule.level:g} for good"
+    fig.suptitle(f"{title}; o onset ({onset_text}), "
                  "v stability onset, dashed: median onset", fontsize=8)
     fig.tight_layout()
     return fig

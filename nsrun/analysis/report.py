@@ -313,8 +313,9 @@ def write_summary(out: Path, rows: list[dict], claims: list[dict], figures: list
     for r in rows:
         if r["verdict"]:
             fewer = fmt_interval(r["fewer_steps"], r["fewer_ci_low"], r["fewer_ci_high"], 1, pct=True)
-            lines.append(f"| 1 | {r['experiment']} | the regulariser reaches the onset in fewer steps (paper: "
-                         f"{r['paper']}) | {fewer} fewer steps | **{r['verdict']}** ({r['reason']}) |")
+            lines.append(f"| 1 | {r['experiment']} | the regulariser ({r['group']}) reaches the onset ({r['onset']}) "
+                         f"in fewer steps (paper: {r['paper']}) | {fewer} fewer steps | **{r['verdict']}** "
+                         f"({r['reason']}) |")
     for c in claims:
         lines.append(f"| {c['claim']} | {c['experiment']} | {c['statement']} | {c['measured']} | "
                      f"**{c['verdict']}** ({c['reason']}) |")

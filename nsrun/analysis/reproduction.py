@@ -13,16 +13,9 @@ from pathlib import Path
 
 from nsrun.analysis import claims as claim_rules
 from nsrun.analysis import figures, report, theory
+from nsrun.analysis.arms import Target, assign_arms, first_reach, targets
 from nsrun.analysis.experiments import Experiment, compose
-from nsrun.analysis.runs import (
-    Group,
-    choose_baselines,
-    group_runs,
-    load_runs,
-    merge_groups_by,
-    run_onsets,
-    unknown_onset_notes,
-)
+from nsrun.analysis.runs import Group, group_runs, load_runs, run_onsets, unknown_onset_notes
 from nsrun.analysis.stats import group_statistics
 from nsrun.science.onsets import stability_key
 
@@ -31,18 +24,22 @@ N_BOOT = 10_000
 
 @dataclass
 class ExperimentRuns:
-    """One experiment's finished runs, one group per reg option, with onsets and statistics filled in."""
+    """One experiment's finished runs, one group per arm (:mod:`nsrun.analysis.arms`), with onsets and
+    statistics filled in at the current target (:meth:`use`; baseline-derived levels give several)."""
 
     exp: Experiment
     groups: list[Group]
     stab_key: str | None
     notes: list[str] = field(default_factory=list)  # runs left out, ties between baselines
-    config_notes: list[str] = field(default_factory=list)  # groups of one reg option merged despite a key
+    config_notes: list[str] = field(default_factory=list)  # groups of one arm merged despite a key
     n_boot: int = N_BOOT
+    arms: dict[str, str] = field(default_factory=dict)  # group key -> arm
+    targets: list[Target] = field(default_factory=list)
+    target: Target | None = None
 
-    @staticmethod
-    def reg(group: Group) -> str:
-        return str(group.config.get("reg.name", group.label))
+    def reg(self, group: Group) -> str:
+        """The arm of ``group`` (the reg option for arms without a ``match``)."""
+        return self.arms.get(group.key) or str(group.config.get("reg.name", group.label))
 
     def group(self, reg: str | None) -> Group | None:
         return next((g for g in self.groups if self.reg(g) == reg), None)
@@ -55,35 +52,46 @@ class ExperimentRuns:
         style = self.exp.groups.get(self.reg(group))
         return style.colour if style else "grey"
 
+    @property
+    def rule(self):
+        return self.target.rule if self.target else self.exp.rule
+
+    def use(self, target: Target) -> None:
+        """Every run's onsets at ``target``, and each group's statistics against the baseline arm's."""
+        self.target = target
+        runs = [r for g in self.groups for r in g.runs]
+        for r in runs:
+            r.onsets = run_onsets(r, target.rule, self.stab_key)
+            if target.reach == "first":
+                r.onsets = first_reach(r.onsets, r, target.rule)
+        base = self.group(self.exp.baseline)
+        group_statistics(self.groups, {g.key: base for g in self.groups} if base else {}, self.n_boot, 0)
+
 
 def load_experiment(exp: Experiment, sweep_dir: Path, n_boot: int = N_BOOT) -> ExperimentRuns | None:
-    """The finished runs under ``sweep_dir`` with their onsets (the experiment's rule) and the statistics of
-    each reg option's group against the baseline's; None when there is none."""
+    """The finished runs under ``sweep_dir`` grouped by arm, with their onsets at the experiment's first
+    target and the statistics of each arm against the baseline arm; None when there is none."""
     if not sweep_dir.is_dir():
         return None
     runs, notes = load_runs([sweep_dir])
     if not runs:
         return None
     stab = stability_key(set().union(*(r.rows[-1].keys() for r in runs)))
-    for r in runs:
-        r.onsets = run_onsets(r, exp.rule, stab)
-    groups, merged = merge_groups_by(group_runs(runs), "reg.name")
-    order = list(exp.groups)
-    groups.sort(key=lambda g: (order.index(ExperimentRuns.reg(g)) if ExperimentRuns.reg(g) in order else len(order),
-                               g.label))
-    try:
-        baselines, tie_notes = choose_baselines(groups, {"reg.name": exp.baseline})
-    except LookupError:
-        baselines, tie_notes = {}, []
-    group_statistics(groups, baselines, n_boot, 0)
-    notes += unknown_onset_notes(runs, exp.rule)
-    return ExperimentRuns(exp, groups, stab, [*notes, *tie_notes], merged, n_boot)
+    groups, arms, merged = assign_arms(group_runs(runs), exp)
+    er = ExperimentRuns(exp, groups, stab, notes, merged, n_boot, arms)
+    er.targets, target_notes = targets(exp, er.group(exp.baseline))
+    er.notes += target_notes
+    er.use(er.targets[0] if er.targets else Target(exp.rule, exp.onset_reach))
+    er.notes += unknown_onset_notes(runs, er.rule)
+    return er
 
 
 def experiment_figure(er: ExperimentRuns):
     """Figures 1-3: one experiment's onset curves, coloured and labelled by regulariser."""
     title = f"Figure {er.exp.figure}: {er.exp.title}{' (quick settings)' if er.exp.quick else ''}"
-    return figures.plot_onset_curves(er.groups, er.exp.rule, er.stab_key, title, er.colour, er.label)
+    target = er.target
+    text = f"{target.describe()}{'' if target.reach == 'first' else ' for good'}" if target else None
+    return figures.plot_onset_curves(er.groups, er.rule, er.stab_key, title, er.colour, er.label, text)
 
 
 def correlation_figure(loaded: list[ExperimentRuns]):
@@ -156,9 +164,13 @@ def reproduce_figures(experiments: dict[str, Experiment], out: Path, conf_dir: P
             continue
         notes += [f"{name}: {note}" for note in [*er.notes, *er.config_notes]]
         loaded.append(er)
+        for target in er.targets:  # claim 1 at each onset target (a baseline-derived level may give several)
+            er.use(target)
+            rows += claim_rules.onset_rows(er)
+        if er.targets:
+            er.use(er.targets[0])
         made += figures.save(experiment_figure(er), out, f"fig{exp.figure}_{exp.name}")
-        rows += claim_rules.onset_rows(er)
-        claims += [claim_rules.RUN_CLAIMS[c](er) for c in exp.claims if c != "theory"]
+        claims += claim_rules.run_claims(er)
     if loaded:
         made += figures.save(correlation_figure(loaded), out, "fig4_correlation")
     theory_exp = next((e for e in experiments.values() if "theory" in e.claims), None)
@@ -184,6 +196,8 @@ def reproduce_figures(experiments: dict[str, Experiment], out: Path, conf_dir: P
     settings = {"settings": "quick (reduced; see conf/experiment/*_quick.yaml)" if quick else "full",
                 "run dirs": str(root or common), "onset": "first eval step from which the metric stays past the level"}
     for er in loaded:
+        if er.exp.onset_level is None or er.exp.onset_reach != "sustained":
+            settings[f"onset ({er.exp.name})"] = "; ".join(t.describe() for t in er.targets) or "no target"
         for note in er.config_notes:
             settings[f"config note ({er.exp.name})"] = note
     from nsrun.analysis.influence_report import PAPER_BOUNDS

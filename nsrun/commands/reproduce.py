@@ -4,7 +4,8 @@
     python -m nsrun.commands.reproduce run --launcher submitit_slurm  # the full sweeps on SLURM, then figures
     python -m nsrun.commands.reproduce figures --quick --out DIR  # figures + summary from run dirs, no training
 
-Each experiment is one Hydra sweep with a fixed sweep directory (its config's ``hydra.sweep.dir``, e.g.
+Each experiment is one Hydra sweep (one per entry of its ``experiment.sweeps``, for arms that no single grid
+holds) with a fixed sweep directory (its config's ``hydra.sweep.dir``, e.g.
 ``runs/reproduce-quick/modadd/reg=...,seed=...``), so rerunning the same command skips the runs that finished
 (``DONE``) and resumes the unfinished ones. What each experiment is and how it is read (onset metric and
 level, groups, the paper's numbers) is its config's ``experiment:`` key; the figures, claims and summary
@@ -41,9 +42,10 @@ def prepare_text_subset(dst: Path, train_lines: int, val_lines: int, src: Path |
     return dst
 
 
-def sweep_command(exp: Experiment, launcher: str | None, extra: list[str], root: Path | None,
-                  text_lines: tuple[int, int] | None) -> list[str]:
-    """``nsrun -m +experiment=CONFIG ...`` for one experiment (its text subset written first, if it has one)."""
+def sweep_commands(exp: Experiment, launcher: str | None, extra: list[str], root: Path | None,
+                   text_lines: tuple[int, int] | None) -> list[list[str]]:
+    """``nsrun -m +experiment=CONFIG ...`` for one experiment, one per entry of its ``sweeps`` (one without);
+    its text subset is written first, if it has one."""
     nsrun = shutil.which("nsrun")
     cmd = [nsrun] if nsrun else [sys.executable, "-c", "from nsrun.commands.nsrun import main; main()"]
     cmd += ["-m", f"+experiment={exp.config}"]
@@ -55,22 +57,22 @@ def sweep_command(exp: Experiment, launcher: str | None, extra: list[str], root:
         lines = text_lines or (exp.text_subset["train_lines"], exp.text_subset["val_lines"])
         data = prepare_text_subset((root or exp.sweep_dir.parent) / "data" / "wikitext-2", *lines)
         cmd.append(f"task.data_dir={data}")
-    return cmd + list(extra)
+    return [cmd + sweep.split() + list(extra) for sweep in exp.sweeps or ("",)]
 
 
 def run_sweeps(experiments: dict[str, Experiment], launcher: str | None, extra: list[str], root: Path | None = None,
                text_lines: tuple[int, int] | None = None) -> int:
-    """Run each experiment's sweep (finished runs are skipped, others resume); with ``root`` the sweeps go to
-    ``root/NAME`` instead of the configs' own sweep dirs; ``text_lines``: lines of the quick WikiText-2
-    training and evaluation files instead of the experiment's. Returns the number of failed sweeps."""
+    """Run each experiment's sweeps (finished runs are skipped, others resume); with ``root`` the sweeps go to
+    ``root/NAME`` instead of the configs' own sweep dirs; ``text_lines``: lines of the WikiText-2 training
+    and evaluation files instead of the experiment's. Returns the number of failed sweeps."""
     failed = 0
     for name, exp in experiments.items():
-        cmd = sweep_command(exp, launcher, extra, root, text_lines)
-        print(f"{PROG}: {' '.join(cmd)}", flush=True)
-        start = time.time()
-        code = subprocess.call(cmd)
-        print(f"{PROG}: {name} exit {code} after {time.time() - start:.0f} s", flush=True)
-        failed += code != 0
+        for cmd in sweep_commands(exp, launcher, extra, root, text_lines):
+            print(f"{PROG}: {' '.join(cmd)}", flush=True)
+            start = time.time()
+            code = subprocess.call(cmd)
+            print(f"{PROG}: {name} exit {code} after {time.time() - start:.0f} s", flush=True)
+            failed += code != 0
     return failed
 
 

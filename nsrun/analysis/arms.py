@@ -1,0 +1,102 @@
+"""An experiment's arms and onset targets, from its ``experiment:`` metadata (:mod:`nsrun.analysis.experiments`).
+
+* Arms: the groups the experiment names (``experiment.groups``), each selected by config values (its
+  ``match``, default ``{reg.name: ARM}``): the baseline, the regulariser at each (S, rho), controls, peers.
+  :func:`assign_arms` puts each group of runs (:func:`nsrun.analysis.runs.group_runs`) in the first arm that
+  selects it.
+* Targets: the onset level is fixed (``onset.level: 4.0``) or derived from the baseline arm's runs
+  (``onset.level: {baseline_best: [1.0, 1.05]}``): the best value that every baseline seed reaches (the
+  worst seed's best: for val_loss the largest of the seeds' minima), times each factor. Every arm is then
+  read at the same levels. With ``reach: first`` a run's onset is the first eval at or past the level (a run
+  that overfits after its best never *stays* there), else the first eval from which it stays past it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from nsrun.analysis.runs import Group, matches, merge_groups_by
+from nsrun.science.onsets import OnsetRule, curve, value_at
+
+ARM_KEY = "arm"  # the key under which a group's arm is set in its config while arms are merged
+
+
+@dataclass(frozen=True)
+class Target:
+    """An onset level to read every arm at: ``rule``, how it is reached (sustained | first) and ``note``,
+    where the level comes from (empty for a fixed level)."""
+
+    rule: OnsetRule
+    reach: str = "sustained"
+    note: str = ""
+
+    def describe(self) -> str:
+        r = self.rule
+        text = f"{'first ' if self.reach == 'first' else ''}{r.metric} {r.comparison} {r.level:.4g}"
+        return f"{text} ({self.note})" if self.note else text
+
+
+def assign_arms(groups: list[Group], exp) -> tuple[list[Group], dict[str, str], list[str]]:
+    """``(groups, arm of each group key, notes)``: one group per arm of ``exp`` that has runs, in the
+    experiment's order, then groups that no arm selects, one per ``reg.name`` (as arms of that name). Groups
+    of one arm that another key keeps apart are merged, with a note naming the key."""
+    for g in groups:
+        arm = next((a for a in exp.groups if matches(g.config, exp.selector(a))), None)
+        g.config[ARM_KEY] = arm if arm is not None else str(g.config.get("reg.name", g.label))
+    merged, notes = merge_groups_by(groups, ARM_KEY)
+    arms = {g.key: g.config.pop(ARM_KEY) for g in merged}
+    for g in groups:
+        g.config.pop(ARM_KEY, None)
+    order = list(exp.groups)
+    merged.sort(key=lambda g: (order.index(arms[g.key]) if arms[g.key] in order else len(order), g.label))
+    return merged, arms, notes
+
+
+def best_value(run, metric: str) -> float:
+    """The best logged value of ``metric`` in a run (the lowest loss, the highest accuracy); NaN if none."""
+    values = [v for v in curve(run.rows, metric)[1] if math.isfinite(v)]
+    if not values:
+        return math.nan
+    return min(values) if metric == "val_loss" else max(values)
+
+
+def baseline_best(runs, metric: str) -> float:
+    """The best value that every baseline run reaches: the worst of the runs' best values (for val_loss the
+    largest of their minima); NaN without runs."""
+    best = [b for b in (best_value(r, metric) for r in runs) if math.isfinite(b)]
+    if not best:
+        return math.nan
+    return max(best) if metric == "val_loss" else min(best)
+
+
+def targets(exp, baseline: Group | None) -> tuple[list[Target], list[str]]:
+    """The onset targets of ``exp``: its fixed level, or each factor times :func:`baseline_best` of the
+    ``baseline`` group's runs; and a note when a baseline-derived target has no baseline runs to come from."""
+    if exp.onset_level is not None:
+        return [Target(exp.rule, exp.onset_reach)], []
+    best = baseline_best(baseline.runs, exp.onset_metric) if baseline is not None else math.nan
+    if not math.isfinite(best):
+        return [], [f"no baseline ({exp.baseline}) run with {exp.onset_metric}: no target, claim 1 left out"]
+    out = []
+    for factor in exp.baseline_factors:
+        what = "the baseline's best" if factor == 1 else f"{factor:g}x the baseline's best"
+        out.append(Target(exp.rule_at(factor * best), exp.onset_reach,
+                          f"{what}, {best:.4g}: the best {exp.onset_metric} every baseline seed reaches"))
+    return out, []
+
+
+def first_reach(onsets: dict, run, rule: OnsetRule) -> dict:
+    """``onsets`` with the onset at the first eval at or past the rule's level (``reach: first``). A run its
+    stop rule ended (``run.outcome``) that never got there has an unknown onset (it might have later)."""
+    steps, values = curve(run.rows, rule.metric)
+    above = rule.comparison == ">="
+    step = next((s for s, v in zip(steps, values, strict=True) if (v >= rule.level if above else v <= rule.level)),
+                None)
+    seconds = value_at([t["step"] for t in run.timing], [t.get("train_seconds") for t in run.timing], step)
+    stab = onsets.get("stab_onset_step")
+    out = dict(onsets, onset_step=step, onset_seconds=seconds, onset_status="reached" if step is not None else
+               "not reached", lag_steps=stab - step if stab is not None and step is not None else None)
+    if step is None and getattr(run, "outcome", None) is not None:
+        out.update(onset_seconds=math.nan, onset_status="unknown")
+    return out
