@@ -148,6 +148,36 @@ def test_foreign_checkpoint_is_refused_in_one_line(tmp_path):
     assert "this would run code" not in res.stdout
 
 
+class Runs:  # a plain pickle (protocol 4, not torch's zip format) whose loading would run code
+    def __reduce__(self):
+        return (os.system, ("echo this would run code",))
+
+
+@pytest.mark.parametrize("damage", ["torn", "foreign"])
+def test_a_refused_extension_changes_no_file_hydra_record_and_lock_included(tmp_path, damage):
+    """Extending a run (train.steps 20 -> 30) whose checkpoints do not load, or are not nsrun's, is refused in one
+    line before Hydra's record, the lock's holder or any other file changes."""
+    run = tmp_path / "run"
+    assert run_cli([*QUICK, f"hydra.run.dir={run}"], cwd=tmp_path).returncode == 0
+    if damage == "torn":
+        for name in ("last.pt", "previous.pt"):
+            path = run / "checkpoints" / name
+            path.write_bytes(path.read_bytes()[:1000])
+    else:
+        (run / "checkpoints" / "last.pt").write_bytes(pickle.dumps(Runs(), protocol=4))
+    before = {p.relative_to(run): p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()}
+    res = run_cli([*QUICK, "train.steps=30", f"hydra.run.dir={run}"], cwd=tmp_path)
+    lines = [ln for ln in (res.stdout + res.stderr).splitlines() if ln.strip()]
+    assert res.returncode == 2 and len(lines) == 1, res.stdout + res.stderr
+    if damage == "torn":
+        assert lines[0].startswith(f"nsrun: error: checkpoint {run}/checkpoints/last.pt is truncated or corrupt")
+        assert "and no earlier checkpoint loads; delete" in lines[0] and "miniz" not in lines[0]
+    else:
+        assert lines[0] == (f"nsrun: error: not an nsrun checkpoint: refused to load {run}/checkpoints/last.pt (it "
+                            "needs code to unpickle, which nsrun never runs)")
+    assert {p.relative_to(run): p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()} == before
+
+
 def test_torn_metrics_row_at_the_checkpoint_step_is_restored(tmp_path):
     run = tmp_path / "run"
     assert run_cli([*QUICK, f"hydra.run.dir={run}"], cwd=tmp_path).returncode == 0

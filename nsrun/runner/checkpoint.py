@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import pickle
 import random
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -88,7 +89,9 @@ def save_checkpoint(path: Path, payload: dict) -> None:
 def load(path: Path, map_location="cpu") -> dict:
     """Load a checkpoint with ``weights_only=True``; raise CheckpointError with a one-line reason otherwise."""
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # torch's advice on pickle protocols: the one line below says it all
+            warnings.simplefilter("ignore", UserWarning)
+            ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
         if "Weights only load failed" in str(e):
             raise CheckpointError(f"not an nsrun checkpoint: refused to load {path} (it needs code to unpickle, "
@@ -107,5 +110,6 @@ def load_checkpoint(path: Path, map_location="cpu") -> dict:
 
 
 def _first_line(e: BaseException) -> str:
+    """The first sentence of an error (torch's zip-reader errors go on about miniz internals)."""
     text = str(e).strip().splitlines()
-    return text[0] if text else type(e).__name__
+    return text[0].split(". ")[0].rstrip(".") if text else type(e).__name__

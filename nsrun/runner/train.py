@@ -67,10 +67,11 @@ def train(cfg: DictConfig, run_dir, on_start=None) -> dict:
     if K == 1:
         with root.lock(lock_wait_s()):
             root.check_config(cfg)
+            ckpt = root.load_checkpoint()  # a checkpoint that does not load is refused before anything changes
             root.claim()
             if on_start is not None:
                 on_start(root)
-            return _train_locked([cfg], [root])[0]
+            return _train_locked([cfg], [root], [ckpt])[0]
     seeds = list(range(cfg.seed, cfg.seed + K))
     cfgs, dirs = [seed_config(cfg, s) for s in seeds], [root.seed_dir(s) for s in seeds]
     backend = parallel_backend(cfg)
@@ -79,6 +80,7 @@ def train(cfg: DictConfig, run_dir, on_start=None) -> dict:
             held.enter_context(d.lock(lock_wait_s()))
         for d, c in zip(dirs, cfgs, strict=True):
             d.check_config(c)
+        ckpts = [d.load_checkpoint() for d in dirs]  # refused before anything changes
         for d in (root, *dirs):
             d.claim()
         if on_start is not None:
@@ -86,8 +88,8 @@ def train(cfg: DictConfig, run_dir, on_start=None) -> dict:
         log.info("training seeds %d..%d in %s (backend %s)", seeds[0], seeds[-1], root.path, backend)
         rows = {}
         if backend == "loop":
-            for c, d in zip(cfgs, dirs, strict=True):
-                rows[int(c.seed)] = _train_locked([c], [d])[0]
+            for c, d, ckpt in zip(cfgs, dirs, ckpts, strict=True):
+                rows[int(c.seed)] = _train_locked([c], [d], [ckpt])[0]
         else:
             todo = [(c, d) for c, d in zip(cfgs, dirs, strict=True) if not _stopped(d)]
             for c, d in zip(cfgs, dirs, strict=True):
@@ -110,13 +112,14 @@ def _finished(d: RunDir, ckpt: dict | None, steps: int) -> bool:
     return ckpt is not None and d.done_info() is not None and (ckpt["step"] >= steps or _stopped(d))
 
 
-def _train_locked(cfgs: list[DictConfig], dirs: list[RunDir]) -> list[dict]:
-    """Train replicas ``cfgs`` (one config, or K seeds of one config) into ``dirs``, whose locks are held."""
+def _train_locked(cfgs: list[DictConfig], dirs: list[RunDir], ckpts: list | None = None) -> list[dict]:
+    """Train replicas ``cfgs`` (one config, or K seeds of one config) into ``dirs``, whose locks are held, from
+    their checkpoints ``ckpts`` (None: loaded here)."""
     from nsrun.runner.replicas import build_replicas, resolve_device
     from nsrun.runner.threads import apply_thread_policy, deterministic_mode
 
     cfg = cfgs[0]
-    ckpts = [d.load_checkpoint() for d in dirs]
+    ckpts = ckpts if ckpts is not None else [d.load_checkpoint() for d in dirs]
     if all(_finished(d, c, cfg.train.steps) for d, c in zip(dirs, ckpts, strict=True)):
         for d, c in zip(dirs, ckpts, strict=True):
             reason = d.done_info()["reason"]
