@@ -65,7 +65,7 @@ def test_the_quick_map_is_the_issue_s_grid_on_the_quick_regime():
     quick = compose_cfg(["+experiment=modadd_quick"])
     for section in ("task", "model", "optim"):
         assert spec.regime[section] == OmegaConf.to_container(quick[section], resolve=True)
-    assert spec.regime["train"]["steps"] == 8000 and spec.regime["stop"]["patience"] == 1000
+    assert spec.regime["train"]["steps"] == 12000 and spec.regime["stop"]["patience"] == 3000
     assert [a.values for a in spec.grid.axes] == [(1, 0), (0.05, 0.25, 0.75, 2.0), (0.1, 0.25, 0.5, 0.9)]
     assert spec.paper_cell == {"reg.gamma": 0.75, "reg.rho": 0.25} and spec.also_levels == (0.99,)
     seeds = {a.name: a.overrides.get("seed") for a in spec.arms}
