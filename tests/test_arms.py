@@ -93,8 +93,8 @@ def test_wikitext2_target_comes_from_the_baseline_and_is_read_at_the_first_eval_
     assert best["S1_rho25"]["verdict"] == "reproduced" and best["S1_rho25"]["fewer_ci_low"] > 0
     assert best["S0_rho25"]["verdict"] == "" and best["S0_rho25"]["n_not_reached"] == 5  # a control: no verdict
     assert loose["none"]["onset_median"] < best["none"]["onset_median"]  # 1.05x the best comes earlier
-    assert "baseline's best" in best["S1_rho25"]["onset"] and "first val_loss <= 4.28" in best["S1_rho25"]["onset"]
-    assert "1.05x the baseline's best" in loose["S1_rho25"]["onset"]
+    assert best["S1_rho25"]["onset"] == "first val_loss <= 4.28 (baseline best)"
+    assert loose["S1_rho25"]["onset"] == "first val_loss <= 4.494 (1.05x baseline best)"
 
 
 def test_claim_3_is_read_for_each_regulariser_arm_against_the_baseline(lm_runs):

@@ -20,6 +20,9 @@ from nsrun.analysis.runs import Group, matches, merge_groups_by
 from nsrun.science.onsets import OnsetRule, curve, value_at
 
 ARM_KEY = "arm"  # the key under which a group's arm is set in its config while arms are merged
+BASELINE_BEST = "baseline best"
+BASELINE_BEST_MEANS = ("baseline best: the best value every baseline seed reaches (for val_loss the largest of "
+                       "their minima)")
 
 
 @dataclass(frozen=True)
@@ -78,12 +81,8 @@ def targets(exp, baseline: Group | None) -> tuple[list[Target], list[str]]:
     best = baseline_best(baseline.runs, exp.onset_metric) if baseline is not None else math.nan
     if not math.isfinite(best):
         return [], [f"no baseline ({exp.baseline}) run with {exp.onset_metric}: no target, claim 1 left out"]
-    out = []
-    for factor in exp.baseline_factors:
-        what = "the baseline's best" if factor == 1 else f"{factor:g}x the baseline's best"
-        out.append(Target(exp.rule_at(factor * best), exp.onset_reach,
-                          f"{what}, {best:.4g}: the best {exp.onset_metric} every baseline seed reaches"))
-    return out, []
+    return [Target(exp.rule_at(factor * best), exp.onset_reach, BASELINE_BEST if factor == 1 else
+                   f"{factor:g}x {BASELINE_BEST}") for factor in exp.baseline_factors], []
 
 
 def first_reach(onsets: dict, run, rule: OnsetRule) -> dict:

@@ -263,7 +263,11 @@ def markdown_compute_table(rows: list[dict]) -> list[str]:
     """Early stopping's account per experiment and group (the ``compute_*`` keys of the onset rows)."""
     out = ["| experiment | group | runs stopped (onset rule) | gave up | steps trained | steps spared "
            "(% of configured) | train seconds | seconds spared (est.) |", "|---|---|---|---|---|---|---|---|"]
+    shown = set()
     for r in rows:
+        if (r["experiment"], r["group"]) in shown:  # the same runs read at another onset target
+            continue
+        shown.add((r["experiment"], r["group"]))
         frac = r["compute_spared_frac"]
         out.append(f"| {r['experiment']} | {r['group']} | {r['compute_stopped']} of {r['n_seeds']} | "
                    f"{r['compute_gave_up']} | {r['compute_steps_trained']} | {r['compute_steps_spared']} "

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from nsrun.analysis import claims as claim_rules
 from nsrun.analysis import figures, report, theory
-from nsrun.analysis.arms import Target, assign_arms, first_reach, targets
+from nsrun.analysis.arms import BASELINE_BEST_MEANS, Target, assign_arms, first_reach, targets
 from nsrun.analysis.experiments import Experiment, compose
 from nsrun.analysis.runs import Group, group_runs, load_runs, run_onsets, unknown_onset_notes
 from nsrun.analysis.stats import group_statistics
@@ -197,7 +197,8 @@ def reproduce_figures(experiments: dict[str, Experiment], out: Path, conf_dir: P
                 "run dirs": str(root or common), "onset": "first eval step from which the metric stays past the level"}
     for er in loaded:
         if er.exp.onset_level is None or er.exp.onset_reach != "sustained":
-            settings[f"onset ({er.exp.name})"] = "; ".join(t.describe() for t in er.targets) or "no target"
+            described = [t.describe() for t in er.targets] + ([BASELINE_BEST_MEANS] if er.exp.baseline_factors else [])
+            settings[f"onset ({er.exp.name})"] = "; ".join(described) if er.targets else "no target"
         for note in er.config_notes:
             settings[f"config note ({er.exp.name})"] = note
     from nsrun.analysis.influence_report import PAPER_BOUNDS

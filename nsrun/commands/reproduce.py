@@ -103,7 +103,7 @@ def parse_args(argv, conf_dir: Path | None = None):
     unknown = [x for x in only if x not in experiments]
     if unknown:
         p.error(f"--only: unknown experiment(s) {', '.join(unknown)}; known: {', '.join(experiments)}")
-    args.experiments = {name: experiments[name] for name in only}
+    args.experiments = {name: exp for name, exp in experiments.items() if name in only}  # in figure order
     if args.out is None:
         args.out = Path("results/reproduce-quick" if args.quick else "results/reproduce")
     return args
