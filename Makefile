@@ -21,7 +21,7 @@ test:
 test-all:
 	$(PYTHON) -m pytest -q -m "not gpu"
 
-bench:  # wall-clock costs side by side (README, Performance); writes benchmarks/results/bench_{cpu,cuda}.json
+bench:  # wall-clock costs side by side (docs/performance.md); writes benchmarks/results/bench_{cpu,cuda}.json
 	$(PYTHON) -m nsrun.commands.bench $(BENCH_ARGS)
 
 lint:  # style (ruff) and the layers of docs/architecture.md (import-linter contracts in pyproject.toml)
@@ -68,7 +68,7 @@ reproduce-lm-parity:
 figures-lm-parity:
 	$(PYTHON) -m nsrun.commands.reproduce figures $(LM_PARITY) --out $(or $(OUT),results/reproduce-lm-parity)
 
-# a local single-node SLURM cluster (root; installs Debian's slurm + munge when missing): see README
+# a local single-node SLURM cluster (root; installs Debian's slurm + munge when missing): docs/slurm.md
 slurm-up:
 	bash launch/slurm-local.sh up
 

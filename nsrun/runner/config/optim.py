@@ -39,7 +39,7 @@ class AdamWConfig:
 
 def make_optimizer(params, cfg, device):
     """AdamW on ``device`` (a torch.device); the fused kernel on CPU and CUDA (one kernel for all parameters:
-    same update up to float rounding, faster for small models; see README, Performance)."""
+    same update up to float rounding, faster for small models; docs/performance.md)."""
     import torch
 
     o = section(cfg, "optim")
