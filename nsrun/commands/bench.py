@@ -303,7 +303,7 @@ def machine(device: torch.device) -> dict:
     return info
 
 
-def main(argv: list[str] | None = None) -> dict:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m nsrun.commands.bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--tiny", action="store_true", help="tiny models and few repeats (CI smoke run)")
     parser.add_argument("--out", help="JSON file to write (default benchmarks/results/bench_{device}.json)")
@@ -315,7 +315,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--step-worker", metavar="JSON", help=argparse.SUPPRESS)  # a process of the shared section
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads (default: torch's, all cores; 1 in --tiny)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = build_parser().parse_args(argv)
     if args.step_worker:
         step_worker(args.step_worker)
         return {}
