@@ -193,3 +193,25 @@ def test_default_group_is_the_sweep_or_the_job_of_parallel_seeds(tmp_path):
 def test_bad_logger_settings_are_refused():
     assert "logger.mode" in refusal([*WANDB, "logger.mode=sometimes"])
     assert "logger.tags" in refusal([*WANDB, "logger.tags=oops"])
+
+
+def test_wandb_onset_summary_of_a_stopped_run(tmp_path):
+    """A run its stop rule ended at val_acc >= 0.95 has its 0.95 onset but no 0.99 onset (unknown: the run did
+    not go on to show it stays there), even when its last rows are past 0.99; a run that gave up has neither."""
+    from nsrun.runner.rundir import RunDir
+    from nsrun.runner.stopping import StopRule
+    from nsrun.runner.wandb_logger import onset_summary
+
+    d = RunDir(tmp_path)
+    for step, acc in [(0, 0.1), (100, 0.96), (200, 0.995), (300, 0.995)]:
+        d.metrics.append({"step": step, "val_acc": acc})
+        d.timing.append({"step": step, "train_seconds": step / 100, "eval_seconds": 0.0})
+    rule = StopRule("val_acc", 0.95, "above", patience=200)
+    d.mark_done(300, "stopped: val_acc >= 0.95 held for 200 steps (past the level since step 100)")
+    out = onset_summary(tmp_path, rule)
+    assert out["onset/val_acc95"] == 100 and out["onset/val_acc99"] is None
+    d.mark_done(300, "gave up: best val_acc 0.995 at step 200, no improvement for 100 steps")
+    out = onset_summary(tmp_path, rule)
+    assert out["onset/val_acc95"] is None and out["onset/val_acc99"] is None
+    d.mark_done(300)
+    assert onset_summary(tmp_path, rule)["onset/val_acc99"] == 200

@@ -137,19 +137,27 @@ def git_commit() -> str | None:
         return None
 
 
-def onset_summary(run_dir: Path) -> dict:
-    """Onsets of the run read back from its local logs, keyed for the wandb run table."""
+def onset_summary(run_dir: Path, stop_rule=None) -> dict:
+    """Onsets of the run read back from its local logs, keyed for the wandb run table. A run that its stop rule
+    (``stop_rule``, a StopRule) ended has no onset at a level stricter than the rule's (unknown: None), and one
+    that gave up has none at all."""
     from nsrun.runner.rundir import RunDir
+    from nsrun.runner.stopping import onset_from_reason
     from nsrun.science.onsets import run_onsets
 
     run_dir = Path(run_dir)
     rows, timing = RunDir(run_dir).read_metrics(), RunDir(run_dir).read_timing()
     if not rows:
         return {}
+    info = RunDir(run_dir).done_info()
+    outcome = onset_from_reason(info["reason"]) if info else None  # True: onset rule, False: gave up
     out = {}
     for threshold in SUMMARY_THRESHOLDS:
         name = f"val_acc{round(threshold * 100)}"
         onsets = run_onsets(rows, timing, threshold=threshold)
+        if outcome is False or (outcome and stop_rule is not None and not (
+                stop_rule.metric == "val_acc" and stop_rule.direction == "above" and stop_rule.level >= threshold)):
+            onsets = {**onsets, "onset_step": None, "onset_seconds": math.inf}
         out[f"onset/{name}"] = onsets["onset_step"]
         seconds = onsets["onset_seconds"]
         out[f"onset/{name}_seconds"] = seconds if math.isfinite(seconds) else None
@@ -165,9 +173,12 @@ class WandbLogger:
     """Mirrors each metrics row to a wandb run; never raises (a wandb failure disables it, once)."""
 
     def __init__(self, cfg, run_dir: Path, run_id: str | None = None):
+        from nsrun.runner.config import stop_rule
+
         self.run_dir = Path(run_dir)
         self.run_id = run_id
         self.run = None
+        self.stop_rule = stop_rule(cfg) if "stop" in cfg else None
         try:
             self.run = self._init(cfg)
         except Exception as e:
@@ -232,7 +243,7 @@ class WandbLogger:
         if self.run is None:
             return
         try:
-            self.run.summary.update({"final_step": values.get("step"), **onset_summary(self.run_dir)})
+            self.run.summary.update({"final_step": values.get("step"), **onset_summary(self.run_dir, self.stop_rule)})
         except Exception as e:
             self._disable("summary", e)
 
