@@ -21,8 +21,10 @@ Sections (docs/performance.md has the table and the targets):
 * ``compile``: ``train.compile=true`` vs eager (compile time reported separately).
 
 The same runs on a GPU (``--device cuda``, the default where one is visible). The JSON file holds every
-number, the machine and its load; ``--tiny`` is a seconds-long smoke run (CI). Every step timed is
-``train_step`` of the training loop's replicas (nsrun/runner/replicas.py).
+number, the machine and its load; ``--tiny`` is a seconds-long smoke run (CI); ``--quick`` is the short preset
+of the GPU check (launch/gpu-check.sh): modadd and parity, sections steps, eval, seeds (K = 1, 8, 32, modadd
+included) and fast, 5 repeats. Every step timed is ``train_step`` of the training loop's replicas
+(nsrun/runner/replicas.py).
 """
 
 from __future__ import annotations
@@ -138,6 +140,8 @@ def bench_steps(report: Report, tasks: dict, device, repeats: int, n_steps: int)
         base = runners["base"]
         report.add("steps", f"{task}: s/step baseline", per_step["base"], "s")
         report.add("steps", f"{task}: s/step regularised", per_step["reg"], "s")
+        report.add("steps", f"{task}: steps/s baseline", 1 / per_step["base"], "steps/s")
+        report.add("steps", f"{task}: steps/s regularised", 1 / per_step["reg"], "steps/s")
         ratio = per_step["reg"] / per_step["base"]
         report.add("steps", f"{task}: regularised / baseline", ratio, "x", "<= 2.1", ratio <= 2.1)
         half = per_step["reg_half"] / per_step["base"]
@@ -303,9 +307,27 @@ def machine(device: torch.device) -> dict:
     return info
 
 
+TINY_SKIPPED = {"launcher", "compile", "shared"}
+QUICK_SKIPPED = {"shared", "startup", "launcher", "compile"}
+QUICK_TASKS = ("modadd", "parity")  # WikiText-2 needs its data files, which a GPU machine may not have
+
+
+def preset(args) -> dict:
+    """Repeats, tasks, skipped sections and the seeds section's tasks and K of ``--tiny`` / ``--quick`` / full."""
+    tiny, quick = args.tiny, args.quick
+    names = args.tasks if args.tasks is not None else (QUICK_TASKS if quick else None)
+    tasks = {t: o for t, o in task_overrides(tiny).items() if names is None or t in names}
+    skipped = set(args.skip) | (QUICK_SKIPPED if quick else set()) | (TINY_SKIPPED if tiny else set())
+    seed_tasks = tasks if tiny or quick else {t: o for t, o in tasks.items() if t in ("parity", "wikitext2")}
+    return {"repeats": args.repeats or (2 if tiny else 5 if quick else 7), "tasks": tasks, "skipped": skipped,
+            "seed_tasks": seed_tasks, "ks": [1, 2] if tiny else [1, 8, 32] if quick else [1, 4, 8, 32]}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m nsrun.commands.bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--tiny", action="store_true", help="tiny models and few repeats (CI smoke run)")
+    parser.add_argument("--quick", action="store_true",
+                        help="the GPU check's preset: modadd and parity; steps, eval, seeds (K 1, 8, 32), fast")
     parser.add_argument("--out", help="JSON file to write (default benchmarks/results/bench_{device}.json)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
     parser.add_argument("--skip", nargs="*", default=[], choices=SECTIONS, help="sections to leave out")
@@ -338,16 +360,16 @@ def main(argv: list[str] | None = None) -> dict:
     threads = args.threads or (1 if tiny else None)
     if threads:
         torch.set_num_threads(threads)
-    repeats = args.repeats or (2 if tiny else 7)
-    tasks = {t: o for t, o in task_overrides(tiny).items() if args.tasks is None or t in args.tasks}
+    chosen = preset(args)
+    repeats, tasks, skipped = chosen["repeats"], chosen["tasks"], chosen["skipped"]
     out = Path(args.out or ROOT / "benchmarks" / "results" / f"bench_{device.type}.json")
     report = Report()
     meta = machine(device)
     started = time.time()
     print(f"nsrun bench on {meta.get('gpu', meta['cpu'])} ({device}), torch {meta['torch']}, "
           f"{meta['torch_threads']} threads, load average {meta['loadavg_start']}", flush=True)
-    skipped = set(args.skip) | ({"launcher", "compile", "shared"} if tiny else set())
-    result = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "mode": "tiny" if tiny else "full",
+    mode = "+".join(m for m, on in (("tiny", tiny), ("quick", args.quick)) if on) or "full"
+    result = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "mode": mode,
               "machine": meta, "rows": report.rows, "skipped": sorted(skipped), "complete": False}
 
     def save() -> None:  # after every section, so that an interrupted run keeps what it measured
@@ -366,8 +388,7 @@ def main(argv: list[str] | None = None) -> dict:
             bench_eval(report, tasks, device, repeats, step_seconds)
             save()
         if "seeds" not in skipped:
-            seed_tasks = tasks if tiny else {t: o for t, o in tasks.items() if t in ("parity", "wikitext2")}
-            bench_seeds(report, seed_tasks, device, max(2, repeats // 2), [1, 2] if tiny else [1, 4, 8, 32])
+            bench_seeds(report, chosen["seed_tasks"], device, max(2, repeats // 2), chosen["ks"])
             save()
         if "fast" not in skipped:
             fast_tasks = {t: o for t, o in tasks.items() if t in ("modadd", "parity", "wikitext2")}
