@@ -286,3 +286,94 @@ def test_spearman():
     assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
     assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
     assert math.isnan(spearman([1, 1, 1], [1, 2, 3]))
+
+
+# ------------------------------------------------------------------------------- claim 1 over the map (issue 15)
+
+
+@pytest.fixture(scope="module")
+def tiny_map(tmp_path_factory):
+    """The tiny map's baseline (onsets 400-440) and its 2 x 2 grid of each sign, hand-made (tests/test_map.py's
+    run dirs): with S=1 gamma 0.25 rho 0.25 groks like the baseline and the other cells never; with S=0 gamma 2
+    rho 0.9 groks at 100-120 and gamma 0.25 rho 0.25 at 700-720. Regularised runs cost twice the baseline's step."""
+    from nsrun.analysis.maps import load_map
+    from tests.test_map import write_run as write_map_run
+
+    spec = load_map("map_modadd_tiny", CONF, root=tmp_path_factory.mktemp("map"))
+    for seed, onset in enumerate((400, 420, 440)):
+        write_map_run(spec.root, "baseline", ["reg=none"], seed, onset)
+    onsets = {(1, 0.25, 0.25): (400, 430, 410), (0, 2.0, 0.9): (100, 110, 120), (0, 0.25, 0.25): (700, 720, 710)}
+    for s, gamma, rho in product((1, 0), (0.25, 2.0), (0.25, 0.9)):
+        cell = ["reg=stability", f"reg.S={s}", f"reg.gamma={gamma}", f"reg.rho={rho}"]
+        for seed, onset in enumerate(onsets.get((s, gamma, rho), (None,) * 3)):
+            write_map_run(spec.root, "grid", cell, seed, onset, seconds_per_step=0.02)
+    return spec
+
+
+def test_map_claims_give_the_best_cell_of_each_sign_with_its_verdict(tiny_map):
+    from nsrun.analysis.maps import best_cell, load_map_runs
+
+    mr = load_map_runs(tiny_map, n_boot=1000)
+    level = tiny_map.rule.level
+    rows = claims.map_claims(mr, "modadd")
+    assert [(r["claim"], r["experiment"]) for r in rows] == [(1, "modadd")] * 2
+    s1, s0 = rows
+    assert "reg.S=1" in s1["statement"] and "reg.S=0" in s0["statement"]
+    assert s1["measured"].startswith("S=1, gamma=0.25, rho=0.25 (3 seeds; 4 of the grid's 4 cells with reg.S=1")
+    assert s1["verdict"] == "no difference" and "in training seconds: slower" in s1["reason"]
+    assert s0["measured"].startswith("S=0, gamma=2.0, rho=0.9 (3 seeds;") and s0["verdict"] == "faster"
+    best = best_cell(mr, 0).stats[level]  # the numbers are the map's own
+    steps = "{:.0f} [{:.0f}, {:.0f}]".format(*best["steps"])
+    assert f"{steps} vs baseline 420 [" in s0["measured"]
+    fewer = best["vs_steps"]["fewer"]
+    assert fewer == pytest.approx(1 - 110 / 420) and f"{100 * fewer:.1f} % [" in s0["measured"]
+    assert f"wall-clock speedup {best['vs_seconds']['speedup']:.2f}x [" in s0["measured"]
+    assert "chosen on seeds 0, 1" in s0["reason"]
+    # no cell of a sign reaches the onset in most seeds: said so, no verdict
+    mr.cells = [c for c in mr.cells if c is not best_cell(mr, 1)]
+    s1 = claims.map_claims(mr, "modadd")[0]
+    assert s1["verdict"] == "" and s1["measured"] == ("no cell reaches the onset in most of seeds 0, 1 (3 of the "
+                                                      "grid's 4 cells with reg.S=1 have runs)")
+
+
+def test_summary_states_the_map_s_best_cells_after_modadd_s_claim_1_or_that_it_has_not_run(tiny_map, tmp_path):
+    from dataclasses import replace
+
+    for seed, (base, reg) in enumerate([(2000, 1400), (2100, 1500), (2200, 1600)]):
+        write_run(tmp_path / "modadd" / f"reg=none,seed={seed}", "none", seed, base)
+        write_run(tmp_path / "modadd" / f"reg=stability,seed={seed}", "stability", seed, reg)
+    modadd = {"modadd": experiments(True)["modadd"]}
+    result = reproduce_figures(modadd, tmp_path / "out", CONF, tmp_path, None, None, 1000, {"modadd": tiny_map})
+    lines = (tmp_path / "out" / "summary.md").read_text().splitlines()
+    table = lines[lines.index("## Claims 1-6: verdicts"):]
+    ones = [line for line in table if line.startswith("| 1 | modadd |")]
+    assert len(ones) == 3 and "the regulariser (stability reg.)" in ones[0] and "**reproduced**" in ones[0]
+    assert "reg.S=1" in ones[1] and "**no difference**" in ones[1] and "reg.S=0" in ones[2] and "**faster**" in ones[2]
+    assert any(line.startswith("Modular addition over the map") for line in lines)
+    assert f"- map (modadd): map_modadd_tiny (Modular addition, tiny (test only)), run dirs {tiny_map.root}" in lines
+    with open(tmp_path / "out" / "claims.csv") as f:
+        assert [c["verdict"] for c in csv.DictReader(f) if c["claim"] == "1"] == ["no difference", "faster"]
+    assert [c["verdict"] for c in result.claims if c["claim"] == 1] == ["no difference", "faster"]
+    # the map has not run: one line in its place, no rule paragraph
+    missing = replace(tiny_map, root=tmp_path / "no-map")
+    reproduce_figures(modadd, tmp_path / "out2", CONF, tmp_path, None, None, 1000, {"modadd": missing})
+    lines = (tmp_path / "out2" / "summary.md").read_text().splitlines()
+    ones = [line for line in lines if line.startswith("| 1 | modadd |")]
+    assert len(ones) == 2 and ones[1] == ("| 1 | modadd | over the map (map_modadd_tiny), the best cell of each sign "
+                                          f"| map_modadd_tiny: it has not run: no finished runs in {missing.root} "
+                                          "(make map; docs/map.md) | - |")
+    assert not any(line.startswith("Modular addition over the map") for line in lines)
+
+
+def test_map_root_is_refused_in_one_line_when_it_is_not_a_directory_or_not_read(tmp_path, capsys):
+    from nsrun.commands.reproduce import parse_args
+
+    args = parse_args(["figures", "--quick", "--map-root", str(tmp_path)], CONF)
+    assert args.maps["modadd"].root == tmp_path and args.maps["modadd"].name == "map_modadd_quick"
+    assert parse_args(["figures", "--quick"], CONF).maps["modadd"].root == Path("runs/map/modadd_quick")
+    for argv, says in ((["--map-root", str(tmp_path / "nope")], f"--map-root: {tmp_path / 'nope'} is not a directory"),
+                       (["--only", "parity", "--map-root", str(tmp_path)], "--map-root: only modadd reads a map")):
+        with pytest.raises(SystemExit) as e:
+            parse_args(["figures", "--quick", *argv], CONF)
+        err = capsys.readouterr().err.strip().splitlines()
+        assert e.value.code == 2 and says in err[-1] and not any("Traceback" in x for x in err)

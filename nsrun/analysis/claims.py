@@ -6,6 +6,7 @@ Claim 3: the regularised model's stability stays high while the baseline's falls
 Claim 4: stability and validation loss correlate over training (:func:`correlation_claim`).
 Claim 5: theory vs measurement (:func:`theory_claim`).
 Claim 6: influence of a pretrained model (:func:`influence_claim`).
+Claim 1 over the map of issue 15: the best cell of each sign against the map's baseline (:func:`map_claims`).
 The verdict rules are :func:`nsrun.analysis.stats.speedup_verdict` and :func:`~nsrun.analysis.stats.interval_verdict`.
 """
 
@@ -15,7 +16,8 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from nsrun.analysis.report import fmt_ci
+from nsrun.analysis.maps import EXTRA_KEYS, best_cell, cell_verdict, override_text, same_value, selection_seeds
+from nsrun.analysis.report import fmt_ci, fmt_interval
 from nsrun.analysis.stats import (
     MIN_SEEDS,
     bootstrap_ci,
@@ -29,6 +31,7 @@ from nsrun.analysis.stats import (
 from nsrun.science.onsets import curve
 
 if TYPE_CHECKING:
+    from nsrun.analysis.maps import MapRuns
     from nsrun.analysis.reproduction import ExperimentRuns
 
 NAN3 = (math.nan, math.nan, math.nan)
@@ -237,3 +240,48 @@ def influence_claim(found: list[tuple[Path, dict]]) -> dict:
             "measured": "; ".join(parts) or "no influence result found (run nsrun-influence)",
             "verdict": verdict,
             "reason": "rule: junta <= 10 % of positions and a tighter stability bound" if found else "no data"}
+
+
+MAP_REASONS = {"faster": "interval of fewer steps above 0", "slower": "interval of fewer steps below 0",
+               "no difference": "interval of fewer steps holds 0", "undetermined": "interval of fewer steps undefined"}
+
+
+def map_claims(mr: MapRuns, experiment: str) -> list[dict]:
+    """Claim 1 of ``experiment`` over the map of issue 15 (docs/map.md): for each sign of the map's grid, its best
+    cell (:func:`nsrun.analysis.maps.best_cell`) against the map's baseline, steps to the onset, fewer steps and
+    wall-clock speedup with their intervals, and the map's verdict (:func:`~nsrun.analysis.maps.cell_verdict`:
+    faster / slower / no difference / undetermined). One row saying what is missing when the map has not run."""
+    spec, grid = mr.spec, mr.spec.grid
+    grid_cells = [c for c in mr.with_role("grid") if not any(k in c.values for k in EXTRA_KEYS)]
+    missing = [what for what, found in (("baseline", mr.baseline), ("grid", grid_cells)) if not found]
+    if grid is None or missing:
+        why = ("it has no grid" if grid is None else "it has not run: no finished runs" if len(missing) == 2
+               else f"no finished {missing[0]} runs yet")
+        return [{"claim": 1, "experiment": experiment, "statement": f"over the map ({spec.name}), the best cell of "
+                 "each sign", "measured": f"{spec.name}: {why} in {spec.root} (make map; docs/map.md)",
+                 "verdict": "", "reason": ""}]
+    level, seeds = spec.rule.level, selection_seeds(spec)
+    chosen = f"seeds {', '.join(map(str, sorted(seeds)))}" if seeds else "every seed"
+    base = mr.baseline.stats[level]
+    rows = []
+    for sign in grid.panel.values:
+        which = f"{grid.panel.key}={override_text(sign)}"
+        pool = [c for c in grid_cells if same_value(c.values.get(grid.panel.key), sign)]
+        of = f"{len(pool)} of the grid's {len(grid.rows.values) * len(grid.cols.values)} cells with {which} have runs"
+        row = {"claim": 1, "experiment": experiment,
+               "statement": f"over the map ({spec.name}), the grid's best cell with {which} reaches the onset "
+                            f"({spec.rule.describe()}) in fewer steps than the map's baseline",
+               "measured": f"no cell reaches the onset in most of {chosen} ({of})", "verdict": "", "reason": ""}
+        cell = best_cell(mr, sign)
+        if cell is not None:
+            s = cell.stats[level]
+            vs, secs = s["vs_steps"], s["vs_seconds"]
+            row["verdict"] = cell_verdict(vs["fewer_ci"])
+            row["measured"] = (f"{cell.label} ({s['n']} seeds; {of}): {fmt_interval(*s['steps'])} vs baseline "
+                               f"{fmt_interval(*base['steps'])} steps; "
+                               f"{fmt_interval(vs['fewer'], *vs['fewer_ci'], 1, pct=True)} fewer steps; wall-clock "
+                               f"speedup {fmt_interval(secs['speedup'], *secs['speedup_ci'], 2, unit='x')}")
+            row["reason"] = (f"{MAP_REASONS[row['verdict']]}; in training seconds: {cell_verdict(secs['fewer_ci'])}; "
+                             f"chosen on {chosen}, which its interval includes (optimistic)")
+        rows.append(row)
+    return rows

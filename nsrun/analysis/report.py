@@ -230,6 +230,13 @@ CLAIM1_RULE = ("Median over seeds with a percentile-bootstrap 95 % interval (10,
                "not and it excludes the paper's number (upper end <= 0 or below it); else inconclusive.")
 
 
+MAP_RULE = ("Modular addition over the map (issue 15, docs/map.md): the verdicts table also "
+            "gives, for each sign S, the map's best cell (the grid's cell with the lowest median steps to the onset "
+            "over the grid's seeds) against the map's own baseline, in the map's regime: fewer steps and wall-clock "
+            "speedup with their 95 % intervals; verdict faster when the interval of fewer steps lies above 0, slower "
+            "when below, no difference when it holds 0 (the map's rule: there is no paper's number to compare with).")
+
+
 COMPUTE_RULE = ("A run ended by its stop rule (conf/stop/onset.yaml) spares train.steps minus its last step; seconds "
                 "spared are estimated at the run's own training seconds per step. With stop=onset at the onset's "
                 "metric and level, a stopped run's onset is where its stopping stretch began; a run that gave up "
@@ -300,6 +307,28 @@ def influence_table(found: list[tuple[Path, dict]], paper_bounds: dict) -> list[
     return lines
 
 
+def claim_line(c: dict) -> str:
+    verdict = f"**{c['verdict']}** ({c['reason']})" if c["verdict"] else c["reason"] or "-"
+    return f"| {c['claim']} | {c['experiment']} | {c['statement']} | {c['measured']} | {verdict} |"
+
+
+def verdict_lines(rows: list[dict], claims: list[dict]) -> list[str]:
+    """The verdicts table's rows: claim 1 per regulariser arm (the onset rows with a verdict), each experiment's
+    other claim-1 rows (the map's best cells) right after its own, then the other claims."""
+    ruled = [r for r in rows if r["verdict"]]
+    extra = [c for c in claims if c["claim"] == 1]
+    lines = []
+    for i, r in enumerate(ruled):
+        fewer = fmt_interval(r["fewer_steps"], r["fewer_ci_low"], r["fewer_ci_high"], 1, pct=True)
+        lines.append(f"| 1 | {r['experiment']} | the regulariser ({r['group']}) reaches the onset ({r['onset']}) "
+                     f"in fewer steps (paper: {r['paper']}) | {fewer} fewer steps | **{r['verdict']}** "
+                     f"({r['reason']}) |")
+        if i + 1 == len(ruled) or ruled[i + 1]["experiment"] != r["experiment"]:
+            lines += [claim_line(c) for c in extra if c["experiment"] == r["experiment"]]
+    placed = {r["experiment"] for r in ruled}
+    return lines + [claim_line(c) for c in claims if c["claim"] != 1 or c["experiment"] not in placed]
+
+
 def write_summary(out: Path, rows: list[dict], claims: list[dict], figures: list[Path], settings: dict,
                   influence: list | None = None, paper_bounds: dict | None = None) -> Path:
     """``summary.md`` (tables, verdicts, figures) and ``summary.csv`` / ``claims.csv`` into ``out``."""
@@ -312,17 +341,11 @@ def write_summary(out: Path, rows: list[dict], claims: list[dict], figures: list
     lines += ["", "## Compute: training spent and spared by early stopping (the runs' stop rule)", "",
               COMPUTE_RULE, ""]
     lines += markdown_compute_table(rows)
+    if any(c["claim"] == 1 and c["verdict"] for c in claims):  # the map's rows (a map that has not run: one row)
+        lines += ["", MAP_RULE]
     lines += ["", "## Claims 1-6: verdicts", "", "| claim | experiment | statement | measured | verdict |",
               "|---|---|---|---|---|"]
-    for r in rows:
-        if r["verdict"]:
-            fewer = fmt_interval(r["fewer_steps"], r["fewer_ci_low"], r["fewer_ci_high"], 1, pct=True)
-            lines.append(f"| 1 | {r['experiment']} | the regulariser ({r['group']}) reaches the onset ({r['onset']}) "
-                         f"in fewer steps (paper: {r['paper']}) | {fewer} fewer steps | **{r['verdict']}** "
-                         f"({r['reason']}) |")
-    for c in claims:
-        lines.append(f"| {c['claim']} | {c['experiment']} | {c['statement']} | {c['measured']} | "
-                     f"**{c['verdict']}** ({c['reason']}) |")
+    lines += verdict_lines(rows, claims)
     if influence:
         lines += ["", "## Claim 6: influence and Fourier-tail bounds of a pretrained model (results/influence)", ""]
         lines += influence_table(influence, paper_bounds or {})

@@ -1,7 +1,8 @@
 """The reproduction's figures and summary from run directories (no training): for each experiment of
 ``conf/experiment/`` (:mod:`nsrun.analysis.experiments`), its finished runs grouped by regulariser with
 onsets and statistics, figures 1-4, the claims, the theory (figure 5, claim 5) and the committed influence
-result (figure 6, claim 6), and ``summary.md`` / ``summary.csv`` / ``claims.csv``.
+result (figure 6, claim 6), claim 1 over the map of issue 15 where one is given (its best cell of each sign),
+and ``summary.md`` / ``summary.csv`` / ``claims.csv``.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from nsrun.analysis import claims as claim_rules
 from nsrun.analysis import figures, report, theory
 from nsrun.analysis.arms import BASELINE_BEST_MEANS, Target, assign_arms, first_reach, targets
 from nsrun.analysis.experiments import Experiment, compose
+from nsrun.analysis.maps import MapSpec, load_map_runs
 from nsrun.analysis.runs import Group, group_runs, load_runs, run_onsets, unknown_onset_notes
 from nsrun.analysis.stats import group_statistics
 from nsrun.science.onsets import stability_key
@@ -136,6 +138,16 @@ def influence_figure(found: list[tuple[Path, dict]], out: Path) -> list[Path]:
     return paths
 
 
+def map_claim(spec: MapSpec, experiment: str, n_boot: int, notes: list[str]) -> list[dict]:
+    """Claim 1 of ``experiment`` over the map ``spec`` (:func:`nsrun.analysis.claims.map_claims`); the map's notes
+    on the sweeps it reads (baseline, grid) are appended to ``notes`` once the map has runs."""
+    mr = load_map_runs(spec, n_boot)
+    read = tuple(f"{spec.root / sweep}{end}" for sweep in spec.sweeps("baseline") + spec.sweeps("grid")
+                 for end in ("/", ":"))
+    notes += [f"{spec.name}: {n}" for n in mr.notes if mr.cells and n.startswith(read)]
+    return claim_rules.map_claims(mr, experiment)
+
+
 @dataclass
 class Reproduction:
     rows: list[dict]
@@ -149,14 +161,20 @@ class Reproduction:
 def reproduce_figures(experiments: dict[str, Experiment], out: Path, conf_dir: Path | None = None,
                       root: Path | None = None,
                       theory_settings: theory.TheorySettings | None = None,
-                      influence_dir: Path | None = Path("results/influence"), n_boot: int = N_BOOT) -> Reproduction:
+                      influence_dir: Path | None = Path("results/influence"), n_boot: int = N_BOOT,
+                      maps: dict[str, MapSpec] | None = None) -> Reproduction:
     """Figures 1-6, the claims and ``summary.md`` for ``experiments`` from their run dirs (``root/NAME``, else
     each experiment's sweep dir). ``conf_dir``: the configs of the theory's models (None: nsrun's conf/);
-    ``theory_settings`` None: no figure 5; ``influence_dir`` None: no figure 6.
+    ``theory_settings`` None: no figure 5; ``influence_dir`` None: no figure 6; ``maps``: experiment name -> the
+    map (issue 15) whose best cell of each sign its claim 1 also states (:func:`nsrun.analysis.claims.map_claims`).
     The theory's trained model is the first baseline run of the experiment whose claims name ``theory``."""
     out.mkdir(parents=True, exist_ok=True)
     made, rows, claims, loaded, notes = [], [], [], [], []
+    settings = {}
     for name, exp in experiments.items():
+        if maps and name in maps:
+            claims += map_claim(maps[name], name, n_boot, notes)
+            settings[f"map ({name})"] = f"{maps[name].name} ({maps[name].title}), run dirs {maps[name].root}"
         sweep_dir = root / name if root else exp.sweep_dir
         er = load_experiment(exp, sweep_dir, n_boot)
         if er is None:
@@ -194,7 +212,8 @@ def reproduce_figures(experiments: dict[str, Experiment], out: Path, conf_dir: P
     sweep_dirs = [e.sweep_dir for e in experiments.values()]
     common = os.path.commonpath(sweep_dirs) if len(sweep_dirs) > 1 else sweep_dirs[0].parent if sweep_dirs else ""
     settings = {"settings": "quick (reduced; see conf/experiment/*_quick.yaml)" if quick else "full",
-                "run dirs": str(root or common), "onset": "first eval step from which the metric stays past the level"}
+                "run dirs": str(root or common), "onset": "first eval step from which the metric stays past the level",
+                **settings}
     for er in loaded:
         if er.exp.onset_level is None or er.exp.onset_reach != "sustained":
             described = [t.describe() for t in er.targets] + ([BASELINE_BEST_MEANS] if er.exp.baseline_factors else [])

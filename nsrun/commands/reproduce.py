@@ -9,7 +9,9 @@ holds) with a fixed sweep directory (its config's ``hydra.sweep.dir``, e.g.
 ``runs/reproduce-quick/modadd/reg=...,seed=...``), so rerunning the same command skips the runs that finished
 (``DONE``) and resumes the unfinished ones. What each experiment is and how it is read (onset metric and
 level, groups, the paper's numbers) is its config's ``experiment:`` key; the figures, claims and summary
-are :func:`nsrun.analysis.reproduction.reproduce_figures`.
+are :func:`nsrun.analysis.reproduction.reproduce_figures`. Claim 1 on modular addition also states the best cell
+of each sign of the map of issue 15 (``python -m nsrun.commands.map``; docs/map.md), read from its run dirs
+(``--map-root``, default its config's ``experiment.map.root``), or says in one line that the map has not run.
 """
 
 from __future__ import annotations
@@ -19,11 +21,13 @@ import shutil
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from nsrun.analysis.experiments import Experiment, load_experiments
 
 PROG = "nsrun-reproduce"
+MAPS = {"modadd": "map_modadd_quick"}  # experiment -> the map (conf/experiment/) whose best cells its claim 1 states
 
 
 def prepare_text_subset(dst: Path, train_lines: int, val_lines: int, src: Path | None = None) -> Path:
@@ -93,6 +97,9 @@ def parse_args(argv, conf_dir: Path | None = None):
         s.add_argument("--no-theory", action="store_true", help="leave out figure 5")
         s.add_argument("--no-influence", action="store_true", help="leave out figure 6")
         s.add_argument("--n-boot", type=int, default=10_000)
+        s.add_argument("--map-root", type=Path, default=None,
+                       help=f"the run dirs of the map ({MAPS['modadd']}: ROOT/SWEEP/OVERRIDES) whose best cell of "
+                       "each sign claim 1 on modadd states (default: its experiment.map.root, runs/map/modadd_quick)")
         if command == "run":
             s.add_argument("--launcher", default="local_cores",
                            help="hydra/launcher option (local_cores, submitit_slurm, slurm_cpu, ...; '' = basic)")
@@ -104,9 +111,27 @@ def parse_args(argv, conf_dir: Path | None = None):
     if unknown:
         p.error(f"--only: unknown experiment(s) {', '.join(unknown)}; known: {', '.join(experiments)}")
     args.experiments = {name: exp for name, exp in experiments.items() if name in only}  # in figure order
+    args.maps = claim_maps(p, args, conf_dir)
     if args.out is None:
         args.out = Path("results/reproduce-quick" if args.quick else "results/reproduce")
     return args
+
+
+def claim_maps(p: argparse.ArgumentParser, args, conf_dir: Path | None) -> dict:
+    """Experiment -> the map (:data:`MAPS`) of each selected experiment that has one, at ``--map-root`` if given;
+    a ``--map-root`` that is not a directory, or that no selected experiment reads, is refused."""
+    from nsrun.analysis.maps import load_map
+
+    names = {name: stem for name, stem in MAPS.items() if name in args.experiments}
+    if args.map_root is not None and not args.map_root.is_dir():
+        p.error(f"--map-root: {args.map_root} is not a directory (the map's run dirs: ROOT/SWEEP/OVERRIDES)")
+    if args.map_root is not None and not names:
+        p.error(f"--map-root: only {', '.join(MAPS)} reads a map, and --only leaves it out")
+    try:
+        specs = {name: load_map(stem, conf_dir) for name, stem in names.items()}
+    except ValueError as e:
+        p.error(str(e))
+    return {name: replace(spec, root=args.map_root or spec.root) for name, spec in specs.items()}
 
 
 def print_figures(result) -> None:
@@ -136,7 +161,7 @@ def main(argv=None) -> None:
         code = 1 if run_sweeps(selected, args.launcher or None, args.overrides, args.root) else 0
     result = reproduce_figures(selected, args.out, None, args.root,
                                None if args.no_theory else theory.LEVELS["quick" if args.quick else "full"],
-                               None if args.no_influence else Path("results/influence"), args.n_boot)
+                               None if args.no_influence else Path("results/influence"), args.n_boot, args.maps)
     print_figures(result)
     code = max(code, 0 if result.n_experiments else 2)
     print(f"{PROG}: {args.command} done in {time.time() - start:.0f} s (exit {code})")
