@@ -172,13 +172,11 @@ def onset_summary(run_dir: Path, stop_rule=None) -> dict:
 class WandbLogger:
     """Mirrors each metrics row to a wandb run; never raises (a wandb failure disables it, once)."""
 
-    def __init__(self, cfg, run_dir: Path, run_id: str | None = None):
-        from nsrun.runner.config import stop_rule
-
+    def __init__(self, cfg, run_dir: Path, run_id: str | None = None, stop_rule=None):
         self.run_dir = Path(run_dir)
         self.run_id = run_id
         self.run = None
-        self.stop_rule = stop_rule(cfg) if "stop" in cfg else None
+        self.stop_rule = stop_rule  # the run's StopRule (onsets at stricter levels are unknown once it fired)
         try:
             self.run = self._init(cfg)
         except Exception as e:
