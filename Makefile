@@ -4,7 +4,7 @@ PYTHON ?= python3
 PIP ?= $(PYTHON) -m pip
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: install torch test test-all lint run bench slurm-up slurm-down reproduce-figures reproduce-figures-quick reproduce-lm-parity figures figures-lm-parity map map-report clean
+.PHONY: install torch test test-all lint run bench gpu-check slurm-up slurm-down reproduce-figures reproduce-figures-quick reproduce-lm-parity figures figures-lm-parity map map-report clean
 
 torch:
 	@$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install "torch==$(TORCH_VERSION)"
@@ -23,6 +23,9 @@ test-all:
 
 bench:  # wall-clock costs side by side (docs/performance.md); writes benchmarks/results/bench_{cpu,cuda}.json
 	$(PYTHON) -m nsrun.commands.bench $(BENCH_ARGS)
+
+gpu-check:  # issue 18: GPU tests, bench on cuda and the full modadd setting in ~8 min (launch/gpu-check.sh; docs/performance.md)
+	PYTHON=$(PYTHON) bash launch/gpu-check.sh
 
 lint:  # style (ruff) and the layers of docs/architecture.md (import-linter contracts in pyproject.toml)
 	$(PYTHON) -m ruff check nsrun tests hydra_plugins
