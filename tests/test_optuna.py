@@ -20,9 +20,9 @@ def test_the_search_composes_to_the_quick_modadd_regime():
     cfg = compose_cfg(["hparams_search=modadd_optuna"])
     validate(cfg)
     assert (cfg.task.p, cfg.task.train_fraction, cfg.model.name, cfg.model.init_std) == (31, 0.6, "small", 0.2)
-    assert (cfg.optim.lr, cfg.optim.warmup_steps, cfg.train.steps, cfg.train.batch_size) == (1e-3, 0, 8000, None)
-    assert (cfg.reg.name, cfg.stop.name, cfg.stop.level, cfg.stop.unreached_penalty) == ("stability", "onset", 0.95,
-                                                                                        2000)
+    assert (cfg.optim.lr, cfg.optim.warmup_steps, cfg.train.steps, cfg.train.batch_size) == (1e-3, 0, 12000, None)
+    assert (cfg.reg.name, cfg.stop.name, cfg.stop.level, cfg.stop.patience, cfg.stop.unreached_penalty) == (
+        "stability", "onset", 0.95, 3000, 3000)  # the map's horizon and stop rule
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         hydra_cfg = compose("config", overrides=["hparams_search=modadd_optuna"], return_hydra_config=True).hydra
