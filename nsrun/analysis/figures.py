@@ -8,6 +8,7 @@ Each ``plot_*`` function returns the matplotlib figure; :func:`save` writes it a
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
@@ -76,8 +77,8 @@ def plot_onset_curves(groups, rule: OnsetRule, stab_key: str | None, title: str,
     axes[-1].set_xlabel("step")
     axes[0].legend(fontsize=7, loc="best")
     onset_text = onset_text or f"{rule.metric} {rule.comparison} {rule.level:g} for good"
-    fig.suptitle(f"{title}; o onset ({onset_text}), "
-                 "v stability onset, dashed: median onset", fontsize=8)
+    fig.suptitle(textwrap.fill(f"{title}; o onset ({onset_text}), v stability onset, dashed: median onset", 110),
+                 fontsize=8)
     fig.tight_layout()
     return fig
 
@@ -226,7 +227,8 @@ def plot_heatmaps(panels: list[dict], title: str, colour_label: str):
     plt = pyplot()
     from matplotlib.patches import Rectangle
 
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels) + 1, 4.2), squeeze=False)
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels) + 1, 4.4), squeeze=False,
+                             layout="constrained")
     cmap = plt.get_cmap("RdBu").with_extremes(bad="lightgrey")
     image = None
     for ax, p in zip(axes[0], panels, strict=True):
