@@ -15,7 +15,7 @@ from functools import cache
 import pytest
 from omegaconf import OmegaConf
 
-from nsrun.analysis.map_report import heatmap_panels, write_map_report
+from nsrun.analysis.map_report import heatmap_panels, markdown_table, step_cost_ratio, write_map_report
 from nsrun.analysis.maps import (
     Arm,
     best_cell,
@@ -172,6 +172,20 @@ def test_cells_best_cell_and_verdicts_from_hand_made_runs(hand_made):
     assert [p["title"] for p in panels] == ["reg.S=1", "reg.S=0"]
     assert panels[1]["marks"][1][1] and panels[1]["text"][1][1].startswith("+74%*")
     assert panels[0]["values"][0][0] == -math.inf and panels[0]["text"][0][0].startswith("n.r.*")
+
+
+def test_seconds_priced_side_by_side_replace_the_runs_logged_ones(hand_made):
+    """The runs logged 0.01 (baseline) and 0.02 s per step (regularised); priced at 0.01 and 0.03, the best cell's
+    wall-clock speedup is the baseline's median onset 420 x 0.01 over its 110 x 0.03, and the table says 3.00x."""
+    mr = load_map_runs(hand_made.spec, n_boot=1000, step_seconds={"none": 0.01, "stability": 0.03})
+    level = mr.spec.rule.level
+    best = mr.find(("grid",), {"reg.S": 0, "reg.gamma": 2.0, "reg.rho": 0.9})
+    assert best.stats[level]["vs_seconds"]["speedup"] == pytest.approx(4.2 / 3.3)
+    assert [r.onsets["onset_seconds"] for r in best.runs] == pytest.approx([1.0 * 3, 1.1 * 3, 1.2 * 3])
+    never = mr.find(("grid",), {"reg.S": 1, "reg.gamma": 0.25, "reg.rho": 0.25})
+    assert all(r.onsets["onset_seconds"] == math.inf for r in never.runs)  # not reached stays later than any
+    assert step_cost_ratio(best, mr) == pytest.approx(3.0) and step_cost_ratio(best, hand_made) == pytest.approx(2.0)
+    assert "| 3.00x |" in "\n".join(markdown_table([best], mr))
 
 
 def test_patience_check_replays_the_stop_rule_on_full_length_curves(hand_made):

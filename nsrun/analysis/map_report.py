@@ -33,9 +33,9 @@ TITLE = "# Where does noise-stability regularisation help on modular addition? T
 RULE = ("Per cell: median over seeds of the steps to the onset, with a percentile-bootstrap 95 % interval; a seed "
         "that never reaches the onset counts as later than any step. Fewer steps = 1 - cell / baseline median "
         "(the two groups resampled independently); wall-clock speedup = baseline / cell median training seconds "
-        "at the onset (evaluation excluded); s/step = median training seconds per step relative to the "
-        "baseline's. Verdict: faster when the interval of fewer steps (seconds) lies above 0, slower when below, "
-        "no difference when it holds 0, undetermined when it is undefined.")
+        "at the onset (evaluation excluded; how the seconds are counted: the settings above); s/step = training "
+        "seconds per step relative to the baseline's. Verdict: faster when the interval of fewer steps (seconds) "
+        "lies above 0, slower when below, no difference when it holds 0, undetermined when it is undefined.")
 COLUMNS = ("cell", "seeds (not reached)", "steps to onset, median [95 % CI]", "fewer steps vs baseline [95 % CI]",
            "wall-clock speedup [95 % CI]", "s/step vs baseline", "verdict (steps)", "verdict (seconds)")
 COLOURS = ("tab:blue", "tab:red", "tab:orange", "tab:green", "tab:purple")
@@ -46,13 +46,25 @@ def versus(stats: dict, what: str = "vs_steps") -> tuple[float, float, float]:
     return (c["fewer"], *c["fewer_ci"]) if c else (math.nan,) * 3
 
 
+def step_cost_ratio(cell: Cell, mr: MapRuns) -> float:
+    """Seconds per training step of ``cell`` relative to the baseline's: the side-by-side price of its
+    ``reg.name`` when the map has one (``mr.step_seconds``), else the median of the runs' logged seconds."""
+    base = mr.baseline
+    if base is None or not cell.runs:
+        return math.nan
+    if mr.step_seconds:
+        price = mr.step_seconds.get
+        return price(cell.runs[0].config.get("reg.name"), math.nan) / price(base.runs[0].config.get("reg.name"),
+                                                                            math.nan)
+    base_sps = median([seconds_per_step(r) for r in base.runs])
+    return median([seconds_per_step(r) for r in cell.runs]) / base_sps if base_sps else math.nan
+
+
 def cell_columns(cell: Cell, mr: MapRuns) -> list[str]:
     """One row of :data:`COLUMNS` (and the onsets at the map's other levels) for ``cell``."""
     spec, base = mr.spec, mr.baseline
     s = cell.stats[spec.rule.level]
-    sps = median([seconds_per_step(r) for r in cell.runs])
-    base_sps = median([seconds_per_step(r) for r in base.runs]) if base else math.nan
-    ratio = sps / base_sps if base_sps else math.nan
+    ratio = step_cost_ratio(cell, mr)
     n_not = s["n"] - s["n_reached"] - s["n_unknown"]
     seeds = f"{s['n']} ({n_not}" + (f", {s['n_unknown']} unknown)" if s["n_unknown"] else ")")
     row = [cell.label, seeds, fmt_interval(*s["steps"])]
@@ -157,6 +169,15 @@ def fmt_settings(mr: MapRuns) -> list[str]:
                      f"{stop['give_up_patience'] or 'none'}. A stopped run's onset is where that stretch began; its "
                      "onset at a stricter level is unknown (it cannot say whether the level holds later)")
     lines.append(f"- intervals: {mr.n_boot} bootstrap resamples")
+    if mr.step_seconds:
+        prices = ", ".join(f"reg={k} {1e3 * v:.2f} ms" for k, v in mr.step_seconds.items())
+        lines.append(f"- training seconds to the onset = onset step x the seconds per step of the run's regulariser, "
+                     f"measured side by side in the report's process (one thread, interleaved): {prices} per step. "
+                     "The runs' own logged seconds are not used: they ran at different times beside other jobs, "
+                     "so they measure the machine's load as much as the method (`--seconds logged` uses them)")
+    else:
+        lines.append("- training seconds to the onset: as each run logged them (timing.jsonl), so they carry the "
+                     "load of the machine at the time the run ran")
     return lines
 
 

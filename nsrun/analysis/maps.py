@@ -250,6 +250,7 @@ class MapRuns:
     stop_check: list[Run]  # the baseline trained to the horizon (role stop_check)
     notes: list[str]
     n_boot: int = N_BOOT
+    step_seconds: dict | None = None  # reg.name -> seconds per step measured side by side (None: the runs' own)
 
     @property
     def baseline(self) -> Cell | None:
@@ -268,9 +269,21 @@ class MapRuns:
         return [r for c in self.cells for r in c.runs] + self.stop_check
 
 
-def load_map_runs(spec: MapSpec, n_boot: int = N_BOOT) -> MapRuns:
+def priced_onsets(onsets: dict, run: Run, step_seconds: dict | None) -> dict:
+    """``onsets`` with the training seconds to the onset priced as onset step x the seconds per step of the
+    run's ``reg.name`` in ``step_seconds`` (measured side by side in one process, so free of the machine load
+    the run met); unchanged without a price or an onset (never reached: inf, unknown: NaN)."""
+    cost = (step_seconds or {}).get(run.config.get("reg.name"))
+    if cost is None or onsets.get("onset_step") is None:
+        return onsets
+    return dict(onsets, onset_seconds=onsets["onset_step"] * cost)
+
+
+def load_map_runs(spec: MapSpec, n_boot: int = N_BOOT, step_seconds: dict | None = None) -> MapRuns:
     """The finished runs of every sweep of ``spec`` as cells with statistics at each onset level (the runs keep
-    the onsets of the map's level), and the stop check's runs."""
+    the onsets of the map's level), and the stop check's runs. ``step_seconds`` (reg.name -> seconds per step):
+    the seconds to the onset are its step x that price (:func:`priced_onsets`) instead of the run's logged
+    training seconds."""
     roles = {a.sweep: a.role for a in reversed(spec.arms)}  # a sweep's role: its first arm's
     cells, stop_check, notes = [], [], []
     for sweep in spec.sweeps():
@@ -293,8 +306,9 @@ def load_map_runs(spec: MapSpec, n_boot: int = N_BOOT) -> MapRuns:
     if cells:
         for level in reversed(spec.levels):  # the map's own level last: the runs keep its onsets
             rule = spec.rule_at(level)
-            copies = [Group(c.group.key, c.group.config, [replace(r, onsets=run_onsets(r, rule, None))
-                                                          for r in c.runs], c.group.label) for c in cells]
+            copies = [Group(c.group.key, c.group.config,
+                            [replace(r, onsets=priced_onsets(run_onsets(r, rule, None), r, step_seconds))
+                             for r in c.runs], c.group.label) for c in cells]
             base_copy = copies[0] if base is not None else None
             group_statistics(copies, {g.key: base_copy for g in copies} if base_copy else {}, n_boot, 0)
             for cell, copy in zip(cells, copies, strict=True):
@@ -302,7 +316,7 @@ def load_map_runs(spec: MapSpec, n_boot: int = N_BOOT) -> MapRuns:
                 cell.group.runs, cell.group.stats = copy.runs, copy.stats
     for r in stop_check:
         r.onsets = run_onsets(r, spec.rule, None)
-    return MapRuns(spec, cells, stop_check, notes, n_boot)
+    return MapRuns(spec, cells, stop_check, notes, n_boot, step_seconds)
 
 
 def selection_seeds(spec: MapSpec) -> set | None:

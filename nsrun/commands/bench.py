@@ -63,7 +63,8 @@ def task_overrides(tiny: bool) -> dict[str, list[str]]:
                 "parity": ["task=parity", "task.n_bits=12", "task.n_train=128", "task.n_val=128", "model=tiny",
                            *TINY_MONITOR]}
     wikitext = ["task=wikitext2"] + ([f"task.data_dir={WIKITEXT_DIR}"] if WIKITEXT_DIR.exists() else [])
-    return {"modadd": ["task=modadd"], "parity": ["task=parity"], "wikitext2": wikitext}
+    return {"modadd": ["task=modadd"], "parity": ["task=parity"], "wikitext2": wikitext,
+            "modadd_map": ["+experiment=map_modadd_quick"]}  # the map's quick regime (docs/map.md): p 31, small
 
 
 REGS = {"base": ["reg=none"], "reg": ["reg=stability"], "reg_half": ["reg=stability", "reg.batch_fraction=0.5"]}

@@ -108,6 +108,25 @@ def run_maps(specs: dict[str, MapSpec], only: list[str], launcher: str | None, e
     return failed
 
 
+def side_by_side_step_seconds(spec_name: str, repeats: int = 7, n_steps: int = 5) -> dict:
+    """Seconds per training step of map ``spec_name``'s regime with reg=none and with reg=stability (its
+    defaults), timed interleaved in this process on one CPU thread (``make bench``'s method): the price of a
+    step free of the load the runs met."""
+    import torch
+
+    from nsrun.commands.bench import interleaved, steps_fn
+    from nsrun.commands.bench_runs import Run
+
+    threads, cpu = torch.get_num_threads(), torch.device("cpu")
+    torch.set_num_threads(1)
+    try:
+        runs = {reg: Run([f"+experiment={spec_name}", f"reg={reg}"], cpu) for reg in ("none", "stability")}
+        t = interleaved({reg: steps_fn(r, n_steps) for reg, r in runs.items()}, cpu, repeats)
+    finally:
+        torch.set_num_threads(threads)
+    return {reg: seconds / n_steps for reg, seconds in t.items()}
+
+
 def parse_args(argv):
     p = argparse.ArgumentParser(prog=PROG, description="Run the map of where noise-stability regularisation helps "
                                 "on modular addition (conf/experiment/map_*.yaml) and write its report.")
@@ -121,6 +140,10 @@ def parse_args(argv):
                        "experiment.map.root, runs/map/...)")
         s.add_argument("--out", type=Path, default=Path("results/map"), help="where summary.md and figures go")
         s.add_argument("--n-boot", type=int, default=N_BOOT)
+        s.add_argument("--seconds", choices=("side-by-side", "logged"), default="side-by-side",
+                       help="training seconds to the onset: onset step x the seconds per step of reg=none / "
+                       "reg=stability timed side by side in this process (default), or as each run logged them "
+                       "(which carries the machine's load at the time)")
         if command == "run":
             s.add_argument("--launcher", default="local_cores",
                            help="hydra/launcher option (local_cores, submitit_slurm, ...; '' = Hydra's basic)")
@@ -152,7 +175,8 @@ def main(argv=None) -> None:
     if args.command == "run":
         failed = run_maps(args.specs, args.only, args.launcher or None, args.overrides, args.n_boot, args.root)
         code = 1 if failed else 0
-    maps = [load_map_runs(spec, args.n_boot) for spec in args.specs.values()]
+    maps = [load_map_runs(spec, args.n_boot, side_by_side_step_seconds(spec.config)
+                          if args.seconds == "side-by-side" else None) for spec in args.specs.values()]
     sweeps = list(dict.fromkeys(row["command"] for spec in args.specs.values() for row in read_sweep_log(spec.root)))
     summary = write_map_report(maps, args.out, {"commit": git_state(), "report written by": f"`{command}`"}, sweeps)
     print(f"{PROG}: wrote {summary} and its figures, cells.csv, runs.csv in {args.out}")
