@@ -24,6 +24,7 @@ from nsrun.analysis.maps import (
     grid_cell,
     load_map,
     load_map_runs,
+    optuna_trials_by_sign,
     override_text,
     patience_check,
 )
@@ -186,6 +187,14 @@ def test_seconds_priced_side_by_side_replace_the_runs_logged_ones(hand_made):
     assert all(r.onsets["onset_seconds"] == math.inf for r in never.runs)  # not reached stays later than any
     assert step_cost_ratio(best, mr) == pytest.approx(3.0) and step_cost_ratio(best, hand_made) == pytest.approx(2.0)
     assert "| 3.00x |" in "\n".join(markdown_table([best], mr))
+
+
+def test_optuna_trials_are_counted_per_sign(tmp_path, hand_made):
+    for seed, (sign, onset) in enumerate([(1, None), (1, 900), (0, 200), (0, 300), (0, None)]):
+        write_run(tmp_path, "search", ["reg=stability", f"reg.S={sign}"], seed, onset)
+    trials = optuna_trials_by_sign(tmp_path / "search", hand_made.spec.rule)
+    assert trials == {1: {"n": 2, "n_reached": 1, "range": (900, 900)},
+                      0: {"n": 3, "n_reached": 2, "range": (200, 300)}}
 
 
 def test_patience_check_replays_the_stop_rule_on_full_length_curves(hand_made):

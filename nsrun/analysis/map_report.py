@@ -21,6 +21,7 @@ from nsrun.analysis.maps import (
     cell_verdict,
     compute_account,
     optuna_result,
+    optuna_trials_by_sign,
     override_text,
     patience_check,
     read_sweep_log,
@@ -253,6 +254,9 @@ def optuna_section(mr: MapRuns) -> list[str]:
     lines += [f"- {result['n_trials']} trials in `{result['dir']}`; best: {params}, objective {result['best_value']} "
               f"(steps to the onset; {steps} + the penalty when not reached)",
               "- the grid's best cell: " + (f"{best.label}, median {fmt_interval(*best_steps)}" if best else "none")]
+    for sign, t in sorted(optuna_trials_by_sign(spec.optuna_dir, spec.rule).items(), key=lambda kv: str(kv[0])):
+        reached = f", at steps {t['range'][0]}-{t['range'][1]}" if t["range"] else ""
+        lines.append(f"- trials with reg.S={sign}: {t['n']}, {t['n_reached']} reached the onset{reached}")
     confirm = mr.with_role("optuna")
     if confirm:
         lines += ["", "Confirmation of its best point with fresh seeds:", ""] + markdown_table(

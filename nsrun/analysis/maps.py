@@ -406,3 +406,18 @@ def optuna_result(directory: Path | None) -> dict | None:
     trials = [p for p in directory.iterdir() if p.is_dir() and (p / "resolved_config.yaml").exists()]
     return {"dir": directory, "best_params": dict(result.get("best_params") or {}),
             "best_value": result.get("best_value"), "n_trials": len(trials)}
+
+
+def optuna_trials_by_sign(directory: Path, rule: OnsetRule) -> dict:
+    """The search's finished trials per reg.S: how many, how many reached the onset under ``rule``, and the
+    range of their onset steps (None when none reached it)."""
+    runs, _ = load_runs([directory])
+    out: dict = {}
+    for r in runs:
+        onset = run_onsets(r, rule, None)["onset_step"]
+        sign = out.setdefault(r.config.get("reg.S"), {"n": 0, "reached": []})
+        sign["n"] += 1
+        if onset is not None:
+            sign["reached"].append(onset)
+    return {s: {"n": v["n"], "n_reached": len(v["reached"]),
+                "range": (min(v["reached"]), max(v["reached"])) if v["reached"] else None} for s, v in out.items()}
