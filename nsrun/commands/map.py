@@ -108,7 +108,7 @@ def run_maps(specs: dict[str, MapSpec], only: list[str], launcher: str | None, e
     return failed
 
 
-def side_by_side_step_seconds(spec_name: str, repeats: int = 7, n_steps: int = 5) -> dict:
+def side_by_side_step_seconds(spec_name: str, repeats: int = 15, n_steps: int = 10) -> dict:
     """Seconds per training step of map ``spec_name``'s regime with reg=none and with reg=stability (its
     defaults), timed interleaved in this process on one CPU thread (``make bench``'s method): the price of a
     step free of the load the runs met."""
