@@ -53,7 +53,7 @@ NON_SCIENCE_KEYS = ("train.steps", "train.device", "train.threads", "train.progr
 # keys added after runs were made, with the value that reproduces what runs made before them did: a saved
 # config without such a key counts as having that value, so old run dirs still skip and resume
 ADDED_KEYS = {"eval.n_examples": None, "stability.sensitivity_positions": None, "task.eval_examples": None,
-              "task.stability_examples": None, "task.sensitivity_positions": None}
+              "task.stability_examples": None, "task.sensitivity_positions": None, "stability.exact": False}
 # the same for a key of one option only (its section's name): key -> (option, value)
 ADDED_OPTION_KEYS = {"task.resample": ("modadd", "content")}
 # keys that earlier configs carried where they had no effect (reg.rho/gamma of a run without the stability

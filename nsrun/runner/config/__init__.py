@@ -33,7 +33,7 @@ from nsrun.runner.config.model import build_model
 from nsrun.runner.config.noise import build_schedule
 from nsrun.runner.config.optim import lr_lambda, make_optimizer
 from nsrun.runner.config.reg import build_objective, check_schedule_used
-from nsrun.runner.config.run import monitor_settings
+from nsrun.runner.config.run import check_exact_task, monitor_settings
 from nsrun.runner.config.schema import (
     GROUPS,
     OPTIONS,
@@ -68,6 +68,7 @@ def validate(cfg) -> None:
     check_int("seed", cfg.get("seed"), 0)
     sections = {group: section(cfg, group) for group in groups()}
     check_schedule_used(sections["reg"], sections["noise"])
+    check_exact_task(sections["stability"], sections["task"])
 
 
 def preflight(cfg) -> None:

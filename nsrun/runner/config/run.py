@@ -98,6 +98,7 @@ class StabilityConfig:
     per_layer: bool = MISSING
     sigma: float | None = MISSING
     gaussian_on: str = MISSING
+    exact: bool = MISSING
 
     def check(self) -> None:
         from nsrun.science.stability.monitor import SPLITS
@@ -121,6 +122,39 @@ class StabilityConfig:
                 if getattr(self, key) != unused:
                     raise KeyWithoutEffect(f"stability.{key}", "has no effect without gaussian in stability.noises; "
                                                                "add it, e.g. stability.noises=[token,gaussian]")
+        check_bool("stability.exact", self.exact)
+        if self.exact and not self.enabled:
+            raise KeyWithoutEffect("stability.exact", "has no effect with stability.enabled=false")
+        if self.exact and "token" not in self.noises:
+            raise ConfigError("stability.exact", "is exact for token noise only (Gaussian noise has no exact form "
+                                                 "on a finite grid); add token to stability.noises")
+
+
+def exact_grid_size(task) -> int | None:
+    """The number of inputs ``stability.exact`` enumerates for the task section ``task`` (K^P: K noise tokens at
+    P resampleable positions), None for a task it cannot enumerate (text)."""
+    from nsrun.science.stability.exact import grid_size
+
+    if task.name == "modadd":
+        every_position = task.resample == "all"
+        return grid_size(task.p + every_position, 2 + every_position)
+    if task.name == "parity":
+        return grid_size(2, task.n_bits)
+    return None
+
+
+def check_exact_task(stability: StabilityConfig, task) -> None:
+    """``stability.exact`` only for a task whose inputs can be enumerated (at most MAX_GRID of them)."""
+    from nsrun.science.stability.exact import MAX_GRID
+
+    if not stability.exact:
+        return
+    size = exact_grid_size(task)
+    if size is None or size > MAX_GRID:
+        has = "its inputs cannot be enumerated" if size is None else f"it has {size:,} inputs"
+        raise ConfigError("stability.exact", f"needs a task with at most {MAX_GRID} inputs to enumerate (modadd "
+                                             f"with p <= 251, or <= 37 with task.resample=all; parity with "
+                                             f"n_bits <= 16); task={task.name}: {has}")
 
 
 def monitor_settings(cfg):
@@ -133,4 +167,4 @@ def monitor_settings(cfg):
     return MonitorSettings(rhos=tuple(s.rhos), noises=tuple(s.noises), splits=tuple(s.splits),
                            n_examples=s.n_examples, n_repeats=s.n_repeats, sensitivity=s.sensitivity,
                            sensitivity_positions=s.sensitivity_positions, per_layer=s.per_layer, sigma=s.sigma,
-                           gaussian_on=s.gaussian_on)
+                           gaussian_on=s.gaussian_on, exact=s.exact)

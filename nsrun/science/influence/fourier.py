@@ -2,7 +2,8 @@
 
 Conventions (inputs ``x`` in ``[K]^T``, each coordinate uniform over the K noise tokens; ``f`` vector valued).
 Efron-Stein / Fourier decomposition ``f = sum_S f^{=S}``, weight ``W(S) = E||f^{=S}||^2``,
-``W_{>=k} = sum_{|S| >= k} W(S)``, ``E||f||^2 = sum_S W(S)``.
+``W_{>=k} = sum_{|S| >= k} W(S)``, ``E||f||^2 = sum_S W(S)`` (computed in :mod:`nsrun.science.stability.spectrum`,
+whose ``walsh_coefficients``, ``degree_weights`` and ``effective_correlation`` this module re-exports).
 
 * Measured influence (what nsrun reports, as in the issue): ``Inf_i = E||f(x) - f(x^(i))||^2`` with
   ``x^(i)`` = x with token i redrawn uniformly. Since ``x_i`` and the redraw are independent,
@@ -29,10 +30,7 @@ from collections.abc import Sequence
 
 import torch
 
-
-def effective_correlation(rho: float) -> float:
-    """``r = (1 + rho)/2``: the probability that token noise keeps a coordinate without redrawing it."""
-    return (1.0 + float(rho)) / 2.0
+from nsrun.science.stability.spectrum import degree_weights, effective_correlation, walsh_coefficients
 
 
 def influence_bound(total_measured_influence: float, self_moment: float, k: int) -> float:
@@ -67,30 +65,10 @@ def junta_size(influence: torch.Tensor, fraction: float = 0.9) -> int:
     return int((cumulative < fraction * total * (1 - 1e-12)).sum()) + 1
 
 
-def walsh_coefficients(values: torch.Tensor) -> torch.Tensor:
-    """Fourier (Walsh) coefficients of ``f: {0,1}^n -> R^C`` on the uniform cube.
-
-    ``values [2^n, C]`` lists ``f(x)`` with ``x_i`` = bit i of the row index; returns ``fhat [2^n, C]``,
-    row ``S`` (a bit mask) holding ``fhat(S) = E_x f(x) (-1)^{sum_{i in S} x_i}``."""
-    n = int(math.log2(values.shape[0]))
-    if 2**n != values.shape[0]:
-        raise ValueError(f"need 2^n rows, got {values.shape[0]}")
-    coefficients = values.double().clone().reshape(2**n, -1)
-    h = 1
-    while h < 2**n:
-        view = coefficients.view(-1, 2, h, coefficients.shape[-1])
-        a, b = view[:, 0].clone(), view[:, 1].clone()
-        view[:, 0], view[:, 1] = a + b, a - b
-        h *= 2
-    return coefficients / 2**n
-
-
-def degree_weights(values: torch.Tensor) -> torch.Tensor:
-    """``W^{=d} = sum_{|S| = d} ||fhat(S)||^2`` for d = 0..n, from ``values [2^n, C]``."""
-    coefficients = walsh_coefficients(values)
-    n = int(math.log2(values.shape[0]))
-    degrees = torch.tensor([bin(s).count("1") for s in range(2**n)])
-    return torch.zeros(n + 1, dtype=torch.float64).index_add_(0, degrees, coefficients.pow(2).sum(-1))
+__all__ = [
+    "best_stability_bound", "degree_weights", "effective_correlation", "fourier_tail", "influence_bound", "junta_size",
+    "stability_bound", "walsh_coefficients",
+]
 
 
 def fourier_tail(values: torch.Tensor, k: int) -> float:

@@ -8,7 +8,10 @@ and each noise in ``noises`` and rho in ``rhos``, the row gets
 * ``avgsens_{split}`` (and ``_se``): average sensitivity ``sum_i E ||p(x) - p(x^(i))||^2`` (``sensitivity``;
   with ``sensitivity_positions = m``, estimated from m positions drawn at random at each eval),
 * ``hstab_{noise}_{split}_rho{rho:g}_l{l}`` / ``nhstab_...``: per-layer cross moment
-  ``E[h_l(X) . h_l(Y)] / D`` of the residual stream after block l and its normalised form (``per_layer``).
+  ``E[h_l(X) . h_l(Y)] / D`` of the residual stream after block l and its normalised form (``per_layer``),
+* ``exact_*`` (``exact``, token noise only, tasks whose inputs can be enumerated): the exact token-noise
+  stability and average sensitivity on each whole split and under the uniform measure, and the Efron-Stein
+  weights by degree, from one forward pass over every input (:mod:`nsrun.science.stability.exact`).
 
 The noise comes from a generator seeded by ``(seed, step)`` only, so a resumed run logs identical values.
 """
@@ -26,6 +29,7 @@ from nsrun.science.stability.estimators import (
     gaussian_stability,
     noise_stability,
 )
+from nsrun.science.stability.exact import exact_metrics
 from nsrun.science.stability.noise import (
     GAUSSIAN_ON,
     NOISES,
@@ -43,7 +47,8 @@ REUSE_LIMIT = 2**25  # floats (128 MiB) of clean outputs held for reuse at one e
 class MonitorSettings:
     """What :func:`stability_metrics` logs (module docstring). ``n_examples`` None: the whole split;
     ``sensitivity_positions`` None: every resampleable position; ``sigma`` None: the RMS entry of the noise
-    tokens' embeddings **[ours]**; ``gaussian_on``: Gaussian noise on the resampleable positions or all."""
+    tokens' embeddings **[ours]**; ``gaussian_on``: Gaussian noise on the resampleable positions or all;
+    ``exact``: also the exact token-noise values (needs token in ``noises``)."""
 
     rhos: tuple[float, ...] = (0.25, 0.5, 0.9)
     noises: tuple[str, ...] = NOISES
@@ -55,6 +60,7 @@ class MonitorSettings:
     per_layer: bool = False
     sigma: float | None = None
     gaussian_on: str = "resampleable"
+    exact: bool = False
 
     def __post_init__(self):
         for name, values, allowed in (("noises", self.noises, NOISES), ("splits", self.splits, SPLITS)):
@@ -64,6 +70,8 @@ class MonitorSettings:
             raise ValueError(f"rhos must be a non-empty list of numbers in [0, 1], got {self.rhos!r}")
         if self.gaussian_on not in GAUSSIAN_ON:
             raise ValueError(f"gaussian_on must be one of {', '.join(GAUSSIAN_ON)}, got {self.gaussian_on!r}")
+        if self.exact and "token" not in self.noises:
+            raise ValueError("exact needs token in noises: Gaussian noise has no exact form on a finite grid")
 
 
 def eval_generator(seed: int, step: int) -> torch.Generator:
@@ -96,11 +104,12 @@ def stability_metrics(model, task, settings: MonitorSettings, seed: int, step: i
     f = lambda t: task.output_probs(model(t))
     f_emb = lambda e: task.output_probs(model(embeddings=e))
     bs = batch_size
+    whole_splits = {}
     for split_index, split in enumerate(SPLITS):
         if split not in settings.splits:
             continue
         data = task.val_split(step) if split == "val" else task.train
-        x = data.x
+        x = whole_splits[split] = data.x
         subset = fixed_subset(len(x), settings.n_examples, seed, split_index)
         x = x if subset is None else x[subset.to(x.device)]
         # the clean outputs are computed once and shared by every rho, both noises and the sensitivity, unless
@@ -124,6 +133,8 @@ def stability_metrics(model, task, settings: MonitorSettings, seed: int, step: i
             row[f"avgsens_{split}_se"] = sens.stderr
         if settings.per_layer:
             row.update(_per_layer(model, task, settings, x, split, gen, gauss_mask))
+    if settings.exact:
+        row.update(exact_metrics(f, task, settings.rhos, whole_splits, bs))
     if was_training:
         model.train()
     return row
