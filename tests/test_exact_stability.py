@@ -4,12 +4,17 @@ values as an oracle for the Monte-Carlo estimators, the monitor's exact_* column
 from __future__ import annotations
 
 import itertools
+import json
 import math
 
+import numpy as np
 import pytest
 import torch
 from conftest import TINY, compose_cfg, refusal
+from omegaconf import OmegaConf
 
+from nsrun.analysis.degree_weights import curves_by_arm, write_figure
+from nsrun.analysis.figures import plot_degree_weights
 from nsrun.runner.config import build_model, build_task
 from nsrun.runner.rundir import read_jsonl
 from nsrun.runner.train import train
@@ -293,3 +298,50 @@ def test_a_run_with_exact_logging(tmp_path):
         assert row["exact_stab_uniform_rho0.5"] == pytest.approx(sum(0.75**d * w for d, w in enumerate(weights)))
         for split in ("train", "val"):
             assert 0 < row[f"exact_nstab_{split}_rho0.5"] <= 1 and row[f"exact_avgsens_{split}"] >= 0
+
+
+# -- the analysis of runs that logged the weights --------------------------------------------------------------
+
+def make_weight_run(run_dir, reg, seed, onset, weights=None):
+    """A finished run directory with a real resolved config and hand-made rows every 100 steps to 1000:
+    val_acc jumps to 0.99 at ``onset`` (None: never); the degree weights (``weights(step)`` -> [w0, w1, w2]) are
+    logged unless ``weights`` is None."""
+    overrides = [*TINY, f"reg={reg.split(',')[0]}", f"seed={seed}", *reg.split(",")[1:]]
+    cfg = OmegaConf.to_container(compose_cfg(overrides), resolve=True)
+    run_dir.mkdir(parents=True)
+    (run_dir / "resolved_config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(cfg)))
+    with open(run_dir / "metrics.jsonl", "w") as f:
+        for step in range(0, 1001, 100):
+            row = {"step": step, "val_acc": 0.99 if onset is not None and step >= onset else 0.3}
+            if weights is not None:
+                row.update({f"exact_weight_deg{d}": w for d, w in enumerate(weights(step))})
+            f.write(json.dumps(row) + "\n")
+    (run_dir / "DONE").write_text("1000\n")
+
+
+def test_degree_curves_by_arm_and_their_figure(tmp_path):
+    grokking = lambda step: [0.1, 0.02 + step * 1e-4, 0.5 - step * 4e-4]
+    make_weight_run(tmp_path / "runs/base0", "none", 0, 600, grokking)
+    make_weight_run(tmp_path / "runs/base1", "none", 1, None, grokking)
+    make_weight_run(tmp_path / "runs/s1", "stability", 0, 300, lambda step: [0.2, 0.1, 0.1])
+    make_weight_run(tmp_path / "runs/s0", "stability,reg.S=0", 0, 800, grokking)
+    make_weight_run(tmp_path / "runs/plain", "stability,reg.S=0", 1, 800)  # logged without stability.exact
+    arms, notes = curves_by_arm([tmp_path / "runs"])
+    assert list(arms) == ["baseline", "S=1", "S=0"]
+    assert [c.label for c in arms["baseline"]] == ["seed 0", "seed 1"]
+    assert [c.onset for c in arms["baseline"]] == [600, None] and arms["S=1"][0].onset == 300
+    assert len(notes) == 1 and "runs/plain" in notes[0] and "stability.exact=true" in notes[0]
+    base = arms["baseline"][0]
+    assert base.steps == list(range(0, 1001, 100)) and base.weights.shape == (11, 3)
+    assert base.weights[5].tolist() == pytest.approx(grokking(500))
+    assert base.fractions.sum(1) == pytest.approx(np.ones(11))
+    assert arms["S=1"][0].fractions[0].tolist() == pytest.approx([0.5, 0.25, 0.25])
+
+    fig = plot_degree_weights(arms)
+    assert [ax.get_title() for ax in fig.axes] == ["baseline (n=2)", "S=1 (n=1)", "S=0 (n=1)"]
+    assert len(fig.axes[0].lines) == 2 * 3 + 2  # 3 degrees per run, one onset line and one "no onset" entry
+    assert list(fig.axes[0].lines[3].get_xdata()) == [600, 600]  # seed 0: 3 degrees, then its onset
+    written, notes = write_figure([tmp_path / "runs"], tmp_path / "fig")
+    assert [p.name for p in written] == ["degree_weights.png", "degree_weights.pdf"]
+    assert all(p.stat().st_size > 0 for p in written)
+    assert write_figure([tmp_path / "runs/plain"], tmp_path / "none")[0] == []

@@ -1,6 +1,7 @@
 """Every figure of nsrun's analysis (matplotlib, Agg): the onset curves of groups of runs (nsrun-compare's
 overlay and the reproduction's figures 1-3), stability vs validation loss (figure 4), theory vs measurement
-(nsrun-theory's two figures and the reproduction's figure 5) and the influence figure (figure 6).
+(nsrun-theory's two figures and the reproduction's figure 5), the influence figure (figure 6), the map's
+heatmaps and the exact degree weights over training.
 
 Each ``plot_*`` function returns the matplotlib figure; :func:`save` writes it and closes it.
 """
@@ -245,4 +246,33 @@ def plot_heatmaps(panels: list[dict], title: str, colour_label: str):
         ax.set(xlabel=p["col_label"], ylabel=p["row_label"], title=p["title"])
     fig.colorbar(image, ax=list(axes[0]), label=colour_label, shrink=0.9)
     fig.suptitle(title, fontsize=9)
+    return fig
+
+
+def plot_degree_weights(arms: dict[str, list], normalised: bool = True, log: bool = True, title: str = ""):
+    """One panel per arm (``{arm: [DegreeCurves of its runs]}``, :mod:`nsrun.analysis.degree_weights`): the
+    Efron-Stein weight of each degree vs step (its fraction of the total when ``normalised``), one colour per
+    degree, one line style per run, each run's onset a grey vertical line in its style."""
+    plt = pyplot()
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    styles = ["-", "--", ":", "-."]
+    fig, axes = plt.subplots(1, len(arms), figsize=(4.6 * len(arms), 3.8), squeeze=False, sharey=True)
+    for ax, (arm, runs) in zip(axes[0], arms.items(), strict=True):
+        for i, run in enumerate(runs):
+            style = styles[i % len(styles)]
+            values = run.fractions if normalised else run.weights
+            for d in range(values.shape[1]):
+                ax.plot(run.steps, values[:, d], style, color=colours[d % len(colours)], lw=1,
+                        label=f"degree {d}" if i == 0 else None)
+            if run.onset is not None:
+                ax.axvline(run.onset, color="grey", ls=style, lw=1, label=f"onset, {run.label}")
+            else:
+                ax.plot([], [], style, color="grey", lw=1, label=f"{run.label}: no onset")
+        if log:
+            ax.set_yscale("log")
+        ax.set(xlabel="step", title=f"{arm} (n={len(runs)})")
+        ax.legend(fontsize=6, loc="best")
+    axes[0][0].set_ylabel(r"$W^{=d} / E\|f\|^2$ (uniform inputs)" if normalised else r"$W^{=d}$ (uniform inputs)")
+    fig.suptitle(title or "Efron-Stein weight by degree over training (exact, all inputs)", fontsize=9)
+    fig.tight_layout()
     return fig

@@ -103,11 +103,6 @@ def grid_outputs(f: Callable, grid: InputGrid, batch_size: int | None = None,
     return (out.reshape(len(out), -1) / math.sqrt(positions_out)).reshape(*grid.shape, -1)
 
 
-def coordinate_mean(values: torch.Tensor, j: int) -> torch.Tensor:
-    """``M_j f``: the mean over coordinate j, broadcast back over it."""
-    return values.mean(j, keepdim=True).expand_as(values)
-
-
 def noise_operator(values: torch.Tensor, rho: float) -> torch.Tensor:
     """``T_r f = prod_j (r I + (1 - r) M_j) f``, ``r = (1 + rho)/2``: ``E[f(Y) | X = x]`` under token noise."""
     r = effective_correlation(rho)
@@ -117,32 +112,36 @@ def noise_operator(values: torch.Tensor, rho: float) -> torch.Tensor:
     return out
 
 
-def _flat(values: torch.Tensor) -> torch.Tensor:
-    return values.reshape(-1, values.shape[-1])
+def stability_per_input(values: torch.Tensor, rho: float) -> torch.Tensor:
+    """``<f(x), (T_r f)(x)> = E[<f(X), f(Y)> | X = x]`` for every input x of the grid: ``[K^P]``."""
+    return (values * noise_operator(values, rho)).sum(-1).reshape(-1)
 
 
-def _over(per_input: torch.Tensor, rows: torch.Tensor | None) -> float:
-    """Mean of ``per_input [G]`` over ``rows`` (with repeats, as listed), or over the grid (None)."""
-    return float((per_input if rows is None else per_input[rows.to(per_input.device)]).mean())
+def influences_per_input(values: torch.Tensor) -> torch.Tensor:
+    """``E_{x_j'} ||f(x) - f(x^(j))||^2 = ||f(x)||^2 - 2 <f(x), (M_j f)(x)> + (M_j ||f||^2)(x)`` for each
+    coordinate j and input x: ``[P, K^P]``."""
+    squares = values.pow(2).sum(-1)
+    return torch.stack([
+        (squares - 2 * (values * values.mean(j, keepdim=True)).sum(-1) + squares.mean(j, keepdim=True)).reshape(-1)
+        for j in range(values.dim() - 1)
+    ])
+
+
+def _over(per_input: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
+    """Mean over the last dim of ``per_input [..., G]`` at ``rows`` (repeats count), or over the grid (None)."""
+    return (per_input if rows is None else per_input[..., rows.to(per_input.device)]).mean(-1)
 
 
 def exact_stability(values: torch.Tensor, rho: float, rows: torch.Tensor | None = None) -> tuple[float, float]:
     """``(E <f(X), f(Y)>, E <f(X), f(X)>)`` with X over ``rows`` of the grid (None: uniform over the grid)."""
-    clean = _flat(values)
-    return (_over((clean * _flat(noise_operator(values, rho))).sum(-1), rows),
-            _over(clean.pow(2).sum(-1), rows))
+    return (float(_over(stability_per_input(values, rho), rows)),
+            float(_over(values.pow(2).sum(-1).reshape(-1), rows)))
 
 
 def exact_influences(values: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
     """``Inf_j = E_x E_{x_j'} ||f(x) - f(x^(j))||^2`` for each coordinate j, x over ``rows`` (None: uniform);
     ``sum_j Inf_j`` is the average sensitivity."""
-    squares = values.pow(2).sum(-1)
-    clean = _flat(values)
-    out = []
-    for j in range(values.dim() - 1):
-        cross = (clean * _flat(coordinate_mean(values, j))).sum(-1)
-        out.append(_over(squares.reshape(-1) - 2 * cross + coordinate_mean(squares, j).reshape(-1), rows))
-    return torch.tensor(out, dtype=torch.float64)
+    return _over(influences_per_input(values), rows)
 
 
 def _rho_key(rho: float) -> str:
@@ -164,20 +163,24 @@ def exact_metrics(f: Callable, task, rhos: Sequence[float], splits: Mapping[str,
     grid = grid or input_grid(task)
     values = grid_outputs(f, grid, batch_size, task.train.x.device)
     row: dict[str, float] = {}
+    self_moments = values.pow(2).sum(-1).reshape(-1)
+    stabilities = {rho: stability_per_input(values, rho) for rho in rhos}
+    sensitivities = influences_per_input(values).sum(0)
     for split, x in splits.items():
         rows = grid.rows(x)
+        self_moment = float(_over(self_moments, rows))
         for rho in rhos:
-            stab, self_moment = exact_stability(values, rho, rows)
+            stab = float(_over(stabilities[rho], rows))
             row[f"exact_stab_{split}_{_rho_key(rho)}"] = stab
             row[f"exact_nstab_{split}_{_rho_key(rho)}"] = stab / self_moment if self_moment else math.nan
-        row[f"exact_avgsens_{split}"] = float(exact_influences(values, rows).sum())
+        row[f"exact_avgsens_{split}"] = float(_over(sensitivities, rows))
     weights = efron_stein_weights(values)
     total = float(weights.sum())
     for rho in rhos:
         stab = stability_from_weights(weights, rho)
         row[f"exact_stab_uniform_{_rho_key(rho)}"] = stab
         row[f"exact_nstab_uniform_{_rho_key(rho)}"] = stab / total if total else math.nan
-    row["exact_avgsens_uniform"] = float(exact_influences(values).sum())
+    row["exact_avgsens_uniform"] = float(sensitivities.mean())
     for degree, weight in enumerate(weights_by_degree(weights).tolist()):
         row[f"exact_weight_deg{degree}"] = weight
     if len(grid.positions) <= MAX_NAMED_SUBSETS:
