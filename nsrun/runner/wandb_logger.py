@@ -36,7 +36,7 @@ def resolve_mode(configured: str | None) -> tuple[str, str]:
     settings = wandb.setup(wandb.Settings(silent=True)).settings
     mode = {"dryrun": "offline", "run": "online"}.get(configured or settings.mode, configured or settings.mode)
     if mode not in ("online", "shared"):
-        return mode, "logger.mode=offline" if configured else "wandb's mode is offline (WANDB_MODE, `wandb offline`)"
+        return mode, f"logger.mode={mode}" if configured else f"wandb's mode is {mode}"
     if settings.mode != mode:
         wandb.setup(wandb.Settings(mode=mode))  # logger.mode wins over WANDB_MODE; wandb.login checks in this mode
     if wandb.login(prompt=False, verify=False):
