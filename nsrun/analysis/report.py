@@ -203,8 +203,10 @@ def write_compare_markdown(groups, path: Path, settings: dict, figure: str | Non
     path.write_text("\n".join(lines) + "\n")
 
 
-def compare_table(groups, title: str):
-    """The comparison as a rich table (group labels folded one key per line)."""
+def compare_table(groups, title: str, width: int):
+    """The comparison as a rich table for a console ``width`` columns wide: a column per field (group labels
+    folded one key per line) where that shows every word whole, else two columns, field and value, with a
+    section per group."""
     from rich.table import Table
 
     rows = table_rows(groups)
@@ -216,7 +218,31 @@ def compare_table(groups, title: str):
         table.add_column(c, overflow="fold")
     for label, row in zip(labels, rows, strict=True):
         table.add_row(label, *row[1:])
+    if _words_whole(table, [*COLUMNS, *labels, *(cell for row in rows for cell in row[1:])], width):
+        return table
+    table = Table(title=title, show_header=False)
+    table.add_column(overflow="fold")
+    table.add_column(overflow="fold")
+    for label, row in zip(labels, rows, strict=True):
+        for i, (name, value) in enumerate(zip(COLUMNS, [label, *row[1:]], strict=True)):
+            table.add_row(name, value, end_section=i == len(COLUMNS) - 1)
     return table
+
+
+def _words_whole(table, cells: list[str], width: int) -> bool:
+    """Whether ``table`` printed ``width`` columns wide shows its right border and every word of ``cells`` whole
+    (rich folds a word wider than its column and crops what does not fit)."""
+    import io
+    import re
+
+    from rich.console import Console
+
+    console = Console(width=width, file=io.StringIO())
+    console.print(table)
+    text = console.file.getvalue()
+    rows = [line.rstrip() for line in text.splitlines() if line[:1] in "┏┃┡│├└"]
+    shown = set(re.split(r"[\s│┃]+", text))
+    return all(row[-1] in "┓┃┩│┤┘" for row in rows) and all(word in shown for cell in cells for word in cell.split())
 
 
 # ----------------------------------------------------------------------------------------------- the reproduction

@@ -13,6 +13,7 @@ seconds, and the lag between stability onset and accuracy onset: a table on stdo
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 from pathlib import Path
 
@@ -154,9 +155,8 @@ def compare(args) -> int:
     report.write_compare_markdown(groups, out / "compare.md", settings, "overlay.png")
     from rich.console import Console
 
-    console = Console()
-    (console if console.is_terminal else Console(width=200)).print(
-        report.compare_table(groups, f"grokking onset: {rule.describe()}"))
+    width = shutil.get_terminal_size((200, 24)).columns  # COLUMNS, else the terminal's, else 200 (a file)
+    Console(width=width).print(report.compare_table(groups, f"grokking onset: {rule.describe()}", width))
     print(f"wrote {out / 'compare.csv'}, {out / 'runs.csv'}, {out / 'compare.md'}, {out / 'overlay.png'}")
     return code
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from nsrun.runner.config import build_logger, preflight, stop_rule, validate
+from nsrun.runner.config import build_logger, describe_reg, preflight, stop_rule, validate
 from nsrun.runner.loop import Cadence, Interrupted, LoopState, restore, train_loop
 from nsrun.runner.rundir import RunDir
 from nsrun.runner.stopping import StopTracker, stopped_by_rule
@@ -129,6 +129,7 @@ def _train_locked(cfgs: list[DictConfig], dirs: list[RunDir], ckpts: list | None
     for d, c in zip(dirs, cfgs, strict=True):
         d.write_config(c)
         log.info("run directory: %s", d.path)
+    log.info("regulariser: %s", describe_reg(cfg))
     device = resolve_device(cfg.train.device)
     runtime = {**apply_thread_policy(cfg.train.threads, device), **deterministic_mode(cfg.train.deterministic, device)}
     log.info("threads: %d (%s), OpenMP wait policy %s", runtime["threads"], runtime["threads_source"],

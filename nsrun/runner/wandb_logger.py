@@ -1,250 +1,144 @@
-"""``logger=wandb``: Weights & Biases beside the local files (which stay the source of truth).
+"""``logger=wandb``: Weights & Biases beside the run directory's own logs (which stay the source of truth), in
+wandb's own terms (docs/tracking.md):
 
-* Mode (``logger.mode: null``) follows wandb's own conventions: ``WANDB_MODE`` if set, else online when
-  wandb finds credentials (``WANDB_API_KEY``, ``~/.netrc``, ``wandb login``), else offline. Nothing ever
-  prompts: online without credentials runs offline; online with the server unreachable (a TCP probe,
-  skipped behind a proxy) runs offline at once; an online init that fails anyway falls back to offline;
-  any other wandb failure disables the logger with one warning. Training never stops because of wandb.
-* The run id is the run directory's deterministic id (stored in the checkpoint), with ``resume="allow"``:
-  a resumed or requeued run continues the same wandb run.
-* Group: ``logger.group``, or for a multirun job the sweep directory (the parent of the job's run
-  directory, relative to the launch directory), so all jobs of one sweep share it; seeds trained in one
-  process (``train.parallel_seeds``) outside a sweep share their job directory.
-* Logged at init: the resolved config, the Hydra overrides, the git commit and the run directory. Every
-  metric is logged at its training step (one step axis for stability and validation curves). At the
-  end the summary holds the last row plus the onsets of :func:`nsrun.science.onsets.run_onsets` (``onset/...``).
+* mode: ``logger.mode``, else wandb's (``WANDB_MODE``, ``wandb offline``); online only where ``wandb.login``
+  finds an API key without prompt or network, else offline. An online init with no answer within
+  ``logger.timeout`` s (``init_timeout``) logs offline, and so do the process's later runs; ``finish_timeout``
+  bounds the upload at the end. A wandb failure disables the logger for the run: training never stops for it;
+* wandb prints nothing (``silent``); nsrun says in one line where the run goes (offline: ``wandb sync DIR``);
+* run id: the run directory's, ``resume="allow"``; group: the sweep (:func:`hydra_record`); every metric is
+  plotted against the training ``step`` (``define_metric``); the summary adds best values and the onsets.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import os
-import socket
-import subprocess
 from pathlib import Path
-from urllib.parse import urlparse
 
 from omegaconf import OmegaConf
 
 log = logging.getLogger("nsrun")
 
-LEGACY_MODES = {"dryrun": "offline", "run": "online"}
-SUMMARY_THRESHOLDS = (0.95, 0.99)
+BEST = {"val_acc": "max", "val_loss": "min", "train_loss": "min", "val_ppl": "min"}
 MAX_GROUP_LENGTH = 128
-# process-wide: open runs (several at once when seeds train in one process), and whether the server
-# was found unreachable (later jobs of a sweep then go offline at once instead of waiting again)
-_open_runs: set[str] = set()
-_server_unreachable = False
+SOURCE_TREE = Path(__file__).resolve().parents[2]
 
 
-def has_credentials() -> bool:
-    """Whether wandb would find credentials without prompting (env, netrc, settings); no network."""
-    try:
-        from wandb.sdk import wandb_setup
-        from wandb.sdk.lib import wbauth
-
-        host = wandb_setup.singleton().settings.base_url
-        return wbauth.authenticate_session(host=host, source="nsrun", prompt=False, update_session=False) is not None
-    except Exception:
-        return bool(os.environ.get("WANDB_API_KEY"))
+def first_line(e: Exception) -> str:
+    return f"{type(e).__name__}: {(str(e).splitlines() or [''])[0]}"
 
 
-def resolve_mode(configured: str | None) -> str:
-    """The mode wandb will run in: the configured one, else WANDB_MODE, else online iff logged in;
-    online without credentials becomes offline (wandb would prompt or fail)."""
-    mode = configured or os.environ.get("WANDB_MODE") or None
-    mode = LEGACY_MODES.get(mode, mode)
-    if mode not in ("online", "offline", "disabled", "shared"):
-        mode = None
-    credentials = has_credentials()
-    if mode is None:
-        mode = "online" if credentials else "offline"
-    if mode in ("online", "shared") and not credentials:
-        log.warning("wandb: %s mode asked for but no API key is configured; logging offline", mode)
-        mode = "offline"
-    return mode
+def resolve_mode(configured: str | None) -> tuple[str, str]:
+    """``(mode, why)``: the mode a run logs in, and why when offline. Nothing prompts."""
+    import wandb
+
+    settings = wandb.setup(wandb.Settings(silent=True)).settings
+    mode = {"dryrun": "offline", "run": "online"}.get(configured or settings.mode, configured or settings.mode)
+    if mode not in ("online", "shared"):
+        return mode, f"logger.mode={mode}" if configured else f"wandb's mode is {mode}"
+    if settings.mode != mode:
+        wandb.setup(wandb.Settings(mode=mode))  # logger.mode wins over WANDB_MODE; wandb.login checks in this mode
+    if wandb.login(prompt=False, verify=False):
+        return mode, ""
+    if configured or os.environ.get("WANDB_MODE"):
+        log.warning("wandb: %s mode asked for but no API key is configured (`wandb login`); logging offline", mode)
+    return "offline", "not logged in: `wandb login` logs online"
 
 
-def server_reachable(timeout: float = 5.0) -> bool:
-    """Whether a TCP connection to wandb's server opens (True behind a proxy, which wandb would use)."""
-    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY")):
-        return True
-    try:
-        from wandb.sdk import wandb_setup
-
-        url = urlparse(os.environ.get("WANDB_BASE_URL") or wandb_setup.singleton().settings.base_url)
-        port = url.port or (443 if url.scheme == "https" else 80)
-        socket.create_connection((url.hostname, port), timeout=timeout).close()
-        return True
-    except (OSError, ValueError):
-        return False
-
-
-def _hydra_job_dir(run_dir: Path) -> Path | None:
-    """The directory holding the run's ``.hydra/``: the run directory, or its parent for the per-seed
-    directories ``RUN_DIR/seed_S`` of ``train.parallel_seeds``."""
-    for job_dir in (run_dir, run_dir.parent):
-        if (job_dir / ".hydra" / "hydra.yaml").exists():
-            return job_dir
-    return None
-
-
-def sweep_group(run_dir: Path) -> str | None:
-    """The wandb group a run belongs to by default: the sweep directory of a multirun job, or the job
-    directory of seeds trained together (``train.parallel_seeds``); None for a single run."""
+def hydra_record(run_dir: Path) -> tuple[str | None, list[str]]:
+    """``(group, overrides)`` from the ``.hydra/`` of the run's job directory (the run directory, or its parent
+    for the per-seed directories ``RUN_DIR/seed_S``). The group is the sweep directory of a multirun job or the
+    job directory of seeds trained together, relative to the launch directory; None for a single run."""
     run_dir = Path(run_dir).resolve()
-    job_dir = _hydra_job_dir(run_dir)
+    job_dir = next((d for d in (run_dir, run_dir.parent) if (d / ".hydra" / "hydra.yaml").exists()), None)
     if job_dir is None:
-        return None
-    try:
-        hydra_cfg = OmegaConf.load(job_dir / ".hydra" / "hydra.yaml").hydra
-        multirun = str(hydra_cfg.mode) in ("MULTIRUN", "RunMode.MULTIRUN")
-        cwd = Path(hydra_cfg.runtime.cwd).resolve()
-    except Exception:
-        return None
-    if multirun:
-        group_dir = job_dir.parent
-    elif job_dir != run_dir:
-        group_dir = job_dir
-    else:
-        return None
-    try:
-        group = str(group_dir.relative_to(cwd))
-    except ValueError:
-        group = str(group_dir)
-    return group if len(group) <= MAX_GROUP_LENGTH else "..." + group[-(MAX_GROUP_LENGTH - 3):]
-
-
-def hydra_overrides(run_dir: Path) -> list[str]:
-    job_dir = _hydra_job_dir(Path(run_dir).resolve())
-    if job_dir is None:
-        return []
-    path = job_dir / ".hydra" / "overrides.yaml"
-    try:
-        return [str(o) for o in OmegaConf.load(path)] if path.exists() else []
-    except Exception:
-        return []
-
-
-def git_commit() -> str | None:
-    """The commit of the nsrun source tree (None outside a git checkout)."""
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
-                             capture_output=True, text=True, timeout=10)
-        return out.stdout.strip() or None if out.returncode == 0 else None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def onset_summary(run_dir: Path, stop_rule=None) -> dict:
-    """Onsets of the run read back from its local logs, keyed for the wandb run table. A run that its stop rule
-    (``stop_rule``, a StopRule) ended has no onset at a level stricter than the rule's (unknown: None), and one
-    that gave up has none at all."""
-    from nsrun.runner.rundir import RunDir
-    from nsrun.runner.stopping import onset_from_reason
-    from nsrun.science.onsets import run_onsets
-
-    run_dir = Path(run_dir)
-    rows, timing = RunDir(run_dir).read_metrics(), RunDir(run_dir).read_timing()
-    if not rows:
-        return {}
-    info = RunDir(run_dir).done_info()
-    outcome = onset_from_reason(info["reason"]) if info else None  # True: onset rule, False: gave up
-    out = {}
-    for threshold in SUMMARY_THRESHOLDS:
-        name = f"val_acc{round(threshold * 100)}"
-        onsets = run_onsets(rows, timing, threshold=threshold)
-        if outcome is False or (outcome and stop_rule is not None and not (
-                stop_rule.metric == "val_acc" and stop_rule.direction == "above" and stop_rule.level >= threshold)):
-            onsets = {**onsets, "onset_step": None, "onset_seconds": math.inf}
-        out[f"onset/{name}"] = onsets["onset_step"]
-        seconds = onsets["onset_seconds"]
-        out[f"onset/{name}_seconds"] = seconds if math.isfinite(seconds) else None
-        if onsets["stab_key"] is not None:
-            out["onset/stab_fall"] = onsets["stab_onset_step"]
-            out[f"onset/stab_lag_{name}"] = onsets["lag_steps"]
-    if timing:
-        out["train_seconds"] = timing[-1].get("train_seconds")
-    return out
+        return None, []
+    hydra = OmegaConf.load(job_dir / ".hydra" / "hydra.yaml").hydra
+    overrides_path = job_dir / ".hydra" / "overrides.yaml"
+    overrides = [str(o) for o in OmegaConf.load(overrides_path)] if overrides_path.exists() else []
+    multirun = str(hydra.mode) in ("MULTIRUN", "RunMode.MULTIRUN")
+    group_dir = job_dir.parent if multirun else job_dir if job_dir != run_dir else None
+    if group_dir is None:
+        return None, overrides
+    cwd = Path(hydra.runtime.cwd).resolve()
+    group = str(group_dir.relative_to(cwd) if group_dir.is_relative_to(cwd) else group_dir)
+    return (group if len(group) <= MAX_GROUP_LENGTH else "..." + group[3 - MAX_GROUP_LENGTH:]), overrides
 
 
 class WandbLogger:
     """Mirrors each metrics row to a wandb run; never raises (a wandb failure disables it, once)."""
 
     def __init__(self, cfg, run_dir: Path, run_id: str | None = None, stop_rule=None):
-        self.run_dir = Path(run_dir)
-        self.run_id = run_id
-        self.run = None
-        self.stop_rule = stop_rule  # the run's StopRule (onsets at stricter levels are unknown once it fired)
+        self.run_dir, self.stop_rule, self.run = Path(run_dir), stop_rule, None
         try:
-            self.run = self._init(cfg)
+            self.run = self._init(cfg, run_id)
         except Exception as e:
-            log.warning("wandb: logging disabled for this run (%s: %s)", type(e).__name__, str(e).splitlines()[0])
+            log.warning("wandb: logging disabled for this run (%s)", first_line(e))
 
-    def _init(self, cfg):
+    def _init(self, cfg, run_id: str | None):
         import wandb
 
         lc = cfg.logger
-        mode = resolve_mode(lc.mode)
+        mode, why = resolve_mode(lc.mode)
+        group, overrides = hydra_record(self.run_dir)
         wandb_dir = Path(lc.dir) if lc.dir else self.run_dir
         wandb_dir.mkdir(parents=True, exist_ok=True)
-        config = OmegaConf.to_container(cfg, resolve=True)
-        config["nsrun"] = {"hydra_overrides": hydra_overrides(self.run_dir), "git_commit": git_commit(),
-                           "run_dir": str(self.run_dir.resolve())}
-        kwargs = dict(project=lc.project, entity=lc.entity, group=lc.group or sweep_group(self.run_dir),
-                      job_type=lc.job_type, tags=list(lc.tags or []), dir=str(wandb_dir), id=self.run_id,
-                      resume="allow", config=config, reinit="create_new",  # several live runs: train.parallel_seeds
-                      settings=wandb.Settings(console="off"))
-        global _server_unreachable
-        if mode in ("online", "shared") and (_server_unreachable or not server_reachable()):
-            if not _server_unreachable:
-                log.warning("wandb: server unreachable; logging offline (upload later with `wandb sync`)")
-            _server_unreachable = True
-            mode = "offline"
+        config = {**OmegaConf.to_container(cfg, resolve=True),
+                  "nsrun": {"hydra_overrides": overrides, "run_dir": str(self.run_dir.resolve())}}
+        settings = wandb.Settings(silent=True, init_timeout=lc.timeout, finish_timeout=lc.timeout,
+                                  git_root=str(SOURCE_TREE))
+
+        def init(mode: str):
+            return wandb.init(mode=mode, project=lc.project, entity=lc.entity, group=lc.group or group,
+                              job_type=lc.job_type, tags=list(lc.tags), dir=str(wandb_dir), id=run_id,
+                              resume="allow", config=config, allow_val_change=True, reinit="create_new",
+                              settings=settings)
+
         try:
-            run = wandb.init(mode=mode, **kwargs)
+            run = init(mode)
         except Exception as e:
-            if mode not in ("online", "shared") or _open_runs:
+            if mode not in ("online", "shared"):
                 raise
-            log.warning("wandb: online init failed (%s); logging offline instead", str(e).splitlines()[0])
-            _server_unreachable = True
-            wandb.teardown()  # the failed run still holds its id in wandb's service
-            run = wandb.init(mode="offline", **kwargs)
-        _open_runs.add(run.id)
-        run.config.update(config, allow_val_change=True)
-        for key, best in (("val_acc", "max"), ("val_loss", "min"), ("train_loss", "min"), ("val_ppl", "min")):
-            run.define_metric(key, summary=f"{best},last")
+            log.warning("wandb: no answer from %s within logger.timeout=%g s (%s)", wandb.setup().settings.base_url,
+                        lc.timeout, first_line(e))
+            wandb.teardown()  # the failed run holds its id in wandb's service
+            wandb.setup(wandb.Settings(silent=True, mode="offline"))  # the later runs of this process: offline
+            run, why = init("offline"), "server unreachable"
+        run.define_metric("step")
+        run.define_metric("*", step_metric="step")
+        for key, best in BEST.items():
+            run.define_metric(key, step_metric="step", summary=f"{best},last")
+        if run.offline:
+            sync_dir = Path(os.path.relpath(run.settings.sync_dir)) if run.settings.sync_dir.startswith(
+                os.getcwd() + os.sep) else run.settings.sync_dir
+            log.info("wandb: offline (%s); upload with: wandb sync %s", why, sync_dir)
+        elif mode != "disabled":
+            log.info("wandb: %s", run.url)
         return run
 
-    def _close(self, exit_code: int) -> None:
-        _open_runs.discard(self.run.id)
+    def _call(self, what: str, fn) -> None:
+        if self.run is None:
+            return
         try:
-            self.run.finish(exit_code=exit_code)
+            fn(self.run)
         except Exception as e:
-            log.warning("wandb: finish failed (%s)", e)
-        self.run = None
-
-    def _disable(self, what: str, e: Exception) -> None:
-        log.warning("wandb: %s failed, logging disabled for the rest of this run (%s)", what, e)
-        self._close(1)
+            log.warning("wandb: %s failed, logging disabled for the rest of this run (%s)", what, first_line(e))
+            self.finish(1)
 
     def log(self, row: dict, step: int) -> None:
-        if self.run is None:
-            return
-        try:
-            self.run.log({k: v for k, v in row.items() if k != "step"}, step=step)
-        except Exception as e:
-            self._disable("log", e)
+        self._call("log", lambda run: run.log({**row, "step": step}))
 
     def summary(self, values: dict) -> None:
-        if self.run is None:
-            return
-        try:
-            self.run.summary.update({"final_step": values.get("step"), **onset_summary(self.run_dir, self.stop_rule)})
-        except Exception as e:
-            self._disable("summary", e)
+        from nsrun.runner.tracking import onset_summary
+
+        self._call("summary", lambda run: run.summary.update(
+            {"final_step": values.get("step"), **onset_summary(self.run_dir, self.stop_rule)}))
 
     def finish(self, exit_code: int = 0) -> None:
-        if self.run is not None:
-            self._close(exit_code)
+        run, self.run = self.run, None
+        if run is not None:
+            try:
+                run.finish(exit_code=exit_code)
+            except Exception as e:
+                log.warning("wandb: finish failed (%s)", first_line(e))

@@ -9,7 +9,8 @@ its science object.
 * :func:`preflight` does the checks that need I/O (a CUDA device, the data files, the hub), once before any
   compute.
 * The builders: :func:`build_task`, :func:`build_model`, :func:`build_objective`, :func:`make_optimizer`,
-  :func:`lr_lambda`, :func:`monitor_settings`, :func:`build_logger`, :func:`stop_rule`.
+  :func:`lr_lambda`, :func:`monitor_settings`, :func:`build_logger`, :func:`stop_rule`; :func:`describe_reg`
+  says in one line which regulariser a run trains with.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from nsrun.runner.config.logger import build_logger
 from nsrun.runner.config.model import build_model
 from nsrun.runner.config.noise import build_schedule
 from nsrun.runner.config.optim import lr_lambda, make_optimizer
-from nsrun.runner.config.reg import build_objective, check_schedule_used
+from nsrun.runner.config.reg import build_objective, check_schedule_used, describe_reg
 from nsrun.runner.config.run import check_exact_task, monitor_settings
 from nsrun.runner.config.schema import (
     GROUPS,
@@ -54,9 +55,9 @@ CONF_DIR = os.environ.get("NSRUN_CONFIG_DIR", str(Path(__file__).resolve().paren
 
 __all__ = [
     "CONF_DIR", "DEVICE_RE", "GROUPS", "OPTIONS", "SECTIONS", "KeyWithoutEffect", "build_logger", "build_model",
-    "build_objective", "build_schedule", "build_task", "field_names", "groups", "lr_lambda", "make_optimizer",
-    "monitor_settings", "preflight", "require_bool", "require_choice", "require_int", "require_number", "section",
-    "select", "stop_rule", "type_error", "unknown_key", "validate",
+    "build_objective", "build_schedule", "build_task", "describe_reg", "field_names", "groups", "lr_lambda",
+    "make_optimizer", "monitor_settings", "preflight", "require_bool", "require_choice", "require_int",
+    "require_number", "section", "select", "stop_rule", "type_error", "unknown_key", "validate",
 ]
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from omegaconf import MISSING
 
-from nsrun.runner.config.checks import is_list
+from nsrun.runner.config.checks import check_number, is_list
 from nsrun.runner.config.schema import describe, option, section
 from nsrun.runner.errors import ConfigError
 
@@ -42,6 +42,7 @@ class WandbLoggerConfig:
     tags: list[str] = MISSING
     mode: str | None = MISSING
     dir: str | None = MISSING
+    timeout: float = MISSING
 
     def check(self) -> None:
         if self.mode not in WANDB_MODES:
@@ -50,6 +51,7 @@ class WandbLoggerConfig:
             value = getattr(self, key)
             if value is not None and not isinstance(value, str):
                 raise ConfigError(f"logger.{key}", f"must be a string or null, got {value!r}")
+        check_number("logger.timeout", self.timeout, 0, low_open=True)
         if not is_list(self.tags) or not all(isinstance(t, str) for t in self.tags):
             raise ConfigError("logger.tags", f"must be a list of strings, got {self.tags!r}")
 

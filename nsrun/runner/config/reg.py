@@ -8,8 +8,9 @@ An objective is called once per step as ``loss, stats = objective(model, x, y, s
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
-from omegaconf import MISSING
+from omegaconf import MISSING, OmegaConf
 
 from nsrun.runner.config.checks import check_bool, check_choice, check_int, check_number
 from nsrun.runner.config.schema import OPTIONS, KeyWithoutEffect, describe, option, section
@@ -18,13 +19,15 @@ from nsrun.runner.errors import ConfigError
 describe("reg", "the regulariser added to the cross-entropy, or a peer grokking accelerator")
 
 
-
 @option("reg", "none")
 @dataclass
 class NoReg:
     """Plain cross-entropy: the baseline."""
 
     name: str = "none"
+
+    def describe(self, cfg) -> str:
+        return "plain cross-entropy"
 
     def build(self, task, schedule, seed: int):
         from nsrun.science.objective import CrossEntropy
@@ -66,6 +69,21 @@ class StabilityReg:
                     raise KeyWithoutEffect(f"reg.{key}", f"has no effect with reg.noise={self.noise}; "
                                                          "set reg.noise=gaussian")
 
+    def describe(self, cfg) -> str:
+        noise = section(cfg, "noise")
+        schedule = ", ".join(f"{k} {'null' if v is None else v}" for k, v in vars(noise).items() if k != "name")
+        sign = "rewards" if self.S == 1 else "penalises"
+        parts = [f"S {self.S} ({sign} stability)", f"gamma {self.gamma:g}", f"rho {self.rho:g}", f"noise {self.noise}"]
+        if self.noise == "gaussian":
+            parts.append(f"sigma {'RMS of the noise tokens' if self.sigma is None else self.sigma}, "
+                         f"on {self.gaussian_on} positions")
+        if self.batch_fraction != 1:
+            parts.append(f"batch_fraction {self.batch_fraction:g}")
+        if self.stop_grad_clean:
+            parts.append("stop_grad_clean")
+        parts.append(f"schedule {noise.name}" + (f" ({schedule})" if schedule else ""))
+        return ", ".join(parts)
+
     def build(self, task, schedule, seed: int):
         from nsrun.science.stability.regulariser import StabilityRegulariser
 
@@ -87,6 +105,9 @@ class GrokFastReg:
         check_number("reg.alpha", self.alpha, 0, 1, high_open=True)
         check_number("reg.lamb", self.lamb, 0)
 
+    def describe(self, cfg) -> str:
+        return f"GrokFast-EMA gradient filter, alpha {self.alpha:g}, lamb {self.lamb:g}; plain cross-entropy"
+
     def build(self, task, schedule, seed: int):
         from nsrun.science.peers import GrokFastEMA
 
@@ -100,6 +121,9 @@ class WeightDecayReg:
 
     name: str = "weight_decay"
 
+    def describe(self, cfg) -> str:
+        return f"plain cross-entropy, optim.weight_decay {section(cfg, 'optim').weight_decay:g}"
+
     def build(self, task, schedule, seed: int):
         from nsrun.science.objective import CrossEntropy
 
@@ -111,6 +135,23 @@ def check_schedule_used(reg, noise) -> None:
     if noise.name != "constant" and not getattr(reg, "scheduled", False):
         users = " or ".join(f"reg={n}" for n, c in OPTIONS["reg"].items() if getattr(c, "scheduled", False))
         raise KeyWithoutEffect(f"noise={noise.name}", f"has no effect with reg={reg.name}; choose {users}")
+
+
+def describe_reg(cfg) -> str:
+    """The effective regulariser in one line, e.g. ``reg=stability (S 1, gamma 0.05, rho 0.9, noise token, schedule
+    constant); gamma 0.05 is task=parity's (conf/reg/for_task/stability_parity.yaml)``."""
+    from nsrun.runner.config import CONF_DIR
+
+    reg = section(cfg, "reg")
+    line = f"reg={reg.name} ({reg.describe(cfg)})"
+    task = cfg.task.name
+    for_task = Path(CONF_DIR) / "reg" / "for_task" / f"{reg.name}_{task}.yaml"
+    if for_task.exists():
+        own = {k: v for k, v in OmegaConf.load(for_task).items() if getattr(reg, str(k), None) == v}
+        if own:
+            values = ", ".join(f"{k} {v:g}" for k, v in own.items())
+            line += f"; {values} {'is' if len(own) == 1 else 'are'} task={task}'s (conf/reg/for_task/{for_task.name})"
+    return line
 
 
 def build_objective(cfg, task):
