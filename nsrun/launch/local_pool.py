@@ -242,10 +242,19 @@ def _stop_signals_ignored():
 
 
 def _stop_workers(pool, stop, futures) -> None:
-    """Start no queued job, ask every worker to stop its running job (it writes its checkpoint), wait for them."""
+    """Start no queued job, ask every worker to stop its running job (it writes its checkpoint), wait for them.
+    ``stop`` reaches a worker still starting; a SIGTERM reaches the others at once (its initializer has made it
+    a request to stop, and until then it is ignored)."""
+    import multiprocessing
+
     stop.set()
     for future in futures:
         future.cancel()
+    for worker in multiprocessing.active_children():  # this process's children: the pool's workers
+        try:
+            os.kill(worker.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
     pool.shutdown(wait=True, cancel_futures=True)
 
 
