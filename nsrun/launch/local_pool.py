@@ -127,7 +127,9 @@ def _picklable(exc: BaseException) -> BaseException:
 
 def _status(outcome: sweep_stop.JobOutcome | None) -> str:
     """A job's status in ``local_pool.jsonl`` (Hydra's COMPLETED and FAILED, or STOPPED, NOT_STARTED)."""
-    return "NOT_STARTED" if outcome is None else outcome.state.upper().replace(" ", "_")
+    if outcome is None:
+        return "NOT_STARTED"
+    return "COMPLETED" if outcome.state == sweep_stop.FINISHED else outcome.state.upper().replace(" ", "_")
 
 
 def _run_job(payload: bytes) -> bytes:
@@ -278,8 +280,8 @@ def _job_done(future, num: int, overrides: Sequence[str], sweep_dir: Path):
         log.info("\t#%d %s on worker %d (CUDA_VISIBLE_DEVICES=%r, %d torch threads) in %.1f s", info["job"],
                  info["status"].lower().replace("_", " "), info["worker"], info["cuda_visible_devices"],
                  info["threads"], info["end"] - info["start"])
-    state = {"COMPLETED": sweep_stop.FINISHED, "FAILED": sweep_stop.FAILED}.get(info["status"],
-                                                                              info["status"].lower().replace("_", " "))
+    state = {"COMPLETED": sweep_stop.FINISHED, "FAILED": sweep_stop.FAILED, "STOPPED": sweep_stop.STOPPED,
+             "NOT_STARTED": sweep_stop.NOT_STARTED}.get(info["status"], sweep_stop.FAILED)
     error = f"{type(ret._return_value).__name__}: {ret._return_value}" if state == sweep_stop.FAILED else ""
     sweep_stop.record(sweep_stop.JobOutcome(num, list(overrides), state, info.get("step"), error.splitlines()[0]
                                             if error else ""))
