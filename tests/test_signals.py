@@ -136,9 +136,8 @@ def test_a_signal_stops_a_sequential_sweep_and_its_rerun_resumes(tmp_path, start
 
 @pytest.mark.parametrize("launcher,sig,to_group,rerun", [
     ("local_cores", signal.SIGINT, True, False),  # Ctrl-C in a terminal: the whole process group
-    ("local_cores", signal.SIGINT, False, False),  # kill -INT PID: the parent alone
-    ("local_cores", signal.SIGTERM, False, True),  # kill PID
-    ("local_gpus", signal.SIGTERM, True, False),  # pretend GPU ids, the jobs train on the CPU
+    ("local_gpus", signal.SIGINT, False, False),  # kill -INT PID: the parent alone (pretend GPUs, CPU training)
+    pytest.param("local_cores", signal.SIGTERM, False, True, marks=pytest.mark.slow),  # kill PID, then rerun
 ])
 def test_a_signal_stops_a_local_pool_sweep_with_its_workers(tmp_path, started, launcher, sig, to_group, rerun):
     sweep = tmp_path / "sweep"
