@@ -91,8 +91,8 @@ def worker_slots(device: str = "cpu", n_workers: int | None = None, threads_per_
 
 def _watch_parent(parent_pid: int, stop) -> None:
     """Stop the running job as a SIGTERM does (it writes its checkpoint) once the parent sets ``stop`` (the sweep
-    was stopped) or is gone (killed by SIGKILL, it could not stop its workers); in the second case, then end
-    this worker."""
+    was stopped) or is gone (killed by SIGKILL, it could not stop its workers); when the parent is gone, end
+    this worker as soon as no job runs."""
     told = False
     while os.getppid() == parent_pid:
         if not told and stop.is_set():
@@ -272,7 +272,8 @@ def _job_done(future, num: int, overrides: Sequence[str], sweep_dir: Path):
     except BaseException:
         if received() is None:
             raise
-        sweep_stop.record(sweep_stop.JobOutcome(num, list(overrides), sweep_stop.RUNNING))  # a second Ctrl-C
+        # its worker stopped at once (a second Ctrl-C) or died: the job resumes from its last checkpoint
+        sweep_stop.record(sweep_stop.JobOutcome(num, list(overrides), sweep_stop.RUNNING))
         return None
     with open(sweep_dir / POOL_LOG, "a") as f:
         f.write(json.dumps(info) + "\n")

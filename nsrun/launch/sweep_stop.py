@@ -69,7 +69,7 @@ def _state_text(outcome: JobOutcome | None) -> str:
     if outcome.state == STOPPED:
         return f"stopped at step {outcome.step}; checkpoint written"
     if outcome.state == RUNNING:
-        return "stopped at once (a second Ctrl-C); it resumes from its last checkpoint"
+        return "stopped at once, without a new checkpoint; it resumes from its last one"
     if outcome.state == FAILED:
         return f"failed: {outcome.error}"
     return outcome.state
