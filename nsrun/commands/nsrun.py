@@ -143,11 +143,13 @@ def _job_context(compose, config_name: str, job: list[str], base_cfg):
 
 
 def prevalidate(argv: list[str], prog: str = "nsrun", config_dir: str = CONF_DIR, config_name: str = "config",
-                validate=None, skip_on_cfg: bool = False) -> None:
+                validate=None, skip_on_cfg: bool = False) -> list[list[str]] | None:
     """Compose and validate every job of this command (the sweeper's params included) with ``validate``
     (default: nsrun's schema, ``nsrun.runner.config.validate``, then its ``preflight`` unless the jobs run on
     SLURM, where each job runs it on its node); print ``{prog}: error: ...`` and exit 2 on the first bad one.
-    ``skip_on_cfg``: do not validate for ``--cfg`` (when validation is expensive, e.g. loads a model)."""
+    ``skip_on_cfg``: do not validate for ``--cfg`` (when validation is expensive, e.g. loads a model).
+    Returns the override lists of a multirun's jobs, in Hydra's job order, when the sweeper fixes them
+    beforehand (not an Optuna search); else None."""
     from hydra import compose, initialize_config_dir
     from hydra._internal.utils import get_args_parser
     from hydra.core.global_hydra import GlobalHydra
@@ -170,7 +172,7 @@ def prevalidate(argv: list[str], prog: str = "nsrun", config_dir: str = CONF_DIR
     config_name = args.config_name or config_name
     overrides = list(args.overrides)
     GlobalHydra.instance().clear()
-    base_cfg, job, jobs, checked = None, overrides, [overrides], set()
+    base_cfg, job, jobs, checked, planned = None, overrides, [overrides], set(), None
     try:
         with initialize_config_dir(config_dir=config_dir, version_base="1.3"):
             base_cfg = compose(config_name=config_name)
@@ -185,7 +187,7 @@ def prevalidate(argv: list[str], prog: str = "nsrun", config_dir: str = CONF_DIR
                     except ValueError as e:
                         fail(str(e), prog=prog)
                 else:
-                    jobs = _sweep_jobs(overrides, params)
+                    jobs = planned = _sweep_jobs(overrides, params)
             for job in jobs[:MAX_VALIDATED_JOBS]:
                 cfg = compose(config_name=config_name, overrides=job)
                 try:
@@ -209,19 +211,33 @@ def prevalidate(argv: list[str], prog: str = "nsrun", config_dir: str = CONF_DIR
         fail(prefix + format_hydra_error(e, context, schema), prog=prog)
     finally:
         GlobalHydra.instance().clear()
+    return planned
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
 def hydra_entry(cfg: DictConfig):
     from hydra.core.hydra_config import HydraConfig
 
+    from nsrun.launch import sweep_stop
     from nsrun.launch.slurm import record_slurm_env, submitit_executor
     from nsrun.runner.errors import ConfigError, UsageError
+    from nsrun.runner.signals import catch_stop_signals, exit_code, received
     from nsrun.runner.train import Interrupted, run_objective, train
 
     hydra_cfg = HydraConfig.get()
     run_dir = hydra_cfg.runtime.output_dir
     multirun = hydra_cfg.mode.name == "MULTIRUN"
+    local_sweep = multirun and not submitit_executor()
+    if local_sweep:  # the jobs run in this process, one after another (or in a local pool's worker)
+        catch_stop_signals()
+        if received() is not None:
+            raise sweep_stop.SweepStopped(received())  # this job does not start
+    kind, where = ("sweep", hydra_cfg.sweep.dir) if multirun else ("run", hydra_cfg.run.dir)
+    sweep_stop.RECORD.rerun = sweep_stop.rerun_hint(kind, where, hydra_cfg.overrides.hydra)
+    job = sweep_stop.JobOutcome(int(hydra_cfg.job.num) if multirun else 0, list(hydra_cfg.overrides.task),
+                                sweep_stop.RUNNING)
+    if local_sweep:
+        sweep_stop.record(job)
 
     def on_start(root):  # the writer lock is held and the config matches: the record may change now
         root.write_hydra_record(hydra_record(cfg, hydra_cfg))
@@ -229,17 +245,43 @@ def hydra_entry(cfg: DictConfig):
 
     try:
         train(cfg, run_dir, on_start=on_start)
-        return run_objective(cfg, run_dir)
+        result = run_objective(cfg, run_dir)
     except (ConfigError, UsageError) as e:
-        if multirun:
-            raise
-        fail(str(e))
+        if not multirun:
+            fail(str(e))
+        job.state, job.error = sweep_stop.FAILED, str(e)
+        raise
     except Interrupted as e:
-        # in a submitit job (SIGTERM: preemption, scontrol requeue, scancel) exit without a result, so that
-        # SLURM's requeue reruns the job from the checkpoint and a cancel is reported as a failure
-        if multirun and not submitit_executor():
-            raise
-        fail(str(e), code=130)
+        if submitit_executor():
+            # exit without a result, so that SLURM's requeue (preemption, scontrol requeue) reruns the job from
+            # the checkpoint and a cancel (scancel: SIGTERM) is reported as a failure
+            print(f"nsrun: {e}", file=sys.stderr)
+            sys.exit(130)
+        if multirun:
+            job.state, job.step = sweep_stop.STOPPED, e.step
+            raise sweep_stop.SweepStopped(e.signum, job) from None
+        print(f"nsrun: {e}; {sweep_stop.RECORD.rerun}", file=sys.stderr)
+        sys.exit(exit_code(e.signum))
+    except Exception as e:
+        job.state, job.error = sweep_stop.FAILED, f"{type(e).__name__}: {e}".splitlines()[0]
+        raise
+    job.state = sweep_stop.FINISHED
+    if local_sweep and received() is not None:  # the signal came in the job's last step: start no further job
+        raise sweep_stop.SweepStopped(received(), job)
+    return result
+
+
+def stopped_sweep_exit(e: BaseException, planned: list[list[str]] | None) -> None:
+    """Report a sweep that a stop signal (``SweepStopped``) or a second Ctrl-C (``KeyboardInterrupt``) ended:
+    one line per job and how to resume; exit with 128 + the signal."""
+    import signal
+
+    from nsrun.launch.sweep_stop import summary
+    from nsrun.runner.signals import exit_code
+
+    signum = getattr(e, "signum", signal.SIGINT)
+    print("\n".join(summary(signum, planned)), file=sys.stderr)
+    sys.exit(exit_code(signum))
 
 
 def hydra_record(cfg: DictConfig, hydra_cfg) -> dict[str, str]:
@@ -314,6 +356,7 @@ def reuse_group_listing_repository() -> None:
 
 def main() -> None:
     from nsrun.launch.slurm import silence_schema_warning
+    from nsrun.launch.sweep_stop import RECORD, SweepStopped
     from nsrun.runner.threads import prepare_environment
 
     prepare_environment()  # OpenMP's wait policy, before anything imports torch (nsrun/runner/threads.py)
@@ -323,8 +366,17 @@ def main() -> None:
     silence_schema_warning()  # nsrun's defaults for hydra/launcher=submitit_slurm (conf/hydra/launcher/)
     if ({"--cfg", "-c"} & set(sys.argv[1:])) and "--resolve" not in sys.argv:
         sys.argv.append("--resolve")  # --cfg shows the values a run will use, not their interpolations
-    prevalidate(sys.argv[1:])
-    hydra_entry()
+    planned = prevalidate(sys.argv[1:])
+    try:
+        hydra_entry()
+    except SweepStopped as e:
+        stopped_sweep_exit(e, planned)
+    except KeyboardInterrupt as e:  # a second Ctrl-C (the loop stops at once), or Ctrl-C before training started
+        if RECORD.jobs or planned is not None:
+            stopped_sweep_exit(e, planned)
+        print(f"nsrun: interrupted by Ctrl-C before the current step's checkpoint; {RECORD.rerun} from the last one",
+              file=sys.stderr)
+        sys.exit(130)
 
 
 if __name__ == "__main__":

@@ -17,12 +17,20 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from nsrun.runner.checkpoint import rng_state, set_rng_state
+from nsrun.runner.signals import STOP_SIGNALS, note, received, signal_name
 
 log = logging.getLogger("nsrun")
 
 
 class Interrupted(Exception):
-    """Raised inside the loop when a signal asks the run to stop (a checkpoint has been written)."""
+    """Raised inside the loop when stop signal ``signum`` ended the run at ``step`` (its checkpoint is written)."""
+
+    def __init__(self, signum: int, step: int):
+        super().__init__(signum, step)
+        self.signum, self.step = int(signum), int(step)
+
+    def __str__(self) -> str:
+        return f"stopped by signal {self.signum} ({signal_name(self.signum)}) at step {self.step}; checkpoint written"
 
 
 @dataclass
@@ -46,23 +54,25 @@ class LoopState:
 @contextmanager
 def stop_on_signals():
     """Turn SIGINT/SIGTERM/SIGUSR2 into a flag the loop checks after each step (so a checkpoint is never taken
-    mid-update); a second SIGINT stops at once. Handlers are restored afterwards.
+    mid-update); a second SIGINT stops at once. Handlers are restored afterwards. In a process that catches stop
+    signals for all its jobs (``signals.catch_stop_signals``: a sweep), the flag starts set when a signal came
+    before the loop, and a signal to the loop is recorded for the process too (no further job starts).
 
     ``flag["hand_over"]()``, called once the stop checkpoint is written, restores the previous handlers and
     passes the signal on to the previous handler when that was a Python one: inside a submitit job (sweeps on
     SLURM) that is submitit's SIGUSR2 handler, which requeues the job and exits the process; the requeued job
     resumes from the checkpoint just written."""
-    flag = {"signal": None}
+    flag = {"signal": received(), "sigint": False}
 
     def handler(signum, frame):
-        if flag["signal"] is not None and signum == signal.SIGINT:
+        if signum == signal.SIGINT and flag["sigint"]:
             raise KeyboardInterrupt
+        flag["sigint"] = flag["sigint"] or signum == signal.SIGINT
         flag["signal"] = signum
+        note(signum)
 
     old = {}
-    for sig in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGUSR2", None)):
-        if sig is None:
-            continue
+    for sig in STOP_SIGNALS:
         try:
             old[sig] = signal.signal(sig, handler)
         except ValueError:  # not the main thread
@@ -202,7 +212,7 @@ def train_loop(replicas, dirs: list, trackers: list, cadence: Cadence, state: Lo
                     do_checkpoint(step, running)
                     log.info("signal %d: checkpoint written at step %d", stop["signal"], step)
                     stop["hand_over"]()  # e.g. submitit's SIGUSR2 handler: requeue the job (it exits)
-                    raise Interrupted(f"stopped by signal {stop['signal']} at step {step}; checkpoint written")
+                    raise Interrupted(stop["signal"], step)
     finally:
         progress.close()
     return state.last_rows
