@@ -3,15 +3,23 @@
 ``loss = CE(M(X), y) + gamma(s) * (-1)^S * mean_i <p(X_i), p(Y_i)>`` on the training batch, with ``Y`` a
 noisy copy (token or Gaussian noise at ``rho(s)``) of a random ``batch_fraction`` of the batch's examples,
 ``rho(s), gamma(s)`` from the noise schedule. S = 1 rewards stability (the paper's setting), S = 0
-penalises it. Clean and noisy inputs run as one concatenated forward pass (cost about ``1 + batch_fraction``
-forward/backward passes); ``stop_grad_clean`` detaches ``p(X)`` in the inner product **[ours]**.
+penalises it. ``stop_grad_clean`` detaches ``p(X)`` in the inner product **[ours]**.
+
+Cost. Clean and noisy inputs run as one concatenated forward pass. With token noise a noisy row ``Y_i`` that
+equals its clean row ``X_i`` (every resampled position drew its own token again) has ``p(Y_i) = p(X_i)``:
+only the changed rows run through the model, and ``p(X_i)`` itself (not detached) stands in for ``p(Y_i)`` at
+the others, so the loss and its gradient are those of two full passes up to float rounding, stop-gradient
+included (``reuse_unchanged=False``: every noisy row runs). A step with ``gamma(s) = 0`` runs the clean pass
+alone (the noise is still drawn, so later steps get the same noise); with ``every_k_steps = k`` the noisy
+pass and the term are made only at steps ``s`` with ``s % k == 0`` (no noise is drawn at the others; the term
+is not rescaled, so its expected gradient per step is ``1/k`` of that of ``k = 1``). Steps without a noisy
+pass add 0 to ``reg_term`` and nothing to ``reg_stab``.
 
 With the ``on_fit`` schedule (schedules.py) the regulariser is off until the clean training batch is fitted:
 every step runs the clean pass ``M(X)`` alone, and the first step ``s0`` at which its accuracy is
 ``>= train_acc`` latches the switch (``on_since = s0``, checkpointed and logged as ``reg_on_since``); from
 ``s0`` on (that step included) the noisy copy runs as a second pass ``M(Y)`` and the term is added with
-``gamma(s)``. Before ``s0`` the loss is the plain cross-entropy and no noise is drawn. Two passes instead of one
-concatenated pass keep every model call the same shape whether or not a seed has switched (vmapped seeds).
+``gamma(s)``. Before ``s0`` the loss is the plain cross-entropy and no noise is drawn.
 """
 
 from __future__ import annotations
@@ -33,20 +41,37 @@ from nsrun.science.stability.noise import (
 NOISE_SEED_OFFSET = 7_919  # the regulariser's noise generator is seeded with seed + this
 
 
+def changed_rows(noisy: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
+    """Indices ``[m]`` of the rows (examples) of ``noisy`` that differ from ``clean`` at any position."""
+    return (noisy != clean).reshape(len(clean), -1).any(1).nonzero().flatten()
+
+
+def with_clean_rows(p_clean: torch.Tensor, p_changed: torch.Tensor, changed: torch.Tensor) -> torch.Tensor:
+    """``p(Y)`` from ``p(X) [m, ...]`` at the unchanged rows and ``p_changed`` (the changed rows' outputs, in
+    the order of ``changed``) at the others; differentiable in both."""
+    if len(changed) == len(p_clean):
+        return p_changed
+    if not len(changed):
+        return p_clean
+    return p_clean.index_copy(0, changed, p_changed)
+
+
 class StabilityRegulariser:
     """``loss, stats = objective(model, x, y, step)`` for a ``task`` and a noise ``schedule``
     (``(step, on_since) -> (rho, gamma)``); the noise comes from a checkpointed generator seeded with
     ``seed + NOISE_SEED_OFFSET``. ``sigma`` None: the RMS entry of the noise tokens' embeddings."""
 
     def __init__(self, task, schedule, *, S: int, noise: str = "token", stop_grad_clean: bool = False,
-                 batch_fraction: float = 1.0, sigma: float | None = None, gaussian_on: str = "resampleable",
-                 seed: int):
+                 batch_fraction: float = 1.0, every_k_steps: int = 1, sigma: float | None = None,
+                 gaussian_on: str = "resampleable", seed: int, reuse_unchanged: bool = True):
         if S not in (0, 1):
             raise ValueError(f"S must be 0 or 1, got {S!r}")
         if noise not in NOISES:
             raise ValueError(f"noise must be one of {', '.join(NOISES)}, got {noise!r}")
         if not 0 < batch_fraction <= 1:
             raise ValueError(f"batch_fraction must be in (0, 1], got {batch_fraction!r}")
+        if not (isinstance(every_k_steps, int) and every_k_steps >= 1):
+            raise ValueError(f"every_k_steps must be an integer >= 1, got {every_k_steps!r}")
         if gaussian_on not in GAUSSIAN_ON:
             raise ValueError(f"gaussian_on must be one of {', '.join(GAUSSIAN_ON)}, got {gaussian_on!r}")
         self.task = task
@@ -55,13 +80,15 @@ class StabilityRegulariser:
         self.noise = noise
         self.stop_grad_clean = bool(stop_grad_clean)
         self.batch_fraction = float(batch_fraction)
+        self.every_k_steps = every_k_steps
         self.sigma = sigma
         self.gaussian_on = gaussian_on
+        self.reuse_unchanged = bool(reuse_unchanged)
         self.generator = torch.Generator().manual_seed(int(seed) + NOISE_SEED_OFFSET)
         self.term_sum = torch.zeros((), dtype=torch.float64)  # sum of the added loss terms since the last eval
         self.stab_sum = torch.zeros((), dtype=torch.float64)
         self.count = 0  # steps since the last eval
-        self.noisy_count = 0  # of which with a noisy pass (fewer only before an on_fit switch)
+        self.noisy_count = 0  # of which with a noisy pass
         self.on_since: int | None = None  # the on_fit switch step
         self.last: dict[str, float] = {}
 
@@ -71,29 +98,44 @@ class StabilityRegulariser:
             return None
         return torch.randperm(n, generator=self.generator)[:k].sort().values.to(device)
 
-    def _token_noisy(self, x: torch.Tensor, rho: float) -> torch.Tensor:
-        return token_noise(x, rho, self.task.noise_tokens, self.task.resample_mask, self.generator)
-
-    def _gaussian_noisy(self, model, e: torch.Tensor, rho: float) -> torch.Tensor:
+    def _draw(self, model, x: torch.Tensor, rho: float):
+        """``(subset, noisy)``: the noised rows (None: all) and their noisy copy, tokens ``[m, T]`` or
+        embeddings ``[m, T, D]``; the generator calls are the same whatever is done with them."""
+        subset = self._noisy_subset(x.shape[0], x.device)
+        x_sub = x if subset is None else x[subset]
+        if self.noise == "token":
+            return subset, token_noise(x_sub, rho, self.task.noise_tokens, self.task.resample_mask, self.generator)
         sigma = self.sigma or embedding_scale(model.token_embeddings, self.task.noise_tokens)
-        return gaussian_noise(e, rho, sigma, self.generator, gaussian_mask(self.task.resample_mask, self.gaussian_on))
+        mask = gaussian_mask(self.task.resample_mask, self.gaussian_on)
+        return subset, gaussian_noise(model.embed(x_sub), rho, sigma, self.generator, mask)
+
+    def _changed(self, x: torch.Tensor, subset, noisy: torch.Tensor) -> torch.Tensor | None:
+        """The rows of a token-noisy copy that differ from their clean rows (None: run them all)."""
+        if self.noise != "token" or not self.reuse_unchanged:
+            return None
+        return changed_rows(noisy, x if subset is None else x[subset])
 
     def __call__(self, model, x, y, step: int):
         if getattr(self.schedule, "fit_level", None) is not None:
             return self._on_fit_step(model, x, y, step)
         rho, gamma = self.schedule(step)
+        if step % self.every_k_steps:
+            return self._without_term(self.task.loss(model(x), y), rho, gamma)
+        subset, noisy = self._draw(model, x, rho)
+        if gamma == 0:
+            return self._without_term(self.task.loss(model(x), y), rho, gamma)
         n = x.shape[0]
-        subset = self._noisy_subset(n, x.device)
-        x_sub = x if subset is None else x[subset]
+        changed = self._changed(x, subset, noisy)
+        extra = noisy if changed is None else noisy[changed]
         if self.noise == "token":
-            logits = model(torch.cat([x, self._token_noisy(x_sub, rho)]))
+            logits = model(torch.cat([x, extra])) if len(extra) else model(x)
         else:
-            e = model.embed(x)
-            e_sub = e if subset is None else e[subset]
-            logits = model(embeddings=torch.cat([e, self._gaussian_noisy(model, e_sub, rho)]))
+            logits = model(embeddings=torch.cat([model.embed(x), extra]))
         ce = self.task.loss(logits[:n], y)
         probs = self.task.output_probs(logits)
-        return self._add_term(ce, probs[:n], probs[n:], subset, rho, gamma)
+        p_clean = probs[:n] if subset is None else probs[:n][subset]
+        p_noisy = probs[n:] if changed is None else with_clean_rows(p_clean, probs[n:], changed)
+        return self._add_term(ce, p_clean, p_noisy, rho, gamma)
 
     def _on_fit_step(self, model, x, y, step: int):
         """The ``on_fit`` step (module docstring): the clean pass, the switch, then the noisy pass once on."""
@@ -102,26 +144,36 @@ class StabilityRegulariser:
         if self.on_since is None and self._fitted(logits, y):
             self.on_since = step
         rho, gamma = self.schedule(step, self.on_since)
-        if self.on_since is None:
-            self.count += 1
-            self.last = {"reg_rho": rho, "reg_gamma": gamma}
-            return ce, {"ce": ce.detach(), "reg_term": ce.new_zeros(()), "reg_rho": rho, "reg_gamma": gamma}
-        subset = self._noisy_subset(x.shape[0], x.device)
-        x_sub = x if subset is None else x[subset]
-        if self.noise == "token":
-            noisy = model(self._token_noisy(x_sub, rho))
+        if self.on_since is None or step % self.every_k_steps:
+            return self._without_term(ce, rho, gamma)
+        subset, noisy = self._draw(model, x, rho)
+        if gamma == 0:
+            return self._without_term(ce, rho, gamma)
+        changed = self._changed(x, subset, noisy)
+        extra = noisy if changed is None else noisy[changed]
+        probs = self.task.output_probs(logits)
+        p_clean = probs if subset is None else probs[subset]
+        if not len(extra):
+            p_changed = p_clean[:0]
+        elif self.noise == "token":
+            p_changed = self.task.output_probs(model(extra))
         else:
-            noisy = model(embeddings=self._gaussian_noisy(model, model.embed(x_sub), rho))
-        return self._add_term(ce, self.task.output_probs(logits), self.task.output_probs(noisy), subset, rho, gamma)
+            p_changed = self.task.output_probs(model(embeddings=extra))
+        p_noisy = p_changed if changed is None else with_clean_rows(p_clean, p_changed, changed)
+        return self._add_term(ce, p_clean, p_noisy, rho, gamma)
 
     def _fitted(self, logits: torch.Tensor, y: torch.Tensor) -> bool:
         """The clean batch's accuracy (per example, or per position for lm) is >= the schedule's fit level."""
         return int(self.task.correct(logits.detach(), y)) / y.numel() >= self.schedule.fit_level
 
-    def _add_term(self, ce, p_clean, p_noisy, subset, rho: float, gamma: float):
-        """``ce + gamma (-1)^S mean <p(X), p(Y)>`` over the noisy subset, and the step's statistics."""
-        if subset is not None:
-            p_clean = p_clean[subset]
+    def _without_term(self, ce, rho: float, gamma: float):
+        """A step without a noisy pass: the loss is ``ce``; ``reg_term`` 0."""
+        self.count += 1
+        self.last = {"reg_rho": rho, "reg_gamma": gamma}
+        return ce, {"ce": ce.detach(), "reg_term": ce.new_zeros(()), "reg_rho": rho, "reg_gamma": gamma}
+
+    def _add_term(self, ce, p_clean, p_noisy, rho: float, gamma: float):
+        """``ce + gamma (-1)^S mean <p(X), p(Y)>`` over the noised rows, and the step's statistics."""
         if self.stop_grad_clean:
             p_clean = p_clean.detach()
         stab = inner(p_clean, p_noisy).mean()
@@ -138,8 +190,8 @@ class StabilityRegulariser:
                            "reg_rho": rho, "reg_gamma": gamma}
 
     def log_stats(self) -> dict[str, float]:
-        """Means since the last call (logged at eval steps): the added loss term (0 on steps before an
-        ``on_fit`` switch) and <p(X), p(Y)> (over the steps with a noisy pass); ``reg_on_since`` once switched."""
+        """Means since the last call (logged at eval steps): the added loss term (0 on steps without a noisy
+        pass) and <p(X), p(Y)> (over the steps with a noisy pass); ``reg_on_since`` once switched."""
         if self.count == 0:
             return {}
         out = {"reg_term": float(self.term_sum) / self.count}
