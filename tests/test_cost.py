@@ -1,5 +1,5 @@
-"""The regulariser's cost savings: noisy rows equal to their clean rows are not run again (exact), the term on
-every k-th step only (an option), and gamma = 0 as the baseline (the dose control)."""
+"""The regulariser's cost savings: noisy rows whose input is a clean row of the batch are not run again (exact),
+the term on every k-th step only (an option), and gamma = 0 as the baseline (the dose control)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from nsrun.runner.rundir import read_jsonl, science_config
 from nsrun.runner.train import train
 from nsrun.science.objective import CrossEntropy
 from nsrun.science.stability.noise import token_noise
-from nsrun.science.stability.regulariser import NOISE_SEED_OFFSET, changed_rows
+from nsrun.science.stability.regulariser import NOISE_SEED_OFFSET, noisy_rows_to_run
 from tests.conftest import TINY, compose_cfg, refusal
 
 PARITY = ["task=parity", "task.n_bits=8", "task.n_train=64", "task.n_val=64", "model=tiny"]
@@ -40,9 +40,9 @@ def model_rows(model):
         handle.remove()
 
 
-def step(objective, model, x, y, generator_state, reuse_unchanged: bool):
+def step(objective, model, x, y, generator_state, reuse_equal_rows: bool):
     """Loss, every parameter's gradient, the generator's state after the step and the rows the model ran."""
-    objective.reuse_unchanged = reuse_unchanged
+    objective.reuse_equal_rows = reuse_equal_rows
     objective.generator.set_state(generator_state)
     model.zero_grad(set_to_none=True)
     with model_rows(model) as rows:
@@ -52,16 +52,21 @@ def step(objective, model, x, y, generator_state, reuse_unchanged: bool):
     return loss.detach(), grads, objective.generator.get_state(), rows
 
 
+def changed(noisy: torch.Tensor, clean: torch.Tensor) -> int:
+    """How many rows of ``noisy`` differ from their own clean rows."""
+    return int((noisy != clean).reshape(len(clean), -1).any(1).sum())
+
+
 def draw_with(objective, model, x, pattern: str, rho: float) -> torch.Tensor:
-    """A generator state whose noise draw leaves ``pattern`` rows of the noised rows unchanged: none, some or
-    all (searched over generator seeds)."""
+    """A generator state whose noise draw changes ``pattern`` of the noised rows: none, some or all (searched
+    over generator seeds)."""
     for seed in range(10_000):
         state = torch.Generator().manual_seed(seed).get_state()
         objective.generator.set_state(state)
         subset, noisy = objective._draw(model, x, rho)
-        changed = len(changed_rows(noisy, x if subset is None else x[subset]))
-        if (pattern, changed) in (("none changed", 0), ("all changed", len(noisy))) or (
-                pattern == "some changed" and 0 < changed < len(noisy)):
+        n_changed = changed(noisy, x if subset is None else x[subset])
+        if (pattern, n_changed) in (("none changed", 0), ("all changed", len(noisy))) or (
+                pattern == "some changed" and 0 < n_changed < len(noisy)):
             return state
     raise AssertionError(f"no draw with {pattern}")
 
@@ -73,59 +78,88 @@ CASES += [("modadd", 1, "some changed", ["reg.stop_grad_clean=true"]),
           ("modadd", 0, "some changed", ["reg.batch_fraction=0.5"]),
           ("parity", 1, "some changed", ["reg.batch_fraction=0.5", "reg.stop_grad_clean=true"]),
           ("modadd", 1, "some changed", ["noise=on_fit"]),
-          ("parity", 0, "all changed", ["noise=on_fit", "reg.stop_grad_clean=true"])]
-RHO = {"none changed": 0.9, "some changed": 0.5, "all changed": 0.0}
+          ("parity", 0, "all changed", ["noise=on_fit", "reg.stop_grad_clean=true"]),
+          ("modadd", 0, "whole training set", ["reg.stop_grad_clean=true"]),
+          ("modadd", 1, "whole training set", ["noise=on_fit", "reg.batch_fraction=0.5"])]
+RHO = {"none changed": 0.9, "some changed": 0.5, "all changed": 0.0, "whole training set": 0.0}
 
 
 @pytest.mark.parametrize("task_name,S,pattern,overrides", CASES)
-def test_reusing_unchanged_rows_gives_the_two_pass_loss_and_gradients(task_name, S, pattern, overrides):
+def test_reusing_equal_rows_gives_the_two_pass_loss_and_gradients(task_name, S, pattern, overrides):
     rho = RHO[pattern]
     cfg, task, model = setup(task_name, f"reg.S={S}", f"reg.rho={rho}", *overrides)
     objective = build_objective(cfg, task)
     if "noise=on_fit" in overrides:
         objective.on_since = 0  # switched on (as restored from a checkpoint taken after the switch)
-    x, y = task.train.x[:BATCH], task.train.y[:BATCH]
-    state = draw_with(objective, model, x, pattern, rho)
-    loss_two, grads_two, after_two, rows_two = step(objective, model, x, y, state, reuse_unchanged=False)
-    loss_one, grads_one, after_one, rows_one = step(objective, model, x, y, state, reuse_unchanged=True)
+    if pattern == "whole training set":  # many noisy rows equal other training rows (p 23, half of all pairs)
+        x, y, state = task.train.x, task.train.y, objective.generator.get_state()
+    else:
+        x, y = task.train.x[:BATCH], task.train.y[:BATCH]
+        state = draw_with(objective, model, x, pattern, rho)
+    loss_two, grads_two, after_two, rows_two = step(objective, model, x, y, state, reuse_equal_rows=False)
+    loss_one, grads_one, after_one, rows_one = step(objective, model, x, y, state, reuse_equal_rows=True)
     torch.testing.assert_close(loss_one, loss_two, rtol=1e-6, atol=1e-7)
     assert grads_one.keys() == grads_two.keys() and sum(g.norm() for g in grads_two.values()) > 0
     for name, g in grads_two.items():
         torch.testing.assert_close(grads_one[name], g, rtol=1e-5, atol=1e-7, msg=name)
     assert torch.equal(after_one, after_two)  # the same generator calls
-    noised = sum(rows_two) - BATCH
-    changed = {"none changed": 0, "some changed": None, "all changed": noised}[pattern]
-    ran = sum(rows_one) - BATCH
-    assert ran == changed if changed is not None else 0 < ran < noised
+    objective.generator.set_state(state)
+    subset, noisy = objective._draw(model, x, rho)
+    n_changed, ran = changed(noisy, x if subset is None else x[subset]), sum(rows_one) - len(x)
+    assert sum(rows_two) - len(x) == len(noisy)
+    if pattern == "none changed":
+        assert ran == 0
+    elif pattern == "whole training set":
+        assert 0 < ran < n_changed  # changed rows that are other training rows did not run
+    else:
+        assert 0 < ran <= n_changed
 
 
 def test_the_noise_is_the_stream_of_earlier_versions():
     """The noisy rows are token_noise(x, rho) from a generator seeded with seed + 7919 (as before the saving);
-    only its changed rows run."""
+    only those whose input is no clean row run."""
     cfg, task, model = setup("modadd", "reg.rho=0.5", "seed=4")
     x, y = task.train.x, task.train.y
     expected = token_noise(x, 0.5, task.noise_tokens, task.resample_mask,
                            torch.Generator().manual_seed(4 + NOISE_SEED_OFFSET))
-    changed = changed_rows(expected, x)
-    assert 0 < len(changed) < len(x)
+    known = (expected[:, None] == x[None]).all(-1).any(1)  # the noisy rows equal to some training row
+    assert 0 < int(known.sum()) < len(x)
     seen = []
     handle = model.register_forward_pre_hook(lambda m, args, kwargs: seen.append(args[0].clone()), with_kwargs=True)
-    for reuse_unchanged in (False, True):
+    for reuse_equal_rows in (False, True):
         objective = build_objective(cfg, task)
-        objective.reuse_unchanged = reuse_unchanged
+        objective.reuse_equal_rows = reuse_equal_rows
         objective(model, x, y, 0)
     handle.remove()
-    assert torch.equal(seen[0][len(x):], expected) and torch.equal(seen[1][len(x):], expected[changed])
-    assert torch.equal(seen[0][:len(x)], x) and torch.equal(seen[1][:len(x)], x)
+    assert torch.equal(seen[0][len(x):], expected) and torch.equal(seen[0][:len(x)], x)
+    assert torch.equal(seen[1][:len(x)], x)
+    fresh = list(dict.fromkeys(tuple(r) for r in expected[~known].tolist()))  # distinct, in order
+    assert [tuple(r) for r in seen[1][len(x):].tolist()] == fresh
 
 
-def test_changed_rows_of_sequences_need_every_position_unchanged():
-    clean = torch.arange(12).view(3, 4)
-    noisy = clean.clone()
-    noisy[0, 3] = 99  # one position of row 0
-    noisy[2, 0] = 98
-    assert changed_rows(noisy, clean).tolist() == [0, 2]
-    assert changed_rows(clean.clone(), clean).tolist() == []
+def test_noisy_rows_to_run_matches_clean_rows_and_duplicates():
+    clean = torch.tensor([[1, 2], [3, 4], [5, 6]])
+    noisy = torch.tensor([[1, 2], [3, 4], [9, 9], [9, 9], [5, 7], [3, 4]])
+    run, source = noisy_rows_to_run(clean, noisy)
+    assert run.tolist() == [2, 4] and source.tolist() == [0, 1, 3, 3, 4, 1]
+    assert torch.equal(torch.cat([clean, noisy[run]])[source], noisy)
+
+
+def test_noisy_rows_to_run_checks_every_match_token_by_token():
+    """Rows of 65 bits: the code (base 2, wrapping at 2^64) of [1, 0, ..., 0] equals that of the zero row."""
+    zero = torch.zeros(1, 65, dtype=torch.long)
+    one = zero.clone()
+    one[0, 0] = 1
+    noisy = torch.cat([one, zero, one])
+    run, source = noisy_rows_to_run(zero, noisy)
+    assert run.tolist() == [0, 2] and source.tolist() == [1, 0, 2]  # a colliding row runs (each time)
+    assert torch.equal(torch.cat([zero, noisy[run]])[source], noisy)
+    x = torch.randint(0, 500, (40, 64), generator=torch.Generator().manual_seed(0))  # sequences (WikiText-2-like)
+    noisy = torch.cat([x[:10], x[5:15].flip(0), torch.randint(0, 500, (10, 64))])
+    noisy[12, 63] = (noisy[12, 63] + 1) % 500  # one position of a sequence changed: it runs
+    run, source = noisy_rows_to_run(x, noisy)
+    assert torch.equal(torch.cat([x, noisy[run]])[source], noisy)
+    assert len(run) == 11 and 12 in run.tolist()
 
 
 def test_vmapped_seeds_with_different_row_counts_get_their_own_outputs():

@@ -62,9 +62,9 @@ def test_stop_grad_clean_changes_the_gradient_and_batch_fraction_sizes_the_noisy
     sizes = []
     handle = model.register_forward_pre_hook(lambda m, args, kwargs: sizes.append(len(args[0])), with_kwargs=True)
     cfg_f = compose_cfg([*TINY, "reg=stability", "reg.batch_fraction=0.25"])
-    for reuse_unchanged in (False, True):  # True (the default): only the noisy rows that changed run
+    for reuse_equal_rows in (False, True):  # True (the default): only noisy rows that are no clean row run
         objective = build_objective(cfg_f, task)
-        objective.reuse_unchanged = reuse_unchanged
+        objective.reuse_equal_rows = reuse_equal_rows
         objective(model, task.train.x, task.train.y, 0)
     handle.remove()
     n = len(task.train.x)
@@ -259,7 +259,7 @@ def test_on_fit_adds_nothing_before_the_fit_switches_at_the_first_fitted_step_an
             break
     assert objective.on_since == step > 0 and len(calls) == 2 and stats["reg_gamma"] == 0.75
     assert stats["reg_term"].item() < 0 and torch.equal(calls[0], x)
-    assert 0 < len(calls[1]) < len(x)  # the noisy rows that changed (tests/test_cost.py)
+    assert 0 < len(calls[1]) < len(x)  # the noisy rows that are no clean row (tests/test_cost.py)
     row = objective.log_stats()
     assert row["reg_on_since"] == step and row["reg_term"] < 0 and "reg_stab" in row
     assert row["reg_term"] == pytest.approx(stats["reg_term"].item() / (step + 1))  # zeros before the switch

@@ -5,15 +5,16 @@ noisy copy (token or Gaussian noise at ``rho(s)``) of a random ``batch_fraction`
 ``rho(s), gamma(s)`` from the noise schedule. S = 1 rewards stability (the paper's setting), S = 0
 penalises it. ``stop_grad_clean`` detaches ``p(X)`` in the inner product **[ours]**.
 
-Cost. Clean and noisy inputs run as one concatenated forward pass. With token noise a noisy row ``Y_i`` that
-equals its clean row ``X_i`` (every resampled position drew its own token again) has ``p(Y_i) = p(X_i)``:
-only the changed rows run through the model, and ``p(X_i)`` itself (not detached) stands in for ``p(Y_i)`` at
-the others, so the loss and its gradient are those of two full passes up to float rounding, stop-gradient
-included (``reuse_unchanged=False``: every noisy row runs). A step with ``gamma(s) = 0`` runs the clean pass
-alone (the noise is still drawn, so later steps get the same noise); with ``every_k_steps = k`` the noisy
-pass and the term are made only at steps ``s`` with ``s % k == 0`` (no noise is drawn at the others; the term
-is not rescaled, so its expected gradient per step is ``1/k`` of that of ``k = 1``). Steps without a noisy
-pass add 0 to ``reg_term`` and nothing to ``reg_stab``.
+Cost. Clean and noisy inputs run as one concatenated forward pass. The model is a function of each row's
+input alone, so with token noise a noisy row ``Y_i`` equal to a clean row ``X_j`` of the batch (above all its
+own, ``j = i``: every resampled position drew its own token again) has ``p(Y_i) = p(X_j)``: only the noisy rows
+whose input is no clean row run through the model (each distinct input once), and ``p(X_j)`` itself (not
+detached) stands in for the others, so the loss and its gradient are those of two full passes up to float
+rounding, stop-gradient included (``reuse_equal_rows=False``: every noisy row runs). A step with
+``gamma(s) = 0`` runs the clean pass alone (the noise is still drawn, so later steps get the same noise); with
+``every_k_steps = k`` the noisy pass and the term are made only at steps ``s`` with ``s % k == 0`` (no noise is
+drawn at the others; the term is not rescaled, so its expected gradient per step is ``1/k`` of that of
+``k = 1``). Steps without a noisy pass add 0 to ``reg_term`` and nothing to ``reg_stab``.
 
 With the ``on_fit`` schedule (schedules.py) the regulariser is off until the clean training batch is fitted:
 every step runs the clean pass ``M(X)`` alone, and the first step ``s0`` at which its accuracy is
@@ -41,19 +42,26 @@ from nsrun.science.stability.noise import (
 NOISE_SEED_OFFSET = 7_919  # the regulariser's noise generator is seeded with seed + this
 
 
-def changed_rows(noisy: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
-    """Indices ``[m]`` of the rows (examples) of ``noisy`` that differ from ``clean`` at any position."""
-    return (noisy != clean).reshape(len(clean), -1).any(1).nonzero().flatten()
-
-
-def with_clean_rows(p_clean: torch.Tensor, p_changed: torch.Tensor, changed: torch.Tensor) -> torch.Tensor:
-    """``p(Y)`` from ``p(X) [m, ...]`` at the unchanged rows and ``p_changed`` (the changed rows' outputs, in
-    the order of ``changed``) at the others; differentiable in both."""
-    if len(changed) == len(p_clean):
-        return p_changed
-    if not len(changed):
-        return p_clean
-    return p_clean.index_copy(0, changed, p_changed)
+def noisy_rows_to_run(clean: torch.Tensor, noisy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(run, source)`` for token inputs ``clean [n, ...]`` and ``noisy [m, ...]``: ``run [r]`` the noisy rows
+    that go through the model, one per distinct input that is no clean row; ``source [m]`` for each noisy row the
+    row of ``cat([clean, noisy[run]])`` with the same input (its own clean row where the noise changed nothing).
+    Rows are grouped by a polynomial code (wrapping for long rows) and every match is checked token by token:
+    a noisy row whose code is another input's runs."""
+    n, m = len(clean), len(noisy)
+    rows = torch.cat([clean, noisy]).reshape(n + m, -1)
+    base = int(rows.max()) + 1
+    code = rows[:, 0].clone()
+    for t in range(1, rows.shape[1]):
+        code = code * base + rows[:, t]
+    _, group = torch.unique(code, return_inverse=True)
+    index = torch.arange(n + m, device=rows.device)
+    first = torch.full((n + m,), n + m, device=rows.device).scatter_reduce_(0, group, index, "amin")[group]
+    first = torch.where((rows[first] == rows).all(1), first, index)[n:]  # the first row with each input
+    run = (first == index[n:]).nonzero().flatten()
+    position = torch.zeros(m, dtype=torch.long, device=rows.device)
+    position[run] = torch.arange(len(run), device=rows.device)
+    return run, torch.where(first < n, first, n + position[(first - n).clamp(min=0)])
 
 
 class StabilityRegulariser:
@@ -63,7 +71,7 @@ class StabilityRegulariser:
 
     def __init__(self, task, schedule, *, S: int, noise: str = "token", stop_grad_clean: bool = False,
                  batch_fraction: float = 1.0, every_k_steps: int = 1, sigma: float | None = None,
-                 gaussian_on: str = "resampleable", seed: int, reuse_unchanged: bool = True):
+                 gaussian_on: str = "resampleable", seed: int, reuse_equal_rows: bool = True):
         if S not in (0, 1):
             raise ValueError(f"S must be 0 or 1, got {S!r}")
         if noise not in NOISES:
@@ -83,7 +91,7 @@ class StabilityRegulariser:
         self.every_k_steps = every_k_steps
         self.sigma = sigma
         self.gaussian_on = gaussian_on
-        self.reuse_unchanged = bool(reuse_unchanged)
+        self.reuse_equal_rows = bool(reuse_equal_rows)
         self.generator = torch.Generator().manual_seed(int(seed) + NOISE_SEED_OFFSET)
         self.term_sum = torch.zeros((), dtype=torch.float64)  # sum of the added loss terms since the last eval
         self.stab_sum = torch.zeros((), dtype=torch.float64)
@@ -109,11 +117,12 @@ class StabilityRegulariser:
         mask = gaussian_mask(self.task.resample_mask, self.gaussian_on)
         return subset, gaussian_noise(model.embed(x_sub), rho, sigma, self.generator, mask)
 
-    def _changed(self, x: torch.Tensor, subset, noisy: torch.Tensor) -> torch.Tensor | None:
-        """The rows of a token-noisy copy that differ from their clean rows (None: run them all)."""
-        if self.noise != "token" or not self.reuse_unchanged:
+    def _plan(self, x: torch.Tensor, noisy: torch.Tensor):
+        """``(run, source)`` of :func:`noisy_rows_to_run` for a token-noisy copy; None: run every noisy row."""
+        if self.noise != "token" or not self.reuse_equal_rows:
             return None
-        return changed_rows(noisy, x if subset is None else x[subset])
+        run, source = noisy_rows_to_run(x, noisy)
+        return None if len(run) == len(noisy) else (run, source)
 
     def __call__(self, model, x, y, step: int):
         if getattr(self.schedule, "fit_level", None) is not None:
@@ -125,8 +134,8 @@ class StabilityRegulariser:
         if gamma == 0:
             return self._without_term(self.task.loss(model(x), y), rho, gamma)
         n = x.shape[0]
-        changed = self._changed(x, subset, noisy)
-        extra = noisy if changed is None else noisy[changed]
+        plan = self._plan(x, noisy)
+        extra = noisy if plan is None else noisy[plan[0]]
         if self.noise == "token":
             logits = model(torch.cat([x, extra])) if len(extra) else model(x)
         else:
@@ -134,7 +143,7 @@ class StabilityRegulariser:
         ce = self.task.loss(logits[:n], y)
         probs = self.task.output_probs(logits)
         p_clean = probs[:n] if subset is None else probs[:n][subset]
-        p_noisy = probs[n:] if changed is None else with_clean_rows(p_clean, probs[n:], changed)
+        p_noisy = probs[n:] if plan is None else probs[plan[1]]
         return self._add_term(ce, p_clean, p_noisy, rho, gamma)
 
     def _on_fit_step(self, model, x, y, step: int):
@@ -149,17 +158,17 @@ class StabilityRegulariser:
         subset, noisy = self._draw(model, x, rho)
         if gamma == 0:
             return self._without_term(ce, rho, gamma)
-        changed = self._changed(x, subset, noisy)
-        extra = noisy if changed is None else noisy[changed]
+        plan = self._plan(x, noisy)
+        extra = noisy if plan is None else noisy[plan[0]]
         probs = self.task.output_probs(logits)
         p_clean = probs if subset is None else probs[subset]
         if not len(extra):
-            p_changed = p_clean[:0]
+            p_run = probs[:0]
         elif self.noise == "token":
-            p_changed = self.task.output_probs(model(extra))
+            p_run = self.task.output_probs(model(extra))
         else:
-            p_changed = self.task.output_probs(model(embeddings=extra))
-        p_noisy = p_changed if changed is None else with_clean_rows(p_clean, p_changed, changed)
+            p_run = self.task.output_probs(model(embeddings=extra))
+        p_noisy = p_run if plan is None else torch.cat([probs, p_run])[plan[1]]
         return self._add_term(ce, p_clean, p_noisy, rho, gamma)
 
     def _fitted(self, logits: torch.Tensor, y: torch.Tensor) -> bool:
