@@ -40,6 +40,7 @@ from nsrun.science.stability.noise import (
 )
 
 NOISE_SEED_OFFSET = 7_919  # the regulariser's noise generator is seeded with seed + this
+MATCH_ACROSS_INPUTS_PER_ROW = 1_000  # noisy rows are matched to every clean row when K^P <= this x batch rows
 
 
 def noisy_rows_to_run(clean: torch.Tensor, noisy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -50,10 +51,9 @@ def noisy_rows_to_run(clean: torch.Tensor, noisy: torch.Tensor) -> tuple[torch.T
     a noisy row whose code is another input's runs."""
     n, m = len(clean), len(noisy)
     rows = torch.cat([clean, noisy]).reshape(n + m, -1)
-    base = int(rows.max()) + 1
-    code = rows[:, 0].clone()
-    for t in range(1, rows.shape[1]):
-        code = code * base + rows[:, t]
+    base, width = int(rows.max()) + 1, rows.shape[1]
+    powers = [pow(base, width - 1 - t, 2**64) for t in range(width)]  # base^(T-1-t) mod 2^64, as signed int64
+    code = (rows * torch.tensor([w - 2**64 if w >= 2**63 else w for w in powers], device=rows.device)).sum(1)
     _, group = torch.unique(code, return_inverse=True)
     index = torch.arange(n + m, device=rows.device)
     first = torch.full((n + m,), n + m, device=rows.device).scatter_reduce_(0, group, index, "amin")[group]
@@ -62,6 +62,14 @@ def noisy_rows_to_run(clean: torch.Tensor, noisy: torch.Tensor) -> tuple[torch.T
     position = torch.zeros(m, dtype=torch.long, device=rows.device)
     position[run] = torch.arange(len(run), device=rows.device)
     return run, torch.where(first < n, first, n + position[(first - n).clamp(min=0)])
+
+
+def own_rows_to_run(clean: torch.Tensor, noisy: torch.Tensor, own: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`noisy_rows_to_run` with each noisy row compared with its own clean row ``clean[own[i]]`` only:
+    the changed rows run."""
+    changed = (noisy != clean[own]).reshape(len(noisy), -1).any(1)
+    run = changed.nonzero().flatten()
+    return run, torch.where(changed, len(clean) + changed.long().cumsum(0) - 1, own)
 
 
 class StabilityRegulariser:
@@ -117,11 +125,19 @@ class StabilityRegulariser:
         mask = gaussian_mask(self.task.resample_mask, self.gaussian_on)
         return subset, gaussian_noise(model.embed(x_sub), rho, sigma, self.generator, mask)
 
-    def _plan(self, x: torch.Tensor, noisy: torch.Tensor):
-        """``(run, source)`` of :func:`noisy_rows_to_run` for a token-noisy copy; None: run every noisy row."""
+    def _plan(self, x: torch.Tensor, subset, noisy: torch.Tensor):
+        """``(run, source)`` for a token-noisy copy (None: run every noisy row): matched across the batch
+        (:func:`noisy_rows_to_run`) where the noise reaches few inputs (``K^P``, K noise tokens, P resampleable
+        positions) for the batch's size, so that a noisy row may well be another clean row; else only against
+        its own row (:func:`own_rows_to_run`)."""
         if self.noise != "token" or not self.reuse_equal_rows:
             return None
-        run, source = noisy_rows_to_run(x, noisy)
+        reachable = len(self.task.noise_tokens) ** int(self.task.resample_mask.sum())
+        if reachable <= MATCH_ACROSS_INPUTS_PER_ROW * len(x):
+            run, source = noisy_rows_to_run(x, noisy)
+        else:
+            own = torch.arange(len(x), device=x.device) if subset is None else subset
+            run, source = own_rows_to_run(x, noisy, own)
         return None if len(run) == len(noisy) else (run, source)
 
     def __call__(self, model, x, y, step: int):
@@ -134,7 +150,7 @@ class StabilityRegulariser:
         if gamma == 0:
             return self._without_term(self.task.loss(model(x), y), rho, gamma)
         n = x.shape[0]
-        plan = self._plan(x, noisy)
+        plan = self._plan(x, subset, noisy)
         extra = noisy if plan is None else noisy[plan[0]]
         if self.noise == "token":
             logits = model(torch.cat([x, extra])) if len(extra) else model(x)
@@ -158,7 +174,7 @@ class StabilityRegulariser:
         subset, noisy = self._draw(model, x, rho)
         if gamma == 0:
             return self._without_term(ce, rho, gamma)
-        plan = self._plan(x, noisy)
+        plan = self._plan(x, subset, noisy)
         extra = noisy if plan is None else noisy[plan[0]]
         probs = self.task.output_probs(logits)
         p_clean = probs if subset is None else probs[subset]
