@@ -136,6 +136,17 @@ def test_reusing_equal_rows_gives_the_two_pass_loss_and_gradients(task_name, S, 
         assert 0 < ran <= n_changed
 
 
+def test_rows_are_not_compared_where_hardly_any_is_expected_unchanged():
+    """Parity at 20 bits and rho 0: a row is unchanged with probability 0.75^20 = 0.3 % (< 1 %): every noisy
+    row runs, also an unchanged one."""
+    cfg, task, model = setup("parity", "task.n_bits=20", "reg.rho=0.0")
+    objective = build_objective(cfg, task)
+    x, y = task.train.x[:BATCH], task.train.y[:BATCH]
+    state = draw_with(objective, model, x, "some changed", 0.0)
+    _, _, _, rows = step(objective, model, x, y, state, reuse_equal_rows=True)
+    assert rows == [2 * BATCH]
+
+
 def test_the_noise_is_the_stream_of_earlier_versions():
     """The noisy rows are token_noise(x, rho) from a generator seeded with seed + 7919 (as before the saving);
     only those whose input is no clean row run."""

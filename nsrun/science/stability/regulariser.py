@@ -41,6 +41,7 @@ from nsrun.science.stability.noise import (
 
 NOISE_SEED_OFFSET = 7_919  # the regulariser's noise generator is seeded with seed + this
 MATCH_ACROSS_INPUTS_PER_ROW = 1_000  # noisy rows are matched to every clean row when K^P <= this x batch rows
+MIN_UNCHANGED_FRACTION = 0.01  # else against their own rows, where at least this fraction is expected unchanged
 
 
 def noisy_rows_to_run(clean: torch.Tensor, noisy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -125,19 +126,22 @@ class StabilityRegulariser:
         mask = gaussian_mask(self.task.resample_mask, self.gaussian_on)
         return subset, gaussian_noise(model.embed(x_sub), rho, sigma, self.generator, mask)
 
-    def _plan(self, x: torch.Tensor, subset, noisy: torch.Tensor):
+    def _plan(self, x: torch.Tensor, subset, noisy: torch.Tensor, rho: float):
         """``(run, source)`` for a token-noisy copy (None: run every noisy row): matched across the batch
         (:func:`noisy_rows_to_run`) where the noise reaches few inputs (``K^P``, K noise tokens, P resampleable
-        positions) for the batch's size, so that a noisy row may well be another clean row; else only against
-        its own row (:func:`own_rows_to_run`)."""
+        positions) for the batch's size, so that a noisy row may well be another clean row; else against its
+        own row (:func:`own_rows_to_run`) where at least ``MIN_UNCHANGED_FRACTION`` of the rows are expected
+        unchanged (``q^P``, ``q = (1 + rho)/2 + (1 - rho)/(2K)``); else not at all."""
         if self.noise != "token" or not self.reuse_equal_rows:
             return None
-        reachable = len(self.task.noise_tokens) ** int(self.task.resample_mask.sum())
-        if reachable <= MATCH_ACROSS_INPUTS_PER_ROW * len(x):
+        k, p = len(self.task.noise_tokens), int(self.task.resample_mask.sum())
+        if k**p <= MATCH_ACROSS_INPUTS_PER_ROW * len(x):
             run, source = noisy_rows_to_run(x, noisy)
-        else:
+        elif ((1 + rho) / 2 + (1 - rho) / (2 * k)) ** p >= MIN_UNCHANGED_FRACTION:
             own = torch.arange(len(x), device=x.device) if subset is None else subset
             run, source = own_rows_to_run(x, noisy, own)
+        else:
+            return None
         return None if len(run) == len(noisy) else (run, source)
 
     def __call__(self, model, x, y, step: int):
@@ -150,7 +154,7 @@ class StabilityRegulariser:
         if gamma == 0:
             return self._without_term(self.task.loss(model(x), y), rho, gamma)
         n = x.shape[0]
-        plan = self._plan(x, subset, noisy)
+        plan = self._plan(x, subset, noisy, rho)
         extra = noisy if plan is None else noisy[plan[0]]
         if self.noise == "token":
             logits = model(torch.cat([x, extra])) if len(extra) else model(x)
@@ -174,7 +178,7 @@ class StabilityRegulariser:
         subset, noisy = self._draw(model, x, rho)
         if gamma == 0:
             return self._without_term(ce, rho, gamma)
-        plan = self._plan(x, subset, noisy)
+        plan = self._plan(x, subset, noisy, rho)
         extra = noisy if plan is None else noisy[plan[0]]
         probs = self.task.output_probs(logits)
         p_clean = probs if subset is None else probs[subset]
