@@ -62,10 +62,13 @@ def test_stop_grad_clean_changes_the_gradient_and_batch_fraction_sizes_the_noisy
     sizes = []
     handle = model.register_forward_pre_hook(lambda m, args, kwargs: sizes.append(len(args[0])), with_kwargs=True)
     cfg_f = compose_cfg([*TINY, "reg=stability", "reg.batch_fraction=0.25"])
-    build_objective(cfg_f, task)(model, task.train.x, task.train.y, 0)
+    for reuse_equal_rows in (False, True):  # True (the default): only noisy rows that are no clean row run
+        objective = build_objective(cfg_f, task)
+        objective.reuse_equal_rows = reuse_equal_rows
+        objective(model, task.train.x, task.train.y, 0)
     handle.remove()
     n = len(task.train.x)
-    assert sizes == [n + math.ceil(0.25 * n)]
+    assert sizes[0] == n + math.ceil(0.25 * n) and n < sizes[1] < sizes[0]
 
 
 def test_regulariser_state_round_trip_reproduces_the_next_step():
@@ -255,7 +258,8 @@ def test_on_fit_adds_nothing_before_the_fit_switches_at_the_first_fitted_step_an
         if fitted:
             break
     assert objective.on_since == step > 0 and len(calls) == 2 and stats["reg_gamma"] == 0.75
-    assert stats["reg_term"].item() < 0 and torch.equal(calls[0], x) and calls[1].shape == x.shape
+    assert stats["reg_term"].item() < 0 and torch.equal(calls[0], x)
+    assert 0 < len(calls[1]) < len(x)  # the noisy rows that are no clean row (tests/test_cost.py)
     row = objective.log_stats()
     assert row["reg_on_since"] == step and row["reg_term"] < 0 and "reg_stab" in row
     assert row["reg_term"] == pytest.approx(stats["reg_term"].item() / (step + 1))  # zeros before the switch

@@ -9,6 +9,8 @@ Sections (docs/performance.md has the table and the targets):
 * ``steps``: seconds per training step, baseline (reg=none) vs regularised (reg=stability, the whole batch
   noised, and ``reg.batch_fraction=0.5``) for modadd, parity and WikiText-2 with their default models;
   examples/s and tokens/s; the fused vs the foreach AdamW kernel;
+* ``reuse``: regularised / baseline seconds per step at rho 0.25, 0.5 and 0.9, every noisy row run (before)
+  vs only the noisy rows that differ from their clean rows (after, the default; nsrun/commands/bench_reg.py);
 * ``eval``: an eval step with and without stability logging, as a fraction of the training time between
   two evals (``train.eval_every`` steps);
 * ``seeds``: K seeds per step, one after another vs batched (``train.parallel_backend=vmap``);
@@ -45,12 +47,13 @@ prepare_environment()  # nsrun's OpenMP wait policy, as the nsrun entry point se
 import torch  # noqa: E402
 
 from nsrun.commands.bench_processes import bench_launcher, bench_startup  # noqa: E402
+from nsrun.commands.bench_reg import bench_reuse  # noqa: E402
 from nsrun.commands.bench_runs import COMMON, Run, SeedBatch, build_task_cached, compose  # noqa: E402,F401
 from nsrun.commands.bench_speed import bench_fast, bench_shared, step_worker  # noqa: E402
 from nsrun.commands.nsrun import CONF_DIR  # noqa: E402
 
 ROOT = Path(CONF_DIR).resolve().parent
-SECTIONS = ("steps", "eval", "seeds", "fast", "shared", "startup", "launcher", "compile")
+SECTIONS = ("steps", "reuse", "eval", "seeds", "fast", "shared", "startup", "launcher", "compile")
 WIKITEXT_DIR = ROOT.parent / "shared" / "data" / "wikitext-2"
 TINY_MONITOR = ["stability.n_examples=64", "stability.rhos=[0.5]"]
 LONG_EVAL_S = 10.0
@@ -244,7 +247,7 @@ def machine(device: torch.device) -> dict:
 
 
 TINY_SKIPPED = {"launcher", "compile", "shared"}
-QUICK_SKIPPED = {"shared", "startup", "launcher", "compile"}
+QUICK_SKIPPED = {"reuse", "shared", "startup", "launcher", "compile"}
 QUICK_TASKS = ("modadd", "parity")  # WikiText-2 needs its data files, which a GPU machine may not have
 
 
@@ -319,6 +322,10 @@ def main(argv: list[str] | None = None) -> dict:
         step_seconds = {}
         if "steps" not in skipped or "eval" not in skipped:
             step_seconds = bench_steps(report, tasks, device, repeats, 1 if tiny else 3)
+            save()
+        if "reuse" not in skipped:
+            reuse_tasks = {t: o for t, o in tasks.items() if t in ("modadd", "parity", "wikitext2")}
+            bench_reuse(report, reuse_tasks, device, repeats, 1 if tiny else 3, Run, interleaved, steps_fn)
             save()
         if "eval" not in skipped:
             bench_eval(report, tasks, device, repeats, step_seconds)

@@ -55,7 +55,7 @@ NON_SCIENCE_KEYS = ("train.steps", "train.device", "train.threads", "train.progr
 ADDED_KEYS = {"eval.n_examples": None, "stability.sensitivity_positions": None, "task.eval_examples": None,
               "task.stability_examples": None, "task.sensitivity_positions": None, "stability.exact": False}
 # the same for a key of one option only (its section's name): key -> (option, value)
-ADDED_OPTION_KEYS = {"task.resample": ("modadd", "content")}
+ADDED_OPTION_KEYS = {"task.resample": ("modadd", "content"), "reg.every_k_steps": ("stability", 1)}
 # keys that earlier configs carried where they had no effect (reg.rho/gamma of a run without the stability
 # term); dropped before comparing: reg option -> keys
 NO_EFFECT_KEYS = {"none": ("rho", "gamma"), "grokfast": ("rho", "gamma"), "weight_decay": ("rho", "gamma")}

@@ -4,7 +4,9 @@ Every seed keeps its own objective (its own noise generator and regulariser stat
 own AdamW state: AdamW is elementwise, so one optimiser over the stacked parameters is K independent ones;
 gradient clipping is per seed (:func:`clip_per_seed`). The objectives are unchanged: each runs in its own
 thread and gets a :class:`SeedModel`, which follows the science's model protocol; its model calls meet in a
-:class:`Rendezvous`, which runs each round as one vmapped forward pass of the stack.
+:class:`Rendezvous`, which runs each round as one vmapped forward pass of the stack. Seeds whose inputs have
+different numbers of rows (the regulariser runs only the noisy rows that changed) are padded with zero rows to
+the longest, and each gets its own rows' outputs back.
 """
 
 from __future__ import annotations
@@ -126,13 +128,16 @@ class SeedStack:
         (args0, kwargs0) = batch[ks[0]]
         names = [f"arg{i}" for i in range(len(args0))] + sorted(kwargs0)
         values = [[*batch[k][0], *(batch[k][1][n] for n in sorted(kwargs0))] for k in ks]
-        inputs, in_dims = [], []
+        inputs, in_dims, rows = [], [], None
         for i in range(len(names)):
             column = [v[i] for v in values]
             if not isinstance(column[0], torch.Tensor) or all(c is column[0] for c in column):
                 inputs.append(column[0])  # shared by every seed (the full batch, or a flag)
                 in_dims.append(None)
             else:
+                if len({len(c) for c in column}) > 1:
+                    rows = [len(c) for c in column]
+                    column = _pad_rows(column)
                 inputs.append(torch.stack(column))
                 in_dims.append(0)
         n_args = len(args0)
@@ -144,7 +149,7 @@ class SeedStack:
             return functional_call(self.template, p, tuple(flat[:n_args]), kwargs)
 
         out = vmap(forward, in_dims=(0, *in_dims))(params, *inputs)
-        return {k: _index(out, i) for i, k in enumerate(ks)}
+        return {k: _index(out, i, None if rows is None else rows[i]) for i, k in enumerate(ks)}
 
     @torch.no_grad()
     def copy_to(self, model: torch.nn.Module, k: int) -> torch.nn.Module:
@@ -158,10 +163,17 @@ class SeedStack:
             p[k].copy_(model_state[name])
 
 
-def _index(out, i: int):
+def _pad_rows(column: list[torch.Tensor]) -> list[torch.Tensor]:
+    """The seeds' inputs with fewer rows than the longest, padded with zero rows (their outputs are cut off)."""
+    longest = max(len(c) for c in column)
+    return [c if len(c) == longest else torch.cat([c, c.new_zeros(longest - len(c), *c.shape[1:])]) for c in column]
+
+
+def _index(out, i: int, rows: int | None = None):
+    """Seed i's output (its first ``rows`` rows where its inputs were padded)."""
     if isinstance(out, torch.Tensor):
-        return out[i]
-    return type(out)(_index(o, i) for o in out)
+        return out[i] if rows is None else out[i, :rows]
+    return type(out)(_index(o, i, rows) for o in out)
 
 
 def seed_optimizer_state(state: dict, k: int) -> dict:

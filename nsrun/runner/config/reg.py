@@ -48,6 +48,7 @@ class StabilityReg:
     noise: str = MISSING
     stop_grad_clean: bool = MISSING
     batch_fraction: float = MISSING
+    every_k_steps: int = MISSING
     sigma: float | None = MISSING
     gaussian_on: str = MISSING
 
@@ -61,6 +62,7 @@ class StabilityReg:
         check_choice("reg.noise", self.noise, NOISES)
         check_bool("reg.stop_grad_clean", self.stop_grad_clean)
         check_number("reg.batch_fraction", self.batch_fraction, 0, 1, low_open=True)
+        check_int("reg.every_k_steps", self.every_k_steps, 1)
         check_number("reg.sigma", self.sigma, 0, low_open=True, optional=True)
         check_choice("reg.gaussian_on", self.gaussian_on, GAUSSIAN_ON)
         if self.noise != "gaussian":
@@ -88,8 +90,8 @@ class StabilityReg:
         from nsrun.science.stability.regulariser import StabilityRegulariser
 
         return StabilityRegulariser(task, schedule, S=self.S, noise=self.noise, stop_grad_clean=self.stop_grad_clean,
-                                    batch_fraction=self.batch_fraction, sigma=self.sigma,
-                                    gaussian_on=self.gaussian_on, seed=seed)
+                                    batch_fraction=self.batch_fraction, every_k_steps=self.every_k_steps,
+                                    sigma=self.sigma, gaussian_on=self.gaussian_on, seed=seed)
 
 
 @option("reg", "grokfast")
