@@ -5,6 +5,11 @@ Step ``s`` means "after ``s`` optimiser updates". Metrics are evaluated at step 
 and at the last step; a checkpoint is written every ``checkpoint_every`` steps, at the end, and when the process
 is interrupted (SIGINT, SIGTERM, SIGUSR2). Resuming from a checkpoint reproduces exactly the metrics of an
 uninterrupted run on CPU: data order is a pure function of (seed, epoch), and every generator is checkpointed.
+
+A replica whose training loss becomes inf or nan fails: the loop notices at its next evaluation, checkpoint or
+signal (the first such step is tracked on the device, so no step waits for it), writes no checkpoint of it and
+marks it DONE with the outcome ``{"kind": "failed", "reason": "non-finite loss", "loss": "nan", "step": N}``
+(N: the first step whose loss was not finite); the other replicas train on.
 """
 
 from __future__ import annotations
@@ -16,7 +21,10 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+import torch
+
 from nsrun.runner.checkpoint import rng_state, set_rng_state
+from nsrun.runner.rundir import FAILED, failure_text
 
 log = logging.getLogger("nsrun")
 
@@ -40,7 +48,32 @@ class LoopState:
     clock: dict = field(default_factory=lambda: {"train": 0.0, "eval": 0.0})
     run_ids: list = field(default_factory=list)
     last_rows: list = field(default_factory=list)
-    stopped: list = field(default_factory=list)  # per replica: why its stop rule ended it, or None
+    stopped: list = field(default_factory=list)  # per replica: why its stop rule ended it (or it failed), or None
+
+
+class NonFiniteLoss:
+    """The first step at which each replica's training loss was inf or nan, kept on the loss's device: updating it
+    needs no synchronisation; :meth:`read` syncs once."""
+
+    def __init__(self):
+        self.first_step: torch.Tensor | None = None  # [K], -1 while every loss was finite
+        self.value: torch.Tensor | None = None
+
+    def update(self, losses: torch.Tensor, step: int) -> None:
+        if self.first_step is None:
+            self.first_step = torch.full(losses.shape, -1, dtype=torch.long, device=losses.device)
+            self.value = torch.zeros_like(losses)
+        new = ~torch.isfinite(losses) & (self.first_step < 0)
+        self.first_step = torch.where(new, step, self.first_step)
+        self.value = torch.where(new, losses, self.value)
+
+    def read(self, k: int) -> dict | None:
+        """Replica k's outcome once its loss was not finite, else None."""
+        if self.first_step is None or int(self.first_step[k]) < 0:
+            return None
+        step, value = int(self.first_step[k]), float(self.value[k])
+        loss = "nan" if value != value else "inf" if value > 0 else "-inf"
+        return {"kind": FAILED, "reason": "non-finite loss", "loss": loss, "step": step}
 
 
 @contextmanager
@@ -172,7 +205,17 @@ def train_loop(replicas, dirs: list, trackers: list, cadence: Cadence, state: Lo
         for k, payload in enumerate(replicas.state()):
             if k in which:
                 dirs[k].save_checkpoint({"step": step, **payload, "rng": rng, "clock": state.clock,
-                                         "run_id": state.run_ids[k], "last_row": state.last_rows[k]})
+                                         "run_id": state.run_ids[k], "last_row": state.last_rows[k],
+                                         "threads": torch.get_num_threads()})
+
+    def fail_non_finite(step: int) -> None:
+        for k in range(K):
+            outcome = non_finite.read(k) if active(k) else None
+            if outcome is not None:
+                state.stopped[k] = f"{FAILED}: {failure_text(outcome)}"
+                dirs[k].mark_done(outcome["step"], state.stopped[k], outcome)
+                log.info("%s: %s; stopped at step %d (no checkpoint written after it)", dirs[k].path,
+                         failure_text(outcome), step)
 
     def finish_stopped(step: int, which: list[int]) -> None:
         do_checkpoint(step, which)
@@ -181,18 +224,22 @@ def train_loop(replicas, dirs: list, trackers: list, cadence: Cadence, state: Lo
             log.info("%s: %s at step %d", dirs[k].path, state.stopped[k], step)
 
     progress = Progress(cadence.progress, cadence.steps, state.step)
+    non_finite = NonFiniteLoss()
     try:
         with stop_on_signals() as stop:
             if state.step == 0:
                 finish_stopped(0, do_eval(0))
             while state.step < cadence.steps and any(map(active, range(K))):
                 t0 = time.perf_counter()
-                replicas.train_step(state.step)
+                non_finite.update(replicas.train_step(state.step), state.step)
                 state.step += 1
                 state.clock["train"] += time.perf_counter() - t0
                 progress.advance()
                 step, stopped_now = state.step, []
-                if step % cadence.eval_every == 0 or step == cadence.steps:
+                at_eval = step % cadence.eval_every == 0 or step == cadence.steps
+                if at_eval or step % cadence.checkpoint_every == 0 or stop["signal"] is not None:
+                    fail_non_finite(step)
+                if at_eval:
                     stopped_now = do_eval(step)
                 finish_stopped(step, stopped_now)
                 running = [k for k in range(K) if active(k)]
