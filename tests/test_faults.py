@@ -20,7 +20,7 @@ from nsrun.analysis.runs import group_runs, load_runs, run_onsets
 from nsrun.analysis.stats import group_statistics
 from nsrun.runner import jsonl
 from nsrun.runner.config import OPTIONS, SECTIONS, build_task, validate
-from nsrun.runner.errors import ConfigError, RunFailed, StorageError, UsageError
+from nsrun.runner.errors import ConfigError, StorageError, TrainingError, UsageError
 from nsrun.runner.rundir import RunDir, read_jsonl
 from nsrun.runner.threads import resumed_threads
 from nsrun.runner.train import train
@@ -205,14 +205,14 @@ def test_a_diverging_run_stops_with_one_line_exit_1_and_records_its_failure_as_d
     assert all(v is not None for v in rows[0].values())
     assert not (run_dir / "checkpoints" / "last.pt").exists()  # no checkpoint of nan weights
 
-    with pytest.raises(RunFailed, match=FAILED_LINE):  # a rerun does nothing and says so again
+    with pytest.raises(TrainingError, match=FAILED_LINE):  # a rerun does nothing and says so again
         train(compose_cfg(DIVERGES), run_dir)
     assert d.read_metrics() == rows
 
 
 def test_nsrun_compare_counts_a_failed_run_as_failed_not_as_not_reached(tmp_path, capsys):
     train(compose_cfg([*SHORT, "seed=1"]), tmp_path / "ok")
-    with pytest.raises(RunFailed):
+    with pytest.raises(TrainingError):
         train(compose_cfg([*DIVERGES, "seed=2"]), tmp_path / "diverged")
     runs, notes = load_runs([tmp_path])
     assert [n for n in notes if "diverged: training failed (loss is" in n and "counted as failed" in n]

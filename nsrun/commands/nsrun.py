@@ -241,7 +241,7 @@ def hydra_entry(cfg: DictConfig):
     from hydra.core.hydra_config import HydraConfig
 
     from nsrun.launch.slurm import record_slurm_env, submitit_executor
-    from nsrun.runner.errors import ConfigError, RunFailed, StorageError, UsageError
+    from nsrun.runner.errors import ConfigError, StorageError, TrainingError, UsageError
     from nsrun.runner.train import Interrupted, run_objective, train
 
     hydra_cfg = HydraConfig.get()
@@ -259,7 +259,7 @@ def hydra_entry(cfg: DictConfig):
         if multirun:
             raise
         fail(str(e))
-    except (StorageError, RunFailed) as e:  # a disk that fills, a loss that becomes nan: exit 1
+    except (StorageError, TrainingError) as e:  # a disk that fills, a loss that becomes nan: exit 1
         if multirun:
             raise
         fail(str(e), code=1)

@@ -31,7 +31,7 @@ class StorageError(Exception):
     device``. The run keeps its last checkpoint; rerunning the same command resumes from it."""
 
 
-class RunFailed(Exception):
+class TrainingError(Exception):
     """A run whose training failed (its loss became inf or nan); its DONE records the outcome as data."""
 
 

@@ -162,10 +162,7 @@ class RunDir:
         """The outcome DONE records as data (third line, JSON), e.g. ``{"kind": "failed", "reason": "non-finite
         loss", "loss": "nan", "step": 37}``; None where it records none (a run that trained to its end or that its
         stop rule ended, and every run directory written before outcomes were recorded)."""
-        try:
-            lines = self.done_path.read_text().splitlines()
-        except FileNotFoundError:
-            return None
+        lines = self.done_path.read_text().splitlines() if self.done_path.exists() else []
         try:
             outcome = json.loads(lines[2]) if len(lines) > 2 else None
         except json.JSONDecodeError:
@@ -178,26 +175,21 @@ class RunDir:
         return outcome if outcome is not None and outcome["kind"] == FAILED else None
 
     def log_damage(self) -> str | None:
-        """Why the metrics log of an ended run is damaged (a torn line, or no row at the step DONE names, the
-        row of a finished run's last step lost to a torn write), else None. A rerun of the same command restores
-        the row from the checkpoint."""
+        """Why the metrics log of an ended run is damaged: rows missing up to the step DONE names (a last row torn
+        by a crash or a full disk) or a torn line; None if it is whole. A rerun restores the row from the
+        checkpoint."""
         info = self.done_info()
         if info is None or info["step"] is None or self.failure() is not None:
             return None
-        try:
-            lines = [ln for ln in self.metrics_path.read_text().splitlines() if ln.strip()]
-        except FileNotFoundError:
-            lines = []
+        lines = self.metrics_path.read_text().split("\n") if self.metrics_path.exists() else []
         rows = read_jsonl(self.metrics_path)
-        torn = len(lines) - len(rows)
+        torn = sum(1 for ln in lines if ln.strip()) - len(rows)
+        torn_text = f"{torn} torn line{'s' if torn > 1 else ''}"
         last = rows[-1].get("step") if rows else None
-        if last != info["step"]:
-            what = f"ends at step {last}" if last is not None else "holds no row"
-            return (f"metrics.jsonl {what} but DONE says step {info['step']}"
-                    + (f" ({torn} torn line{'s' if torn > 1 else ''})" if torn else ""))
-        if torn:
-            return f"metrics.jsonl has {torn} torn line{'s' if torn > 1 else ''}"
-        return None
+        if not isinstance(last, int) or last < info["step"]:
+            return (f"metrics.jsonl {'ends at step ' + str(last) if rows else 'holds no row'} but DONE says step "
+                    f"{info['step']}" + (f" ({torn_text})" if torn else ""))
+        return f"metrics.jsonl has {torn_text}" if torn else None
 
     def done_info(self) -> dict | None:
         """``{"step": last step, "reason": why it ended or None}`` once the run is complete, else None."""

@@ -17,7 +17,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from nsrun.runner.config import build_logger, preflight, stop_rule, validate
-from nsrun.runner.errors import RunFailed
+from nsrun.runner.errors import TrainingError
 from nsrun.runner.loop import Cadence, Interrupted, LoopState, restore, train_loop
 from nsrun.runner.rundir import RunDir, failure_text
 from nsrun.runner.stopping import StopTracker, stopped_by_rule
@@ -61,7 +61,7 @@ def train(cfg: DictConfig, run_dir, on_start=None) -> dict:
     """Train ``cfg`` into ``run_dir`` (resuming if it holds a checkpoint); return the last metrics row (with
     parallel seeds: ``{seed: last row}``). ``on_start(root: RunDir)`` runs once the writer lock is held and the
     config matches the run's (the command writes Hydra's record there): a refused command changes nothing.
-    Raises RunFailed, once every replica has ended, when one failed (its loss became inf or nan; DONE says so)."""
+    Raises TrainingError, once every replica has ended, when one failed (its loss became inf or nan; DONE says so)."""
     validate(cfg)
     preflight(cfg)  # CUDA, data files, the hub: where the job runs (a SLURM node)
     root = RunDir(run_dir)
@@ -110,11 +110,11 @@ def train(cfg: DictConfig, run_dir, on_start=None) -> dict:
 
 
 def _raise_failures(dirs: list[RunDir]) -> None:
-    """RunFailed naming each run directory whose training failed (DONE records the outcome)."""
+    """TrainingError naming each run directory whose training failed (DONE records the outcome)."""
     failed = [(d, f) for d in dirs if (f := d.failure()) is not None]
     if failed:
         runs = "; ".join(f"{d.path}: training failed: {failure_text(f)}" for d, f in failed)
-        raise RunFailed(f"{runs} (recorded in DONE; a rerun does nothing: try other settings in a new "
+        raise TrainingError(f"{runs} (recorded in DONE; a rerun does nothing: try other settings in a new "
                         "hydra.run.dir)")
 
 
@@ -142,7 +142,7 @@ def _train_locked(cfgs: list[DictConfig], dirs: list[RunDir], ckpts: list | None
     if all(_finished(d, c, cfg.train.steps) for d, c in zip(dirs, ckpts, strict=True)):
         rows = []
         for d, c in zip(dirs, ckpts, strict=True):
-            if d.failure() is not None:  # RunFailed says so
+            if d.failure() is not None:  # TrainingError says so
                 rows.append((d.read_metrics() or [{}])[-1])
                 continue
             if d.log_damage() is not None:
