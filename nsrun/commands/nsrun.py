@@ -7,6 +7,7 @@ directory is created or touched. Heavy imports (torch, wandb, datasets) happen o
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import sys
@@ -346,6 +347,7 @@ def main() -> None:
     from nsrun.runner.threads import prepare_environment
 
     prepare_environment()  # OpenMP's wait policy, before anything imports torch (nsrun/runner/threads.py)
+    logging.raiseExceptions = False  # a log line that a full disk cannot take is dropped, not a traceback per line
     if {"--help", "-h", "--hydra-help"} & set(sys.argv[1:]):
         reuse_group_listing_repository()
 

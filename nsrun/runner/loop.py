@@ -7,14 +7,16 @@ is interrupted (SIGINT, SIGTERM, SIGUSR2). Resuming from a checkpoint reproduces
 uninterrupted run on CPU: data order is a pure function of (seed, epoch), and every generator is checkpointed.
 
 A replica whose training loss becomes inf or nan fails: the loop notices at its next evaluation, checkpoint or
-signal (the first such step is tracked on the device, so no step waits for it), writes no checkpoint of it and
-marks it DONE with the outcome ``{"kind": "failed", "reason": "non-finite loss", "loss": "nan", "step": N}``
-(N: the first step whose loss was not finite); the other replicas train on.
+signal (the first such step is tracked on the device, so no step waits for it), or at an evaluation whose
+train_loss or val_loss is not finite, logs no row and writes no checkpoint from then on, and marks it DONE with
+the outcome ``{"kind": "failed", "reason": "non-finite loss", "loss": "nan", "step": N}`` (N: the first step
+whose loss was not finite); the other replicas train on.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import signal
 import sys
 import time
@@ -71,9 +73,12 @@ class NonFiniteLoss:
         """Replica k's outcome once its loss was not finite, else None."""
         if self.first_step is None or int(self.first_step[k]) < 0:
             return None
-        step, value = int(self.first_step[k]), float(self.value[k])
-        loss = "nan" if value != value else "inf" if value > 0 else "-inf"
-        return {"kind": FAILED, "reason": "non-finite loss", "loss": loss, "step": step}
+        return {"kind": FAILED, "reason": "non-finite loss", "loss": _kind(float(self.value[k])),
+                "step": int(self.first_step[k])}
+
+
+def _kind(value: float) -> str:
+    return "nan" if math.isnan(value) else "inf" if value > 0 else "-inf"
 
 
 @contextmanager
@@ -135,6 +140,8 @@ class Progress:
             self.bar.update(1)
 
     def show(self, step: int, rows: list[dict]) -> None:
+        if not rows:
+            return
         if self.mode == "log" and len(rows) == 1:
             r = rows[0]
             log.info("step %d/%d  train_loss %.4f  val_loss %.4f  train_acc %.3f  val_acc %.3f",
@@ -187,6 +194,9 @@ def train_loop(replicas, dirs: list, trackers: list, cadence: Cadence, state: Lo
         for k, row in enumerate(rows):
             if not active(k):
                 continue
+            if bad := [row[key] for key in ("train_loss", "val_loss") if not math.isfinite(row.get(key, 0.0))]:
+                fail(k, step, {"kind": FAILED, "reason": "non-finite loss", "loss": _kind(bad[0]), "step": step})
+                continue
             dirs[k].metrics.append(row)
             timing = {"step": step, "train_seconds": state.clock["train"], "eval_seconds": state.clock["eval"]}
             dirs[k].timing.append(timing if K == 1 else {**timing, "parallel_seeds": K})
@@ -208,14 +218,15 @@ def train_loop(replicas, dirs: list, trackers: list, cadence: Cadence, state: Lo
                                          "run_id": state.run_ids[k], "last_row": state.last_rows[k],
                                          "threads": torch.get_num_threads()})
 
+    def fail(k: int, step: int, outcome: dict) -> None:
+        state.stopped[k] = f"{FAILED}: {failure_text(outcome)}"
+        dirs[k].mark_done(outcome["step"], state.stopped[k], outcome)
+        log.info("%s: %s; stopped at step %d", dirs[k].path, failure_text(outcome), step)
+
     def fail_non_finite(step: int) -> None:
         for k in range(K):
-            outcome = non_finite.read(k) if active(k) else None
-            if outcome is not None:
-                state.stopped[k] = f"{FAILED}: {failure_text(outcome)}"
-                dirs[k].mark_done(outcome["step"], state.stopped[k], outcome)
-                log.info("%s: %s; stopped at step %d (no checkpoint written after it)", dirs[k].path,
-                         failure_text(outcome), step)
+            if active(k) and (outcome := non_finite.read(k)) is not None:
+                fail(k, step, outcome)
 
     def finish_stopped(step: int, which: list[int]) -> None:
         do_checkpoint(step, which)

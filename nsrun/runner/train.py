@@ -115,7 +115,7 @@ def _raise_failures(dirs: list[RunDir]) -> None:
     if failed:
         runs = "; ".join(f"{d.path}: training failed: {failure_text(f)}" for d, f in failed)
         raise TrainingError(f"{runs} (recorded in DONE; a rerun does nothing: try other settings in a new "
-                        "hydra.run.dir)")
+                            "hydra.run.dir)")
 
 
 def _ended(d: RunDir) -> bool:
