@@ -98,4 +98,6 @@ def first_reach(onsets: dict, run, rule: OnsetRule) -> dict:
                "not reached", lag_steps=stab - step if stab is not None and step is not None else None)
     if step is None and getattr(run, "outcome", None) is not None:
         out.update(onset_seconds=math.nan, onset_status="unknown")
+    if getattr(run, "failure", None) is not None:
+        out.update(onset_step=None, onset_seconds=math.nan, lag_steps=None, onset_status="failed")
     return out

@@ -53,6 +53,11 @@ def _last_and_fall(runs, key: str) -> tuple[list[float], list[float]]:
     return _last_values(runs, key), [max(curve(r.rows, key)[1]) - curve(r.rows, key)[1][-1] for r in runs]
 
 
+def _with_value(s: dict) -> int:
+    """Runs of a group with an onset value (reached or not): not unknown, not failed."""
+    return s["n"] - s["n_unknown"] - s.get("n_failed", 0)
+
+
 def onset_rows(er: ExperimentRuns) -> list[dict]:
     """Claim 1, one row per group: onsets, fewer steps and speedup vs the baseline, wall-clock, the paper's
     number, and the verdict (for each regulariser arm), at the experiment's current target (``er.target``)."""
@@ -67,7 +72,7 @@ def onset_rows(er: ExperimentRuns) -> list[dict]:
         final = _last_values(g.runs, rule.metric)
         row = {"experiment": exp.name, "figure": exp.figure, "group": er.label(g), "reg": name,
                "onset": er.target.describe() if er.target else f"{rule.metric} {rule.comparison} {rule.level:g}",
-               "n_seeds": s["n"], "n_not_reached": s["n"] - s["n_reached"] - s["n_unknown"],
+               "n_seeds": s["n"], "n_not_reached": s["n"] - s["n_reached"] - s["n_unknown"] - s.get("n_failed", 0),
                "onset_median": s["steps"][0], "onset_ci_low": s["steps"][1], "onset_ci_high": s["steps"][2],
                "fewer_steps": vs["fewer"] if vs else math.nan,
                "fewer_ci_low": vs["fewer_ci"][0] if vs else math.nan,
@@ -85,8 +90,8 @@ def onset_rows(er: ExperimentRuns) -> list[dict]:
         if name in regularisers and base is not None and vs:
             row["paper"] = exp.paper
             row["verdict"], row["reason"] = speedup_verdict(
-                vs["fewer_ci"], s["steps"][0], base.stats["steps"][0], s["n"] - s["n_unknown"],
-                base.stats["n"] - base.stats["n_unknown"], exp.paper_fewer_steps)
+                vs["fewer_ci"], s["steps"][0], base.stats["steps"][0], _with_value(s), _with_value(base.stats),
+                exp.paper_fewer_steps)
         elif name == exp.baseline:
             row["reason"] = "baseline"
         rows.append(row)

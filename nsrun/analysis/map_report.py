@@ -66,8 +66,10 @@ def cell_columns(cell: Cell, mr: MapRuns) -> list[str]:
     spec, base = mr.spec, mr.baseline
     s = cell.stats[spec.rule.level]
     ratio = step_cost_ratio(cell, mr)
-    n_not = s["n"] - s["n_reached"] - s["n_unknown"]
-    seeds = f"{s['n']} ({n_not}" + (f", {s['n_unknown']} unknown)" if s["n_unknown"] else ")")
+    n_failed = s.get("n_failed", 0)
+    n_not = s["n"] - s["n_reached"] - s["n_unknown"] - n_failed
+    seeds = (f"{s['n']} ({n_not}" + (f", {s['n_unknown']} unknown" if s["n_unknown"] else "")
+             + (f", {n_failed} failed" if n_failed else "") + ")")
     row = [cell.label, seeds, fmt_interval(*s["steps"])]
     if cell is base or not s.get("vs_steps"):
         row += ["(baseline)" if cell is base else "-", "-", "-", "-", "-"]

@@ -9,6 +9,8 @@ import csv
 import math
 from pathlib import Path
 
+from nsrun.runner.rundir import failure_text
+
 # ----------------------------------------------------------------------------------------------- cells
 
 
@@ -66,9 +68,11 @@ def fmt_compute(c: dict) -> str:
             f"~{c['spared_seconds_est']:.1f} s); {trained}")
 
 
-def fmt_reached(n_reached: int, n: int, n_unknown: int) -> str:
-    """``3/5`` runs reached the onset, ``3/5, 1 unknown`` when a stop rule left some onsets unknown."""
-    return f"{n_reached}/{n}" + (f", {n_unknown} unknown" if n_unknown else "")
+def fmt_reached(n_reached: int, n: int, n_unknown: int, n_failed: int = 0) -> str:
+    """``3/5`` runs reached the onset, ``3/5, 1 unknown`` when a stop rule left some onsets unknown, ``3/5, 1
+    failed`` when a run's training failed."""
+    return f"{n_reached}/{n}" + (f", {n_unknown} unknown" if n_unknown else "") + (
+        f", {n_failed} failed" if n_failed else "")
 
 
 def fmt(v: float, digits: int = 0, pct: bool = False) -> str:
@@ -115,7 +119,8 @@ def table_rows(groups) -> list[list[str]]:
         base_steps = base.stats["steps"][0] if base else math.nan
         base_seconds = base.stats["seconds"][0] if base else math.nan
         rows.append([
-            g.label + (" (baseline)" if is_base else ""), g.task, fmt_reached(s["n_reached"], s["n"], s["n_unknown"]),
+            g.label + (" (baseline)" if is_base else ""), g.task, fmt_reached(s["n_reached"], s["n"], s["n_unknown"],
+                                                                          s.get("n_failed", 0)),
             fmt_ci(s["steps"]), fmt_ci(s["seconds"], 1),
             fmt_versus(s.get("vs_steps"), s["steps"][0], base_steps),
             fmt_versus(s.get("vs_seconds"), s["seconds"][0], base_seconds),
@@ -134,7 +139,7 @@ def write_compare_csv(groups, path: Path) -> None:
               "fewer_seconds_ci_high", "speedup_seconds", "speedup_seconds_ci_low", "speedup_seconds_ci_high",
               "stab_onset_step_median", "lag_steps_median", "lag_ci_low", "lag_ci_high", "n_lag", "n_unknown",
               "n_stopped", "n_gave_up", "steps_trained", "steps_spared", "spared_frac", "train_seconds",
-              "spared_seconds_est"]
+              "spared_seconds_est", "n_failed"]
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(header)
@@ -146,7 +151,7 @@ def write_compare_csv(groups, path: Path) -> None:
                        if c else [""] * 6)
             w.writerow([g.label, g.task, s["n"], s["n_reached"], *map(_num, s["steps"]), *map(_num, s["seconds"]),
                         s["baseline"] or "", *vs, _num(s["stab"]), *map(_num, s["lag"]), s["n_lag"], s["n_unknown"],
-                        *compute_cells(s["compute"])])
+                        *compute_cells(s["compute"]), s.get("n_failed", 0)])
 
 
 def compute_cells(c: dict) -> list:
@@ -174,13 +179,16 @@ def write_runs_csv(groups, path: Path) -> None:
 
 
 def ended_by(run) -> str:
-    """``stopped`` / ``gave up`` for a run its stop rule ended, else empty."""
+    """``stopped`` / ``gave up`` for a run its stop rule ended, ``failed`` for one whose training failed, else
+    empty."""
+    if getattr(run, "failure", None) is not None:
+        return "failed"
     return run.outcome.kind if run.outcome is not None else ""
 
 
 def onset_cell(onsets: dict) -> str:
-    if onsets.get("onset_status") == "unknown":
-        return "unknown"
+    if onsets.get("onset_status") in ("unknown", "failed"):
+        return onsets["onset_status"]
     return "not reached" if onsets["onset_step"] is None else str(onsets["onset_step"])
 
 
@@ -194,7 +202,8 @@ def write_compare_markdown(groups, path: Path, settings: dict, figure: str | Non
     for g in groups:
         for r in g.runs:
             o = r.onsets
-            ended = _cell(r.outcome.reason) if r.outcome is not None else f"step {r.last_step}"
+            ended = (f"failed: {failure_text(r.failure)}" if getattr(r, "failure", None) is not None else
+                     _cell(r.outcome.reason) if r.outcome is not None else f"step {r.last_step}")
             lines.append(f"| {g.label} | {r.seed} | {onset_cell(o)} "
                          f"| {'-' if o['stab_onset_step'] is None else o['stab_onset_step']} "
                          f"| {'-' if o['lag_steps'] is None else o['lag_steps']} | {ended} | {r.path} |")

@@ -7,7 +7,10 @@ one setting. Each group is labelled by the keys whose values tell it apart from 
 
 A run that its stop rule ended (``stop=onset``, :mod:`nsrun.runner.stopping`) has no "rest of the run" past
 its last step: :func:`settle_onset` says when its onset still stands, when it counts as not reached and when
-it is unknown.
+it is unknown. A run whose training failed (its loss became inf or nan; DONE records the outcome as data) has
+onset status ``failed``: left out of the medians and counted apart, never as "not reached". A finished run
+whose metrics log is damaged (a torn last row: :meth:`nsrun.runner.rundir.RunDir.log_damage`) is left out with
+a note until a rerun restores the row from its checkpoint.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from pathlib import Path
 
 import yaml
 
-from nsrun.runner.rundir import RunDir, find_run_dirs, science_config
+from nsrun.runner.rundir import RunDir, failure_text, find_run_dirs, science_config
 from nsrun.runner.stopping import GAVE_UP, STOPPED
 from nsrun.science.onsets import OnsetRule, rule_onsets
 
@@ -37,6 +40,7 @@ class Run:
     finished: bool
     onsets: dict = field(default_factory=dict)
     outcome: StopOutcome | None = None  # how its stop rule ended it; None: trained to its last step
+    failure: dict | None = None  # DONE's outcome of a run whose training failed, e.g. {"kind": "failed", ...}
 
     @property
     def seed(self):
@@ -104,12 +108,17 @@ def read_run(run_dir: RunDir) -> tuple[Run | None, str | None]:
     rows = [r for r in run_dir.read_metrics() if isinstance(r, dict) and isinstance(r.get("step"), int)]
     if not rows:
         return None, f"{run_dir.path}: no metrics logged yet; left out"
+    damage = run_dir.log_damage()
+    if damage is not None:
+        return None, (f"{run_dir.path}: damaged: {damage}; left out (rerunning its command restores the row from "
+                      "the checkpoint)")
     timing = [r for r in run_dir.read_timing() if isinstance(r, dict) and isinstance(r.get("step"), int)]
     science = flatten(science_config(config, drop=NOT_GROUPED))
     flat = flatten(config)
     done = run_dir.done_info()
     outcome = stop_outcome(done["reason"], flat) if done else None
-    return Run(run_dir.path, flat, science, rows, timing, run_dir.status() == "done", outcome=outcome), None
+    return Run(run_dir.path, flat, science, rows, timing, run_dir.status() == "done", outcome=outcome,
+               failure=run_dir.failure()), None
 
 
 def load_runs(paths: list[Path], include_unfinished: bool = False, hint: str = "") -> tuple[list[Run], list[str]]:
@@ -136,6 +145,9 @@ def load_runs(paths: list[Path], include_unfinished: bool = False, hint: str = "
                     notes.append(f"{run.path}: still in progress or stopped ({where}); left out{hint}")
                     continue
                 notes.append(f"{run.path}: unfinished ({where}); counted as it stands")
+            if run.failure is not None:
+                notes.append(f"{run.path}: training failed ({failure_text(run.failure)}); counted as failed, left "
+                             "out of the onset statistics")
             runs.append(run)
     return runs, notes
 
@@ -273,8 +285,16 @@ def settle_onset(onsets: dict, outcome: StopOutcome | None, rule: OnsetRule) -> 
 
 def run_onsets(run: Run, rule: OnsetRule, stability: str | None) -> dict:
     """The onsets of ``run`` under ``rule`` (:func:`nsrun.science.onsets.rule_onsets` of its rows), settled
-    by how its stop rule ended it (:func:`settle_onset`)."""
-    return settle_onset(rule_onsets(run.rows, run.timing, rule, stability), run.outcome, rule)
+    by how its stop rule ended it (:func:`settle_onset`); a run that failed has none (status ``failed``)."""
+    onsets = rule_onsets(run.rows, run.timing, rule, stability)
+    if run.failure is not None:
+        return failed_onset(onsets)
+    return settle_onset(onsets, run.outcome, rule)
+
+
+def failed_onset(onsets: dict) -> dict:
+    """``onsets`` of a run whose training failed: no onset (NaN seconds: left out of the medians), ``failed``."""
+    return dict(onsets, onset_step=None, onset_seconds=math.nan, lag_steps=None, onset_status="failed")
 
 
 def unknown_onset_notes(runs: list[Run], rule: OnsetRule) -> list[str]:

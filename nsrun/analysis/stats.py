@@ -26,8 +26,9 @@ def as_onset(step: int | None) -> float:
 
 def onset_value(onsets: dict) -> float:
     """A run's onset step for the statistics: ``inf`` when not reached, NaN when unknown (a run its stop rule
-    ended cannot tell; :func:`nsrun.analysis.runs.settle_onset`), which the medians leave out."""
-    return math.nan if onsets.get("onset_status") == "unknown" else as_onset(onsets["onset_step"])
+    ended cannot tell; :func:`nsrun.analysis.runs.settle_onset`) or failed (its loss became inf or nan), which
+    the medians leave out."""
+    return math.nan if onsets.get("onset_status") in ("unknown", "failed") else as_onset(onsets["onset_step"])
 
 
 def compute_totals(runs) -> dict:
@@ -144,7 +145,8 @@ def spearman(a, b) -> float:
 
 def group_statistics(groups, baselines: dict, n_boot: int, seed: int) -> None:
     """Fill ``group.stats`` of each group (its runs' ``onsets`` filled in): median onset step and training
-    seconds with intervals, runs that reached it and runs whose onset is unknown (left out of the medians),
+    seconds with intervals, runs that reached it, runs whose onset is unknown and runs that failed (both left out
+    of the medians),
     median stability onset, the lag, against the group's baseline (``baselines``: group key -> baseline
     group) fewer steps / seconds and the speedups, and early stopping's account (:func:`compute_totals`)."""
     for i, g in enumerate(groups):
@@ -153,7 +155,9 @@ def group_statistics(groups, baselines: dict, n_boot: int, seed: int) -> None:
         stab = [as_onset(r.onsets["stab_onset_step"]) for r in g.runs if r.onsets["stab_key"] is not None]
         lags = [float(r.onsets["lag_steps"]) for r in g.runs if r.onsets["lag_steps"] is not None]
         s = {"n": len(g.runs), "n_reached": sum(math.isfinite(x) for x in steps),
-             "n_unknown": sum(math.isnan(x) for x in steps), "compute": compute_totals(g.runs),
+             "n_unknown": sum(r.onsets.get("onset_status") == "unknown" for r in g.runs),
+             "n_failed": sum(r.onsets.get("onset_status") == "failed" for r in g.runs),
+             "compute": compute_totals(g.runs),
              "steps": median_ci(steps, n_boot, seed=seed + i), "seconds": median_ci(seconds, n_boot, seed=seed + i),
              "stab": median(stab) if stab else math.nan, "n_stab": len(stab),
              "lag": median_ci(lags, n_boot, seed=seed + i) if lags else (math.nan,) * 3, "n_lag": len(lags),

@@ -7,6 +7,7 @@ directory is created or touched. Heavy imports (torch, wandb, datasets) happen o
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import sys
@@ -200,6 +201,12 @@ def prevalidate(argv: list[str], prog: str = "nsrun", config_dir: str = CONF_DIR
                 except ConfigError as e:
                     prefix = f"[job {_shown(job)}] " if len(jobs) > 1 else ""
                     fail(f"{prefix}{e}", prog=prog)
+            if schema and not args.cfg:
+                key = "hydra.sweep.dir" if args.multirun else "hydra.run.dir"
+                problem = output_dir_problem(compose(config_name=config_name, overrides=_fixed(overrides),
+                                                     return_hydra_config=True), key)
+                if problem:
+                    fail(f"{key}: {problem}; choose another {key}", prog=prog)
     except SystemExit:
         raise
     except Exception as e:  # Hydra's composition and override errors
@@ -214,13 +221,32 @@ def prevalidate(argv: list[str], prog: str = "nsrun", config_dir: str = CONF_DIR
     return planned
 
 
+def output_dir_problem(hydra_cfg: DictConfig, key: str) -> str | None:
+    """Why the directory ``key`` (hydra.run.dir, hydra.sweep.dir) names cannot be created or written: a file
+    there or above it, a folder that is not writable (a read-only file system too); None when it can, or when
+    the path resolves only inside a job (it interpolates hydra.job.*)."""
+    try:
+        path = Path(str(OmegaConf.select(hydra_cfg, key, throw_on_resolution_failure=True)))
+    except Exception:
+        return None
+    if path.exists() and not path.is_dir():
+        return f"{path} is a file, not a directory"
+    existing = next(p for p in (path.absolute(), *path.absolute().parents) if p.exists())
+    if not existing.is_dir():
+        return f"cannot create {path}: {existing} is a file"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"{path} is not writable" if existing == path.absolute() else \
+            f"cannot create {path}: {existing} is not writable"
+    return None
+
+
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
 def hydra_entry(cfg: DictConfig):
     from hydra.core.hydra_config import HydraConfig
 
     from nsrun.launch import sweep_stop
     from nsrun.launch.slurm import record_slurm_env, submitit_executor
-    from nsrun.runner.errors import ConfigError, UsageError
+    from nsrun.runner.errors import ConfigError, StorageError, TrainingError, UsageError
     from nsrun.runner.signals import catch_stop_signals, exit_code, received
     from nsrun.runner.train import Interrupted, run_objective, train
 
@@ -249,6 +275,11 @@ def hydra_entry(cfg: DictConfig):
     except (ConfigError, UsageError) as e:
         if not multirun:
             fail(str(e))
+        job.state, job.error = sweep_stop.FAILED, str(e)
+        raise
+    except (StorageError, TrainingError) as e:  # a disk that fills, a loss that becomes nan: exit 1
+        if not multirun:
+            fail(str(e), code=1)
         job.state, job.error = sweep_stop.FAILED, str(e)
         raise
     except Interrupted as e:
@@ -360,6 +391,7 @@ def main() -> None:
     from nsrun.runner.threads import prepare_environment
 
     prepare_environment()  # OpenMP's wait policy, before anything imports torch (nsrun/runner/threads.py)
+    logging.raiseExceptions = False  # a log line that a full disk cannot take is dropped, not a traceback per line
     if {"--help", "-h", "--hydra-help"} & set(sys.argv[1:]):
         reuse_group_listing_repository()
 

@@ -6,6 +6,7 @@ unpickle is not nsrun's and is refused. Where the files live is :mod:`nsrun.runn
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
 import random
@@ -14,6 +15,8 @@ import zipfile
 from pathlib import Path
 
 import torch
+
+from nsrun.runner.errors import StorageError, writing
 
 CHECKPOINT_DIR = "checkpoints"  # transitional: the layout belongs to nsrun.runner.rundir
 LAST = "last.pt"
@@ -69,21 +72,37 @@ def _python_state_from_list(s):
     return (version, tuple(internal), gauss)
 
 
+def temp_path(folder: Path) -> Path:
+    """The temp file this process writes a checkpoint to in ``folder`` (``.checkpoint.PID.tmp``)."""
+    return Path(folder) / f".checkpoint.{os.getpid()}.tmp"
+
+
 def save_atomic(folder: Path, payload: dict) -> Path:
-    """Write ``payload`` to a temp file in ``folder`` and fsync it; the caller renames it into place."""
-    tmp = Path(folder) / f".checkpoint.{os.getpid()}.tmp"
-    with open(tmp, "wb") as f:
-        torch.save(payload, f)
-        f.flush()
-        os.fsync(f.fileno())
+    """Write ``payload`` to a temp file in ``folder`` and fsync it; the caller renames it into place. The payload is
+    serialised in memory first, so that a failed write (disk full) is one OSError; the temp file is then removed
+    and StorageError names it."""
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    tmp = temp_path(folder)
+    try:
+        with writing(tmp), open(tmp, "wb") as f:
+            f.write(buffer.getbuffer())
+            f.flush()
+            os.fsync(f.fileno())
+    except StorageError:
+        tmp.unlink(missing_ok=True)
+        raise
     return tmp
 
 
 def save_checkpoint(path: Path, payload: dict) -> None:
     """Write ``payload`` to ``path`` atomically (temp file in the same folder, fsync, rename)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(save_atomic(path.parent, payload), path)
+    with writing(path.parent):
+        path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = save_atomic(path.parent, payload)
+    with writing(path):
+        os.replace(tmp, path)
 
 
 def load(path: Path, map_location="cpu") -> dict:

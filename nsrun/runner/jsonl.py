@@ -9,6 +9,8 @@ import math
 import os
 from pathlib import Path
 
+from nsrun.runner.errors import StorageError, writing
+
 
 def _json_value(v):
     if hasattr(v, "item"):
@@ -46,10 +48,23 @@ class JsonlLog:
         self.path = Path(path)
 
     def append(self, row: dict) -> None:
-        with open(self.path, "a") as f:
-            f.write(jsonl_line(row) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        """Append ``row``; a write that fails (disk full) is cut back off, so that no torn row is left, and
+        StorageError names the file."""
+        data = (jsonl_line(row) + "\n").encode()
+        with writing(self.path):
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                size = os.fstat(fd).st_size
+                try:
+                    written = 0
+                    while written < len(data):
+                        written += os.write(fd, data[written:])
+                    os.fsync(fd)
+                except OSError:
+                    _cut_back(fd, size)
+                    raise
+            finally:
+                os.close(fd)
 
     def truncate_after(self, step: int) -> int:
         """Keep only the complete rows with ``step <= step`` (a resumed run recomputes the rest); the rewrite is
@@ -67,10 +82,23 @@ class JsonlLog:
                 keep.append(line)
         if len(keep) != len(lines):
             tmp = self.path.with_name(f".{self.path.name}.tmp")
-            tmp.write_text("".join(line + "\n" for line in keep))
-            os.replace(tmp, self.path)
+            try:
+                with writing(tmp):
+                    tmp.write_text("".join(line + "\n" for line in keep))
+                    os.replace(tmp, self.path)
+            except StorageError:
+                tmp.unlink(missing_ok=True)
+                raise
         return len(lines) - len(keep)
 
     def last_step(self) -> int | None:
         rows = read_jsonl(self.path)
         return rows[-1].get("step") if rows else None
+
+
+def _cut_back(fd: int, size: int) -> None:
+    """Truncate an open file back to ``size`` bytes (shrinking needs no space); best effort."""
+    try:
+        os.ftruncate(fd, size)
+    except OSError:
+        pass

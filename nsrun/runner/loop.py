@@ -5,18 +5,28 @@ Step ``s`` means "after ``s`` optimiser updates". Metrics are evaluated at step 
 and at the last step; a checkpoint is written every ``checkpoint_every`` steps, at the end, and when the process
 is interrupted (SIGINT, SIGTERM, SIGUSR2). Resuming from a checkpoint reproduces exactly the metrics of an
 uninterrupted run on CPU: data order is a pure function of (seed, epoch), and every generator is checkpointed.
+
+A replica whose training loss becomes inf or nan fails: the loop notices at its next evaluation, checkpoint or
+signal (the first such step is tracked on the device, so no step waits for it), or at an evaluation whose
+train_loss or val_loss is not finite, logs no row and writes no checkpoint from then on, and marks it DONE with
+the outcome ``{"kind": "failed", "reason": "non-finite loss", "loss": "nan", "step": N}`` (N: the first step
+whose loss was not finite); the other replicas train on.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import signal
 import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+import torch
+
 from nsrun.runner.checkpoint import rng_state, set_rng_state
+from nsrun.runner.rundir import FAILED, failure_text
 from nsrun.runner.signals import STOP_SIGNALS, note, received, signal_name
 
 log = logging.getLogger("nsrun")
@@ -48,7 +58,35 @@ class LoopState:
     clock: dict = field(default_factory=lambda: {"train": 0.0, "eval": 0.0})
     run_ids: list = field(default_factory=list)
     last_rows: list = field(default_factory=list)
-    stopped: list = field(default_factory=list)  # per replica: why its stop rule ended it, or None
+    stopped: list = field(default_factory=list)  # per replica: why its stop rule ended it (or it failed), or None
+
+
+class NonFiniteLoss:
+    """The first step at which each replica's training loss was inf or nan, kept on the loss's device: updating it
+    needs no synchronisation; :meth:`read` syncs once."""
+
+    def __init__(self):
+        self.first_step: torch.Tensor | None = None  # [K], -1 while every loss was finite
+        self.value: torch.Tensor | None = None
+
+    def update(self, losses: torch.Tensor, step: int) -> None:
+        if self.first_step is None:
+            self.first_step = torch.full(losses.shape, -1, dtype=torch.long, device=losses.device)
+            self.value = torch.zeros_like(losses)
+        new = ~torch.isfinite(losses) & (self.first_step < 0)
+        self.first_step = torch.where(new, step, self.first_step)
+        self.value = torch.where(new, losses, self.value)
+
+    def read(self, k: int) -> dict | None:
+        """Replica k's outcome once its loss was not finite, else None."""
+        if self.first_step is None or int(self.first_step[k]) < 0:
+            return None
+        return {"kind": FAILED, "reason": "non-finite loss", "loss": _kind(float(self.value[k])),
+                "step": int(self.first_step[k])}
+
+
+def _kind(value: float) -> str:
+    return "nan" if math.isnan(value) else "inf" if value > 0 else "-inf"
 
 
 @contextmanager
@@ -112,6 +150,8 @@ class Progress:
             self.bar.update(1)
 
     def show(self, step: int, rows: list[dict]) -> None:
+        if not rows:
+            return
         if self.mode == "log" and len(rows) == 1:
             r = rows[0]
             log.info("step %d/%d  train_loss %.4f  val_loss %.4f  train_acc %.3f  val_acc %.3f",
@@ -164,6 +204,9 @@ def train_loop(replicas, dirs: list, trackers: list, cadence: Cadence, state: Lo
         for k, row in enumerate(rows):
             if not active(k):
                 continue
+            if bad := [row[key] for key in ("train_loss", "val_loss") if not math.isfinite(row.get(key, 0.0))]:
+                fail(k, step, {"kind": FAILED, "reason": "non-finite loss", "loss": _kind(bad[0]), "step": step})
+                continue
             dirs[k].metrics.append(row)
             timing = {"step": step, "train_seconds": state.clock["train"], "eval_seconds": state.clock["eval"]}
             dirs[k].timing.append(timing if K == 1 else {**timing, "parallel_seeds": K})
@@ -182,7 +225,18 @@ def train_loop(replicas, dirs: list, trackers: list, cadence: Cadence, state: Lo
         for k, payload in enumerate(replicas.state()):
             if k in which:
                 dirs[k].save_checkpoint({"step": step, **payload, "rng": rng, "clock": state.clock,
-                                         "run_id": state.run_ids[k], "last_row": state.last_rows[k]})
+                                         "run_id": state.run_ids[k], "last_row": state.last_rows[k],
+                                         "threads": torch.get_num_threads()})
+
+    def fail(k: int, step: int, outcome: dict) -> None:
+        state.stopped[k] = f"{FAILED}: {failure_text(outcome)}"
+        dirs[k].mark_done(outcome["step"], state.stopped[k], outcome)
+        log.info("%s: %s; stopped at step %d", dirs[k].path, failure_text(outcome), step)
+
+    def fail_non_finite(step: int) -> None:
+        for k in range(K):
+            if active(k) and (outcome := non_finite.read(k)) is not None:
+                fail(k, step, outcome)
 
     def finish_stopped(step: int, which: list[int]) -> None:
         do_checkpoint(step, which)
@@ -191,18 +245,22 @@ def train_loop(replicas, dirs: list, trackers: list, cadence: Cadence, state: Lo
             log.info("%s: %s at step %d", dirs[k].path, state.stopped[k], step)
 
     progress = Progress(cadence.progress, cadence.steps, state.step)
+    non_finite = NonFiniteLoss()
     try:
         with stop_on_signals() as stop:
             if state.step == 0:
                 finish_stopped(0, do_eval(0))
             while state.step < cadence.steps and any(map(active, range(K))):
                 t0 = time.perf_counter()
-                replicas.train_step(state.step)
+                non_finite.update(replicas.train_step(state.step), state.step)
                 state.step += 1
                 state.clock["train"] += time.perf_counter() - t0
                 progress.advance()
                 step, stopped_now = state.step, []
-                if step % cadence.eval_every == 0 or step == cadence.steps:
+                at_eval = step % cadence.eval_every == 0 or step == cadence.steps
+                if at_eval or step % cadence.checkpoint_every == 0 or stop["signal"] is not None:
+                    fail_non_finite(step)
+                if at_eval:
                     stopped_now = do_eval(step)
                 finish_stopped(step, stopped_now)
                 running = [k for k in range(K) if active(k)]

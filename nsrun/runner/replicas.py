@@ -3,7 +3,8 @@ vmapped stack (:class:`VmappedSeeds`). Both offer the same four calls, so the lo
 and ``make bench`` run the same step:
 
 * ``train_step(step)``: one optimiser update of every replica (batch, objective, backward, gradient hooks,
-  clipping, AdamW, learning-rate schedule);
+  clipping, AdamW, learning-rate schedule); returns the replicas' training losses ``[K]`` (detached, on the
+  device: reading them is left to the caller, who may avoid a synchronisation per step);
 * ``eval_rows(step)``: one metrics row per replica;
 * ``state()`` / ``load_state(states)``: per-replica payloads for the checkpoints (the plain-run format, so a
   seed of a vmapped stack resumes as a single run and the other way round).
@@ -62,7 +63,7 @@ class SingleModel:
         self.eval_settings = eval_settings(cfg)
         self.model.train()
 
-    def train_step(self, step: int) -> None:
+    def train_step(self, step: int) -> torch.Tensor:
         x, y = training_batch(self.task, self.batch_size, self.seeds[0], step)
         loss, _ = self.objective(self.train_model, x, y, step)
         self.optimizer.zero_grad(set_to_none=True)
@@ -73,6 +74,7 @@ class SingleModel:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
         self.optimizer.step()
         self.scheduler.step()
+        return loss.detach().reshape(1)
 
     def eval_rows(self, step: int) -> list[dict]:
         row = {"step": step, **eval_metrics(self.model, self.task, self.eval_settings, self.seeds[0], step),
@@ -121,7 +123,7 @@ class VmappedSeeds:
         self.eval_settings = eval_settings(cfg)
         self.pool = ThreadPoolExecutor(max_workers=len(self.seeds), thread_name_prefix="seed")
 
-    def train_step(self, step: int) -> None:
+    def train_step(self, step: int) -> torch.Tensor:
         from nsrun.runner.seed_stack import clip_per_seed
 
         batches = [training_batch(self.task, self.batch_size, s, step) for s in self.seeds]
@@ -136,7 +138,8 @@ class VmappedSeeds:
 
         results = [f.result() for f in [self.pool.submit(run, k) for k in range(len(self.objectives))]]
         self.optimizer.zero_grad(set_to_none=True)
-        torch.stack([loss for loss, _ in results]).sum().backward()
+        losses = torch.stack([loss for loss, _ in results])
+        losses.sum().backward()
         for objective, seed_model in zip(self.objectives, self.seed_models, strict=True):
             if hasattr(objective, "after_backward"):
                 objective.after_backward(seed_model)
@@ -144,6 +147,7 @@ class VmappedSeeds:
             clip_per_seed(list(self.stack.params.values()), self.grad_clip)
         self.optimizer.step()
         self.scheduler.step()
+        return losses.detach()
 
     def eval_rows(self, step: int) -> list[dict]:
         rows = []

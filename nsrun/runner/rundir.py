@@ -7,7 +7,8 @@ RUN_DIR/
   metrics.jsonl           one row per eval step: the same bytes for the same config and seed (on CPU)
   timing.jsonl            wall-clock seconds per eval step (apart, so that metrics stay bit-identical)
   checkpoints/last.pt     the newest checkpoint; previous.pt the one before it (a fallback if last is torn)
-  DONE                    the run is complete: first line its last step, second line why it ended
+  DONE                    the run has ended: first line its last step, second line why it ended, third line
+                          (a run that failed) its outcome as JSON: {"kind": "failed", "reason": ..., "step": N}
   .lock                   held (flock) by the one process that writes the run; released when it exits
   runtime.jsonl           one row per start: host, pid, device, threads and the thread policy used
   .hydra/                 Hydra's record of the command, written only once the run may proceed
@@ -30,7 +31,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from nsrun.runner.errors import UsageError
+from nsrun.runner.errors import StorageError, UsageError, writing
 from nsrun.runner.jsonl import JsonlLog, jsonl_line, read_jsonl  # noqa: F401 (read_jsonl: the one reader)
 
 log = logging.getLogger("nsrun")
@@ -45,6 +46,7 @@ PREVIOUS_CHECKPOINT = "previous.pt"
 LOCK_FILE = ".lock"
 RUNTIME_FILE = "runtime.jsonl"
 HYDRA_DIR = ".hydra"
+FAILED = "failed"  # the outcome kind of a run whose training failed (a non-finite loss)
 SKIP_DIRS = frozenset({"wandb", HYDRA_DIR, CHECKPOINT_DIR, "compare", "__pycache__", ".git"})
 
 # keys that may differ between a run and its resumption without changing its metrics
@@ -149,6 +151,46 @@ class RunDir:
     def read_timing(self) -> list[dict]:
         return read_jsonl(self.timing_path)
 
+    def trained_threads(self, ckpt: dict | None) -> int | None:
+        """The torch threads the run trained at up to checkpoint ``ckpt``: its own record, else (a checkpoint
+        written before it recorded them) the latest start's in ``runtime.jsonl``; None without either."""
+        rows = read_jsonl(self.path / RUNTIME_FILE)
+        threads = (ckpt or {}).get("threads", rows[-1].get("threads") if rows else None)
+        return threads if isinstance(threads, int) and threads >= 1 else None
+
+    def outcome(self) -> dict | None:
+        """The outcome DONE records as data (third line, JSON), e.g. ``{"kind": "failed", "reason": "non-finite
+        loss", "loss": "nan", "step": 37}``; None where it records none (a run that trained to its end or that its
+        stop rule ended, and every run directory written before outcomes were recorded)."""
+        lines = self.done_path.read_text().splitlines() if self.done_path.exists() else []
+        try:
+            outcome = json.loads(lines[2]) if len(lines) > 2 else None
+        except json.JSONDecodeError:
+            return None
+        return outcome if isinstance(outcome, dict) and "kind" in outcome else None
+
+    def failure(self) -> dict | None:
+        """The outcome of a run that failed (``kind`` failed), else None."""
+        outcome = self.outcome()
+        return outcome if outcome is not None and outcome["kind"] == FAILED else None
+
+    def log_damage(self) -> str | None:
+        """Why the metrics log of an ended run is damaged: rows missing up to the step DONE names (a last row torn
+        by a crash or a full disk) or a torn line; None if it is whole. A rerun restores the row from the
+        checkpoint."""
+        info = self.done_info()
+        if info is None or info["step"] is None or self.failure() is not None:
+            return None
+        lines = self.metrics_path.read_text().split("\n") if self.metrics_path.exists() else []
+        rows = read_jsonl(self.metrics_path)
+        torn = sum(1 for ln in lines if ln.strip()) - len(rows)
+        torn_text = f"{torn} torn line{'s' if torn > 1 else ''}"
+        last = rows[-1].get("step") if rows else None
+        if not isinstance(last, int) or last < info["step"]:
+            return (f"metrics.jsonl {'ends at step ' + str(last) if rows else 'holds no row'} but DONE says step "
+                    f"{info['step']}" + (f" ({torn_text})" if torn else ""))
+        return f"metrics.jsonl has {torn_text}" if torn else None
+
     def done_info(self) -> dict | None:
         """``{"step": last step, "reason": why it ended or None}`` once the run is complete, else None."""
         try:
@@ -203,7 +245,8 @@ class RunDir:
             return
         from omegaconf import OmegaConf
 
-        self.path.mkdir(parents=True, exist_ok=True)
+        with writing(self.path):
+            self.path.mkdir(parents=True, exist_ok=True)
         text = OmegaConf.to_yaml(cfg, resolve=True) if not isinstance(cfg, dict) else OmegaConf.to_yaml(cfg)
         _atomic_write(self.config_path, text)
 
@@ -211,7 +254,8 @@ class RunDir:
         """Write Hydra's record of the command (``.hydra/config.yaml``, ``hydra.yaml``, ``overrides.yaml``),
         once the run may proceed: a refused command leaves the record of the run as it was."""
         folder = self.path / HYDRA_DIR
-        folder.mkdir(parents=True, exist_ok=True)
+        with writing(folder):
+            folder.mkdir(parents=True, exist_ok=True)
         for name, text in files.items():
             _atomic_write(folder / name, text)
 
@@ -221,8 +265,10 @@ class RunDir:
                **runtime}
         JsonlLog(self.path / RUNTIME_FILE).append(row)
 
-    def mark_done(self, step: int, reason: str | None = None) -> None:
-        _atomic_write(self.done_path, f"{step}\n" + (f"{reason}\n" if reason else ""))
+    def mark_done(self, step: int, reason: str | None = None, outcome: dict | None = None) -> None:
+        """Write DONE: ``step``, then ``reason`` (prose, for people), then ``outcome`` (JSON, for readers)."""
+        text = f"{step}\n" + (f"{reason or ''}\n" if reason or outcome else "")
+        _atomic_write(self.done_path, text + (json.dumps(outcome) + "\n" if outcome else ""))
 
     def unmark_done(self) -> None:
         self.done_path.unlink(missing_ok=True)
@@ -231,18 +277,21 @@ class RunDir:
         """Logs without a checkpoint (a run killed before its first checkpoint) are renamed, not appended to."""
         for path in (self.metrics_path, self.timing_path):
             if path.exists():
-                path.replace(path.with_suffix(path.suffix + f".orphan-{int(time.time())}"))
+                with writing(path):
+                    path.replace(path.with_suffix(path.suffix + f".orphan-{int(time.time())}"))
 
     # checkpoints
     def save_checkpoint(self, payload: dict) -> None:
         """Write to a temp file, fsync, keep the current checkpoint as previous.pt, rename the new one in."""
         from nsrun.runner.checkpoint import save_atomic
 
-        self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        with writing(self.checkpoint_dir):
+            self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
         tmp = save_atomic(self.checkpoint_dir, payload)
-        if self.checkpoint_path.exists():
-            os.replace(self.checkpoint_path, self.previous_checkpoint_path)
-        os.replace(tmp, self.checkpoint_path)
+        with writing(self.checkpoint_path):
+            if self.checkpoint_path.exists():
+                os.replace(self.checkpoint_path, self.previous_checkpoint_path)
+            os.replace(tmp, self.checkpoint_path)
 
     def load_checkpoint(self) -> dict | None:
         """The newest checkpoint that loads (last.pt, else previous.pt, saying so in one line); None if the run
@@ -275,30 +324,57 @@ class RunDir:
         the holder's pid and host, after waiting up to ``wait_s`` seconds for it to go (a requeued SLURM job
         whose first instance is still flushing). Where the file system has no working locks, says so once and
         carries on. The holder writes its pid and host with :meth:`claim`, once its run may proceed."""
-        self.path.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        with writing(self.lock_path):
+            self.path.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            if not _acquire(fd, self.lock_path, wait_s):
+            held = _acquire(fd, self.lock_path, wait_s)
+            if not held:
                 raise UsageError(f"{self.path} is being written by {_holder(fd)}; wait for it to finish (or stop "
                                  "it), or choose another hydra.run.dir")
-            self._lock_fd = fd
+            self._lock_fd, self._lock_enforced = fd, held is not UNENFORCED
             yield
         finally:
-            self._lock_fd = None
+            self._lock_fd, self._lock_enforced = None, False
             os.close(fd)  # releases the lock
 
     def claim(self) -> None:
         """Write this process's pid and host into the held lock file (what a refused second writer is told)."""
         fd = getattr(self, "_lock_fd", None)
         if fd is not None:
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+            with writing(self.lock_path):
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+
+    def remove_stale_temp_files(self) -> list[Path]:
+        """Remove the temp files (``.*.tmp`` in the run directory, ``checkpoints/`` and ``.hydra/``) that a writer
+        killed mid-write left behind; returns them. Every one of them is stale, whatever pid its name carries:
+        the caller holds the writer lock, so no other process writes here. Where file locks do not work (the lock
+        is not enforced) nothing is removed, since another writer may be mid-write."""
+        if not getattr(self, "_lock_enforced", False):
+            return []
+        removed = []
+        for folder in (self.path, self.checkpoint_dir, self.path / HYDRA_DIR):
+            for tmp in sorted(folder.glob(".*.tmp")) if folder.is_dir() else ():
+                try:
+                    tmp.unlink()
+                except (FileNotFoundError, IsADirectoryError, PermissionError):
+                    continue
+                removed.append(tmp)
+        if removed:
+            shown = ", ".join(str(p.relative_to(self.path)) for p in removed)
+            log.info("%s: removed %d temp file%s left by a writer that stopped mid-write: %s", self.path,
+                     len(removed), "s" if len(removed) > 1 else "", shown)
+        return removed
 
 
 _WARNED_NO_LOCKS: set[str] = set()
+UNENFORCED = "unenforced"  # what _acquire returns where the file system has no working locks
 
 
-def _acquire(fd: int, path: Path, wait_s: float) -> bool:
+def _acquire(fd: int, path: Path, wait_s: float) -> bool | str:
+    """True once the lock is held, False if another process holds it after ``wait_s``, :data:`UNENFORCED` where
+    file locks do not work."""
     deadline = time.monotonic() + wait_s
     announced = False
     while True:
@@ -319,7 +395,7 @@ def _acquire(fd: int, path: Path, wait_s: float) -> bool:
                     _WARNED_NO_LOCKS.add(mount)
                     log.warning("file locks do not work under %s (%s): one writer per run directory is not "
                                 "enforced there", mount, e.strerror)
-                return True
+                return UNENFORCED
             raise
 
 
@@ -332,9 +408,21 @@ def _holder(fd: int) -> str:
 
 
 def _atomic_write(path: Path, text: str) -> None:
+    """Write ``text`` to a temp file beside ``path`` and rename it into place; StorageError names the file when
+    it cannot be written (the temp file is removed)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        with writing(tmp):
+            tmp.write_text(text)
+            os.replace(tmp, path)
+    except StorageError:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def failure_text(outcome: dict) -> str:
+    """``loss is nan at step 37``: a failed run's outcome (:meth:`RunDir.failure`) in words."""
+    return f"loss is {outcome.get('loss', 'not finite')} at step {outcome.get('step', '?')}"
 
 
 def find_run_dirs(paths, include_unfinished: bool = False) -> list[RunDir]:

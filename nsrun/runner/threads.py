@@ -150,6 +150,14 @@ def resolve_threads(threads, environ, cores: int, torch_default: int) -> tuple[i
     return int(threads), "train.threads"
 
 
+def resumed_threads(threads, trained: int | None):
+    """The ``train.threads`` a resumed run uses: the count it has trained at (``trained``, recorded in its
+    checkpoint) while ``threads`` is ``auto``, since the thread count changes float rounding and so the metrics (a
+    run started by a one-thread pool worker and resumed by hand keeps its count); an explicit setting (an
+    integer, null) as given."""
+    return trained if threads == "auto" and trained is not None else threads
+
+
 def apply_thread_policy(threads, device, environ=None) -> dict:
     """Set torch's intra-op threads for ``train.threads`` (``int | "auto" | None``) and return what the run used:
     ``{"threads", "threads_source", "cores_available", "core_limits", "wait_policy", "device"}``."""

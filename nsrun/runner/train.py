@@ -17,8 +17,9 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from nsrun.runner.config import build_logger, describe_reg, preflight, stop_rule, validate
+from nsrun.runner.errors import TrainingError
 from nsrun.runner.loop import Cadence, Interrupted, LoopState, restore, train_loop
-from nsrun.runner.rundir import RunDir
+from nsrun.runner.rundir import RunDir, failure_text
 from nsrun.runner.stopping import StopTracker, stopped_by_rule
 
 log = logging.getLogger("nsrun")
@@ -59,7 +60,8 @@ def lock_wait_s() -> float:
 def train(cfg: DictConfig, run_dir, on_start=None) -> dict:
     """Train ``cfg`` into ``run_dir`` (resuming if it holds a checkpoint); return the last metrics row (with
     parallel seeds: ``{seed: last row}``). ``on_start(root: RunDir)`` runs once the writer lock is held and the
-    config matches the run's (the command writes Hydra's record there): a refused command changes nothing."""
+    config matches the run's (the command writes Hydra's record there): a refused command changes nothing.
+    Raises TrainingError, once every replica has ended, when one failed (its loss became inf or nan; DONE says so)."""
     validate(cfg)
     preflight(cfg)  # CUDA, data files, the hub: where the job runs (a SLURM node)
     root = RunDir(run_dir)
@@ -69,9 +71,12 @@ def train(cfg: DictConfig, run_dir, on_start=None) -> dict:
             root.check_config(cfg)
             ckpt = root.load_checkpoint()  # a checkpoint that does not load is refused before anything changes
             root.claim()
+            root.remove_stale_temp_files()
             if on_start is not None:
                 on_start(root)
-            return _train_locked([cfg], [root], [ckpt])[0]
+            row = _train_locked([cfg], [root], [ckpt])[0]
+        _raise_failures([root])
+        return row
     seeds = list(range(cfg.seed, cfg.seed + K))
     cfgs, dirs = [seed_config(cfg, s) for s in seeds], [root.seed_dir(s) for s in seeds]
     backend = parallel_backend(cfg)
@@ -83,6 +88,7 @@ def train(cfg: DictConfig, run_dir, on_start=None) -> dict:
         ckpts = [d.load_checkpoint() for d in dirs]  # refused before anything changes
         for d in (root, *dirs):
             d.claim()
+            d.remove_stale_temp_files()
         if on_start is not None:
             on_start(root)
         log.info("training seeds %d..%d in %s (backend %s)", seeds[0], seeds[-1], root.path, backend)
@@ -91,49 +97,81 @@ def train(cfg: DictConfig, run_dir, on_start=None) -> dict:
             for c, d, ckpt in zip(cfgs, dirs, ckpts, strict=True):
                 rows[int(c.seed)] = _train_locked([c], [d], [ckpt])[0]
         else:
-            todo = [(c, d) for c, d in zip(cfgs, dirs, strict=True) if not _stopped(d)]
+            todo = [(c, d) for c, d in zip(cfgs, dirs, strict=True) if not _ended(d)]
             for c, d in zip(cfgs, dirs, strict=True):
-                if _stopped(d):
+                if _ended(d):
                     rows[int(c.seed)] = _train_locked([c], [d])[0]  # says it is complete; nothing runs
             if todo:
                 _catch_up([c for c, _ in todo], [d for _, d in todo])
                 for (c, _), row in zip(todo, _train_locked(*map(list, zip(*todo, strict=True))), strict=True):
                     rows[int(c.seed)] = row
+    _raise_failures(dirs)
     return {s: rows[s] for s in seeds}
 
 
-def _stopped(d: RunDir) -> bool:
-    """Whether the run ended by its stop rule (then it is complete, whatever ``train.steps`` says now)."""
+def _raise_failures(dirs: list[RunDir]) -> None:
+    """TrainingError naming each run directory whose training failed (DONE records the outcome)."""
+    failed = [(d, f) for d in dirs if (f := d.failure()) is not None]
+    if failed:
+        runs = "; ".join(f"{d.path}: training failed: {failure_text(f)}" for d, f in failed)
+        raise TrainingError(f"{runs} (recorded in DONE; a rerun does nothing: try other settings in a new "
+                            "hydra.run.dir)")
+
+
+def _ended(d: RunDir) -> bool:
+    """Whether the run ended early, by its stop rule or by failing (then it is complete, whatever
+    ``train.steps`` says now)."""
     info = d.done_info()
-    return info is not None and stopped_by_rule(info["reason"])
+    return info is not None and (stopped_by_rule(info["reason"]) or d.failure() is not None)
 
 
 def _finished(d: RunDir, ckpt: dict | None, steps: int) -> bool:
-    return ckpt is not None and d.done_info() is not None and (ckpt["step"] >= steps or _stopped(d))
+    if d.failure() is not None:
+        return True  # a failed run may have no checkpoint: it failed before its first
+    return ckpt is not None and d.done_info() is not None and (ckpt["step"] >= steps or _ended(d))
 
 
 def _train_locked(cfgs: list[DictConfig], dirs: list[RunDir], ckpts: list | None = None) -> list[dict]:
     """Train replicas ``cfgs`` (one config, or K seeds of one config) into ``dirs``, whose locks are held, from
     their checkpoints ``ckpts`` (None: loaded here)."""
     from nsrun.runner.replicas import build_replicas, resolve_device
-    from nsrun.runner.threads import apply_thread_policy, deterministic_mode
+    from nsrun.runner.threads import apply_thread_policy, deterministic_mode, resumed_threads
 
     cfg = cfgs[0]
     ckpts = ckpts if ckpts is not None else [d.load_checkpoint() for d in dirs]
     if all(_finished(d, c, cfg.train.steps) for d, c in zip(dirs, ckpts, strict=True)):
+        rows = []
         for d, c in zip(dirs, ckpts, strict=True):
+            if d.failure() is not None:  # TrainingError says so
+                rows.append((d.read_metrics() or [{}])[-1])
+                continue
+            if d.log_damage() is not None:
+                log.info("%s: %s", d.path, d.log_damage())
+                _restore_logs(d, c, len(dirs))
             reason = d.done_info()["reason"]
             log.info("run in %s is already complete (step %d%s); nothing to do", d.path, c["step"],
                      f", {reason}" if reason else "")
-        return [c.get("last_row", {}) for c in ckpts]
+            rows.append(c.get("last_row", {}))
+        return rows
     for d, c in zip(dirs, cfgs, strict=True):
         d.write_config(c)
         log.info("run directory: %s", d.path)
     log.info("regulariser: %s", describe_reg(cfg))
     device = resolve_device(cfg.train.device)
-    runtime = {**apply_thread_policy(cfg.train.threads, device), **deterministic_mode(cfg.train.deterministic, device)}
-    log.info("threads: %d (%s), OpenMP wait policy %s", runtime["threads"], runtime["threads_source"],
-             runtime["wait_policy"].get("OMP_WAIT_POLICY", "default"))
+    trained = dirs[0].trained_threads(ckpts[0]) if device.type == "cpu" and ckpts[0] is not None else None
+    threads = resumed_threads(cfg.train.threads, trained)
+    runtime = {**apply_thread_policy(threads, device), **deterministic_mode(cfg.train.deterministic, device)}
+    if threads != cfg.train.threads:
+        runtime["threads_source"] = "kept: the run's own count (train.threads=auto on resume)"
+        log.info("resuming at %d thread%s, as the run has trained so far (train.threads=N to override)",
+                 runtime["threads"], "s" if runtime["threads"] != 1 else "")
+    else:
+        log.info("threads: %d (%s), OpenMP wait policy %s", runtime["threads"], runtime["threads_source"],
+                 runtime["wait_policy"].get("OMP_WAIT_POLICY", "default"))
+    if trained is not None and runtime["threads"] != trained:
+        log.warning("the run has trained at %d thread%s and resumes at %d: its metrics from here on match neither "
+                    "an uninterrupted run at %d nor one at %d", trained, "s" if trained != 1 else "",
+                    runtime["threads"], trained, runtime["threads"])
     for d in dirs:
         d.record_start(runtime)
     replicas = build_replicas(cfgs, device, "vmap" if len(cfgs) > 1 else "single")
@@ -159,20 +197,29 @@ def _train_locked(cfgs: list[DictConfig], dirs: list[RunDir], ckpts: list | None
         exit_code = 0
     finally:
         replicas.close()
-        for tracker in trackers:
-            tracker.finish(exit_code)
+        for tracker, d in zip(trackers, dirs, strict=True):
+            tracker.finish(exit_code if d.failure() is None else 1)
     for d in dirs:
-        log.info("finished: %s", d.path)
+        if d.failure() is None:
+            log.info("finished: %s", d.path)
     return rows
 
 
 def _prepare_logs(d: RunDir, ckpt: dict | None, n_replicas: int) -> None:
-    """Make the logs match the checkpoint the run resumes from: rows after it are dropped (they are recomputed),
-    a row at its own step lost to a torn write is restored from the checkpoint; logs without a checkpoint are
-    set aside."""
+    """Make the logs match the checkpoint the run resumes from (:func:`_restore_logs`); logs without a checkpoint
+    are set aside."""
     if ckpt is None:
         d.set_logs_aside()
         return
+    dropped = _restore_logs(d, ckpt, n_replicas)
+    log.info("resuming %s from step %d%s", d.path, ckpt["step"],
+             f" (dropped {dropped} rows logged after that checkpoint)" if dropped > 0 else "")
+
+
+def _restore_logs(d: RunDir, ckpt: dict, n_replicas: int) -> int:
+    """Rows after the checkpoint's step are dropped (a resumed run recomputes them), and so are torn lines; the
+    row at its own step lost to a torn write is restored from the checkpoint. Returns how many lines were
+    dropped."""
     step = ckpt["step"]
     dropped = d.metrics.truncate_after(step) + d.timing.truncate_after(step)
     last = ckpt.get("last_row") or {}
@@ -183,8 +230,7 @@ def _prepare_logs(d: RunDir, ckpt: dict | None, n_replicas: int) -> None:
         clock = ckpt["clock"]
         row = {"step": step, "train_seconds": clock["train"], "eval_seconds": clock["eval"]}
         d.timing.append(row if n_replicas == 1 else {**row, "parallel_seeds": n_replicas})
-    log.info("resuming %s from step %d%s", d.path, step,
-             f" (dropped {dropped} rows logged after that checkpoint)" if dropped > 0 else "")
+    return dropped
 
 
 def _catch_up(cfgs: list[DictConfig], dirs: list[RunDir]) -> None:

@@ -8,13 +8,15 @@
 
 A schema's fields carry types only (``MISSING`` defaults): the values, with their comments, are in conf/.
 A schema may define ``check(self)``, its range checks (raising ConfigError), and a ``build(...)`` method that
-makes the science object from its plain values.
+makes the science object from its plain values. Before it runs, :func:`section` refuses inf and nan in every
+key of every section (a float, or a number in a list), so no schema has to.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import re
 
 from hydra.core.config_store import ConfigStore
@@ -118,6 +120,17 @@ def type_error(key: str, exc: BaseException) -> ConfigError:
     return ConfigError(key, str(exc).splitlines()[0])
 
 
+def _finite(value) -> bool:
+    """False for inf or nan, also inside a list or a mapping."""
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, (list, tuple)):
+        return all(map(_finite, value))
+    if isinstance(value, dict):
+        return all(map(_finite, value.values()))
+    return True
+
+
 def schema_of(group: str, node) -> type:
     """The schema of section ``node`` of ``group``: by its ``name`` for a group with options."""
     if group in SECTIONS:
@@ -152,6 +165,10 @@ def section(cfg, group: str):
     for key in known:
         if key != "name" and (key not in values or OmegaConf.is_missing(node, key)):
             raise ConfigError(f"{group}.{key}", "is missing from the config")
+    for key, value in values.items():
+        if not _finite(value):
+            what = "finite numbers" if isinstance(value, (list, dict)) else "a finite number"
+            raise ConfigError(f"{group}.{key}", f"must be {what}, got {value!r}")
     obj = cls(**values)  # the values as composed: check() checks their types and ranges
     if hasattr(obj, "check"):
         obj.check()

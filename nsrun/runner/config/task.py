@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -150,7 +151,12 @@ class WikiText2Task:
 
     def preflight(self) -> None:
         """The data and the tokenizer cache are where the run will look for them; the hub answers if used."""
-        from nsrun.science.tasks.wikitext2 import SHARED_DATA_HINT, cache_dir_of, hub_unreachable_reason
+        from nsrun.science.tasks.wikitext2 import (
+            SHARED_DATA_HINT,
+            cache_dir_of,
+            hub_unreachable_reason,
+            offline_missing_reason,
+        )
 
         cache = cache_dir_of(self.cache_dir)
         existing = next(p for p in (cache, *cache.parents) if p.exists())
@@ -168,13 +174,20 @@ class WikiText2Task:
                 if not path.is_file():
                     raise ConfigError(f"task.{key}", f"{path} not found; set task.{key} to a text file in "
                                                      f"task.data_dir={self.data_dir}")
-        elif not _skip_hub_check():
-            reason = hub_unreachable_reason(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
-            if reason:
-                raise ConfigError("task.data_dir", f"is null (load {self.hub_dataset}/{self.hub_config} from the "
-                                                   f"hub) but the hub cannot be reached ({reason}); "
-                                                   f"offline, set task.data_dir=DIR holding {self.train_file} "
-                                                   f"and {self.val_file} (e.g. task.data_dir={SHARED_DATA_HINT})")
+        else:
+            hub = f"is null (load {self.hub_dataset}/{self.hub_config} from the hub)"
+            use_files = (f"set task.data_dir=DIR holding {self.train_file} and {self.val_file} "
+                         f"(e.g. task.data_dir={SHARED_DATA_HINT})")
+            if _offline():
+                reason = offline_missing_reason(self.hub_dataset, self.hub_config)
+                if reason:
+                    raise ConfigError("task.data_dir", f"{hub} but offline mode is on and the datasets cache does "
+                                                       f"not hold it ({reason}); {use_files}")
+            elif not _behind_proxy():
+                reason = hub_unreachable_reason(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+                if reason:
+                    raise ConfigError("task.data_dir", f"{hub} but the hub cannot be reached ({reason}); "
+                                                       f"offline, {use_files}")
 
     def build(self):
         """Loads the text (files or hub) and trains or loads the tokenizer."""
@@ -187,21 +200,28 @@ class WikiText2Task:
                          context=self.context, stride=self.stride)
 
 
-def _skip_hub_check() -> bool:
-    """True when a direct TCP check says nothing: offline mode (cached copies) or a proxy in between."""
-    offline = any(os.environ.get(v, "").lower() in ("1", "true", "yes", "on")
-                  for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
-    return offline or any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"))
+def _offline() -> bool:
+    """Hugging Face's offline mode: the hub dataset must come from the datasets cache."""
+    return any(os.environ.get(v, "").lower() in ("1", "true", "yes", "on")
+               for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+
+
+def _behind_proxy() -> bool:
+    """A proxy in between: a direct TCP check of the hub says nothing."""
+    return any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"))
 
 
 def build_task(cfg):
     """The task of ``cfg.task`` (its data loaded, on the CPU). The science's ``ValueError("<argument>: ...")``
-    (e.g. a context longer than the text) becomes a ConfigError on ``task.<argument>``."""
+    (e.g. a context longer than the text) becomes a ConfigError on ``task.<argument>``, and every ``argument=``
+    the science names in it reads ``task.argument=``."""
     task = section(cfg, "task")
     try:
         return task.build()
     except ValueError as e:
         argument, sep, detail = str(e).partition(": ")
-        if sep and argument in field_names(type(task)):
+        fields = field_names(type(task))
+        if sep and argument in fields:
+            detail = re.sub(rf"(?<![\w.])({'|'.join(map(re.escape, fields))})=", r"task.\1=", detail)
             raise ConfigError(f"task.{argument}", detail) from e
         raise

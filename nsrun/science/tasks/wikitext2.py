@@ -13,7 +13,8 @@ Examples are fixed windows of ``context + 1`` tokens cut from the token stream (
 windows every ``context`` tokens (a fixed set).
 
 Bad values raise ``ValueError("<argument>: ...")``. ``hub_unreachable_reason(endpoint)`` says why the hub's
-host takes no TCP connection (3 s timeout), for a check before any compute.
+host takes no TCP connection (3 s timeout), and ``offline_missing_reason(dataset, config)`` why ``datasets`` in
+offline mode cannot find a hub dataset in its cache, for a check before any compute.
 """
 
 from __future__ import annotations
@@ -58,6 +59,19 @@ def hub_unreachable_reason(endpoint: str, timeout: float = 3.0) -> str | None:
         return None
     except OSError as e:
         return f"{host}: {e.strerror or e}"
+
+
+def offline_missing_reason(hub_dataset: str, hub_config: str) -> str | None:
+    """None if ``datasets`` (in offline mode: ``HF_DATASETS_OFFLINE``/``HF_HUB_OFFLINE``) finds the hub dataset in
+    its cache, else why not. Loading goes through the same builder, so a dataset refused here would not load."""
+    import datasets
+
+    datasets.logging.set_verbosity_error()
+    try:
+        datasets.load_dataset_builder(hub_dataset, hub_config)
+    except Exception as e:
+        return str(e).splitlines()[0] if str(e) else type(e).__name__
+    return None
 
 
 def data_files(data_dir: str, train_file: str, val_file: str) -> dict[str, Path]:
