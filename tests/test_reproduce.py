@@ -21,11 +21,10 @@ from nsrun.analysis.runs import flatten, matches
 from nsrun.analysis.stats import spearman, speedup_verdict
 from nsrun.commands.reproduce import run_sweeps
 from nsrun.runner.config import validate
-from tests.conftest import CONF, SHARED, compose_cfg
+from tests.conftest import CONF, WIKITEXT2, WIKITEXT2_FILES, compose_cfg, shared_missing
 
 EXPERIMENT_CONFIGS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml")
                             if not p.stem.startswith("map_"))  # the map's: tests/test_map.py
-WIKITEXT = SHARED / "data" / "wikitext-2"
 SEEDS = "0,1,2"  # the 2-step sweeps run 3 of the 5 seeds (enough for the statistics, and quicker)
 PARITY_SIZES = ("parity_n10", "parity_n20", "parity_n40", "parity_n100")
 
@@ -89,9 +88,9 @@ def test_experiment_configs_compose_and_validate(name, tmp_path):
     """Every job of the experiment's sweeps composes, validates and lands in exactly one of its arms."""
     extra = []
     if name.startswith("wikitext2"):
-        if not (WIKITEXT / "valid.txt").exists():
-            pytest.skip("no offline WikiText-2 copy")
-        extra = [f"task.data_dir={WIKITEXT}"]
+        if missing := shared_missing(*WIKITEXT2_FILES):
+            pytest.skip(missing)
+        extra = [f"task.data_dir={WIKITEXT2}"]
     exp = {e.config: e for e in (*experiments(False).values(), *experiments(True).values())}[name]
     arms_of_jobs = []
     for job in sweep_values(name):
@@ -137,8 +136,8 @@ def test_weight_decay_peer_is_plain_cross_entropy():
 @pytest.fixture(scope="module")
 def two_step(tmp_path_factory):
     """2-step versions of every quick sweep (all regulariser options x 5 seeds), in-process launcher."""
-    if not (WIKITEXT / "valid.txt").exists():
-        pytest.skip("no offline WikiText-2 copy")
+    if missing := shared_missing(*WIKITEXT2_FILES):
+        pytest.skip(missing)  # the quick experiments include WikiText-2
     root = tmp_path_factory.mktemp("reproduce")
     tiny = ["train.steps=2", "train.eval_every=1", "train.progress=none", "stability.n_examples=32", f"seed={SEEDS}"]
     failed = run_sweeps(experiments(True), None, tiny, root, text_lines=(30, 15))
