@@ -286,9 +286,9 @@ def test_an_onset_stricter_than_the_stop_rule_is_unknown_and_said_so(stopped_swe
 
 # a real tiny modular-addition baseline whose val_acc passes 0.7 by step ~650 and then stays at 0.75-0.95 (where it
 # moves, and whether it dips back below the level, depends on the CPU's float rounding)
-STEPS = 1200
+FULL_STEPS = 1200
 GROKS_SOON = [*TINY, "reg=none", "task.train_fraction=0.8", "optim.lr=3e-3", "optim.weight_decay=1.0",
-              f"train.steps={STEPS}", "train.eval_every=50", "train.checkpoint_every=500", "stability.enabled=false"]
+              f"train.steps={FULL_STEPS}", "train.eval_every=50", "train.checkpoint_every=500", "stability.enabled=false"]
 LEVEL, PATIENCE = 0.7, 200
 STOPS_AT_ONSET = ["stop=onset", "stop.metric=val_acc", f"stop.level={LEVEL}", "stop.direction=above",
                   f"stop.patience={PATIENCE}"]
@@ -328,7 +328,7 @@ def test_a_stopped_real_run_has_the_onset_its_stop_rule_saw_and_the_full_run_agr
     runs = {r["run_dir"].rsplit("/", 1)[1]: r for r in read_csv(tmp_path / "out" / "runs.csv")}
     assert int(runs["stopped"]["onset_step"]) == since and int(runs["full"]["onset_step"]) == full_onset
     assert (full_onset > since) == fell_back and full_onset >= since
-    assert int(runs["stopped"]["last_step"]) == stop and int(runs["stopped"]["steps_spared"]) == STEPS - stop
+    assert int(runs["stopped"]["last_step"]) == stop and int(runs["stopped"]["steps_spared"]) == FULL_STEPS - stop
     assert (runs["stopped"]["ended_by"], runs["full"]["ended_by"]) == ("stopped", "")
     [group] = read_csv(tmp_path / "out" / "compare.csv")  # stop is not part of the science key: one group
     assert (group["n_runs"], group["n_reached"], group["n_stopped"]) == ("2", "2", "1")

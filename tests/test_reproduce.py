@@ -364,9 +364,11 @@ def test_summary_states_the_map_s_best_cells_after_modadd_s_claim_1_or_that_it_h
     assert not any(line.startswith("Modular addition over the map") for line in lines)
 
 
-def test_map_root_is_refused_in_one_line_when_it_is_not_a_directory_or_not_read(tmp_path, capsys):
+def test_map_root_is_refused_in_one_line_when_it_is_not_a_directory_or_not_read(tmp_path, capsys, monkeypatch):
+    from nsrun.commands import reproduce
     from nsrun.commands.reproduce import parse_args
 
+    monkeypatch.setattr(reproduce, "load_experiments", lambda conf_dir, quick: experiments(quick))  # composed once
     args = parse_args(["figures", "--quick", "--map-root", str(tmp_path)], CONF)
     assert args.maps["modadd"].root == tmp_path and args.maps["modadd"].name == "map_modadd_quick"
     assert parse_args(["figures", "--quick"], CONF).maps["modadd"].root == Path("runs/map/modadd_quick")
