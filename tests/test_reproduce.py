@@ -35,6 +35,7 @@ def experiments(quick: bool) -> dict:
     return load_experiments(CONF, quick)
 
 
+@cache
 def sweep_values(name: str) -> list[list[str]]:
     """Every job of an experiment's sweeps as override lists, the seed last: each entry of its
     ``experiment.sweeps`` (one sweep without) over the sweeper's params, the entry's values winning."""
@@ -133,9 +134,12 @@ def test_weight_decay_peer_is_plain_cross_entropy():
 # ------------------------------------------------------------------------------- 2-step sweeps -> summary
 
 
+# the 2-step sweeps of every quick experiment take about 45 s (24 runs in 3 nsrun processes): slow. By default the
+# same code is checked in parts: every job composes and validates (above), tests/test_arms.py runs parity_n10's
+# sweeps at 2 steps and reads them back, and the summary, figures and verdicts come from hand-made run dirs (below)
 @pytest.fixture(scope="module")
 def two_step(tmp_path_factory):
-    """2-step versions of every quick sweep (all regulariser options x 5 seeds), in-process launcher."""
+    """2-step versions of every quick sweep (all regulariser options x 3 seeds), Hydra's basic launcher."""
     if missing := shared_missing(*WIKITEXT2_FILES):
         pytest.skip(missing)  # the quick experiments include WikiText-2
     root = tmp_path_factory.mktemp("reproduce")
@@ -145,6 +149,7 @@ def two_step(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 def test_two_step_sweeps_write_one_run_dir_per_job(two_step):
     for name in experiments(True):
         runs = sorted(p.parent for p in (two_step / name).glob("*/DONE"))
@@ -157,6 +162,7 @@ def test_two_step_sweeps_write_one_run_dir_per_job(two_step):
         assert {r.name.split(",")[1] for r in runs} == {"seed=0", "seed=1", "seed=2"}
 
 
+@pytest.mark.slow
 def test_rerun_skips_finished_runs(two_step):
     run = two_step / "parity" / "reg=none,seed=0,stability.n_examples=32,train.eval_every=1,train.steps=2"
     before = (run / "metrics.jsonl").stat().st_mtime_ns, (run / "checkpoints" / "last.pt").stat().st_mtime_ns
@@ -167,6 +173,7 @@ def test_rerun_skips_finished_runs(two_step):
     assert before == after
 
 
+@pytest.mark.slow
 def test_summary_and_figures_are_computed_from_the_run_dirs(two_step, tmp_path):
     out = tmp_path / "out"
     result = reproduce_figures(experiments(True), out, CONF, two_step, theory.LEVELS["smoke"], None, n_boot=200)
