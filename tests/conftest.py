@@ -20,7 +20,20 @@ prepare_environment()  # as nsrun's entry point: OpenMP threads wait passively (
 
 ROOT = Path(__file__).resolve().parent.parent
 CONF = ROOT / "conf"
-SHARED = ROOT.parent / "shared"
+# ../shared beside the clone (NSRUN_SHARED names another place): WikiText-2's offline copy and SCIENCE.md
+SHARED = Path(os.environ.get("NSRUN_SHARED", ROOT.parent / "shared")).resolve()
+WIKITEXT2 = SHARED / "data" / "wikitext-2"
+
+
+def shared_missing(*relative: str) -> str:
+    """'' when ../shared holds every path in ``relative``, else the one line a test skips with."""
+    missing = [str(SHARED / r) for r in relative if not (SHARED / r).exists()]
+    return f"needs {', '.join(missing)} (../shared beside the clone, or NSRUN_SHARED): missing" if missing else ""
+
+
+# the tests that read WikiText-2's offline copy (its validation and test splits, train on one, evaluate on the other)
+WIKITEXT2_FILES = ("data/wikitext-2/valid.txt", "data/wikitext-2/test.txt")
+needs_wikitext2 = pytest.mark.skipif(bool(shared_missing(*WIKITEXT2_FILES)), reason=shared_missing(*WIKITEXT2_FILES))
 
 # tests never log online, also for a developer who is logged in to wandb
 os.environ["WANDB_MODE"] = "offline"

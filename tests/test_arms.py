@@ -17,7 +17,7 @@ from nsrun.analysis.arms import baseline_best
 from nsrun.analysis.experiments import load_experiments
 from nsrun.analysis.reproduction import load_experiment, reproduce_figures
 from nsrun.commands.reproduce import run_sweeps, sweep_commands
-from tests.conftest import CONF, SHARED
+from tests.conftest import CONF, WIKITEXT2, needs_wikitext2
 
 STAB = "stab_token_val_rho0.25"
 
@@ -163,13 +163,12 @@ def test_an_experiment_with_sweeps_runs_one_nsrun_per_entry_and_each_arm_gets_it
     assert {er.reg(g): len(g.runs) for g in er.groups} == {"none": 1, "S1": 1, "S0": 1}
 
 
+@needs_wikitext2
 def test_the_wikitext2_sweeps_write_their_text_subset_first(tmp_path):
     exp = full_experiments()["wikitext2"]
-    if not (SHARED / "data" / "wikitext-2" / "valid.txt").exists():
-        pytest.skip("no offline WikiText-2 copy")
     commands = sweep_commands(exp, "basic", [], tmp_path, None)
     data = tmp_path / "data" / "wikitext-2"
     assert len(commands) == 2 and all(f"task.data_dir={data}" in c for c in commands)
     assert commands[1][-3:] == ["reg=stability", "reg.S=1,0", "reg.rho=0.25,0.75,0.9"]
-    lines = (SHARED / "data" / "wikitext-2" / "valid.txt").read_text().splitlines(keepends=True)
+    lines = (WIKITEXT2 / "valid.txt").read_text().splitlines(keepends=True)
     assert (data / "valid.txt").read_text() == "".join(lines[:exp.text_subset["train_lines"]])

@@ -25,7 +25,10 @@ def test_tiny_bench_writes_json(tmp_path):
     rows = {(r["section"], r["name"]): r for r in result["rows"]}
     for task in ("modadd", "parity"):
         assert rows[("steps", f"{task}: s/step baseline")]["value"] > 0
-        assert rows[("steps", f"{task}: regularised / baseline")]["target"] == "<= 2.1"
+        ratio = rows[("steps", f"{task}: regularised / baseline")]
+        per_step = [rows[("steps", f"{task}: s/step {reg}")]["value"] for reg in ("baseline", "regularised")]
+        assert ratio["value"] == pytest.approx(per_step[1] / per_step[0])
+        assert ratio["met"] == (ratio["value"] <= 2.1)  # docs/performance.md's goal for a regularised step
         assert 0 <= rows[("eval", f"{task}: stability logging / training time")]["value"]
         assert rows[("seeds", f"{task}: K=2 vmap throughput / sequential")]["value"] > 0
         for reg in ("reg=none", "reg=stability"):

@@ -141,7 +141,7 @@ def test_without_baseline_or_reg_none_group_says_how_to_name_one(sweep, tmp_path
     said = [line for line in stdout.splitlines() if line.startswith("nsrun-compare:")]
     assert len(said) == 1 and "no baseline" in said[0] and "--baseline KEY=VALUE" in said[0]
     rows = read_csv(tmp_path / "out" / "compare.csv")
-    assert all(row["baseline"] == "" and row["speedup_steps"] == "" for row in rows)
+    assert len(rows) == 2 and all(row["baseline"] == "" and row["speedup_steps"] == "" for row in rows)
 
 
 def test_a_finished_run_that_a_writer_holds_is_in_progress(sweep, tmp_path, capsys):
@@ -284,27 +284,54 @@ def test_an_onset_stricter_than_the_stop_rule_is_unknown_and_said_so(stopped_swe
     assert [r["onset_status"] for r in runs] == ["unknown", "unknown"] and all(r["onset_step"] == "" for r in runs)
 
 
-# a real tiny modular-addition baseline whose val_acc passes 0.9 at step 700 and stays there (0.91-0.93)
+# a real tiny modular-addition baseline whose val_acc passes 0.7 by step ~650 and then stays at 0.75-0.95 (where it
+# moves, and whether it dips back below the level, depends on the CPU's float rounding)
+FULL_STEPS = 1200
 GROKS_SOON = [*TINY, "reg=none", "task.train_fraction=0.8", "optim.lr=3e-3", "optim.weight_decay=1.0",
-              "train.steps=1500", "train.eval_every=50", "train.checkpoint_every=500", "stability.enabled=false"]
-STOPS_AT_ONSET = ["stop=onset", "stop.metric=val_acc", "stop.level=0.9", "stop.direction=above", "stop.patience=300"]
+              f"train.steps={FULL_STEPS}", "train.eval_every=50", "train.checkpoint_every=500",
+              "stability.enabled=false"]
+LEVEL, PATIENCE = 0.7, 200
+STOPS_AT_ONSET = ["stop=onset", "stop.metric=val_acc", f"stop.level={LEVEL}", "stop.direction=above",
+                  f"stop.patience={PATIENCE}"]
 
 
-def test_a_stopped_real_run_has_the_onset_of_the_same_run_trained_to_the_end(tmp_path, capsys):
+def test_a_stopped_real_run_has_the_onset_its_stop_rule_saw_and_the_full_run_agrees_unless_it_fell_back(tmp_path,
+                                                                                                         capsys):
+    """The same real run stopped by its onset rule and trained to the end. Whatever the curve (it differs between
+    CPUs), the stopped run's rows are the first rows of the full run's; it stopped where the full curve first held
+    the level for the patience, its onset is where that stretch began, and the full run's onset is where its curve
+    last passed the level for good: the same step, or a later one exactly when the full curve fell back after it."""
     from nsrun.runner.rundir import RunDir
     from nsrun.runner.train import train
 
     train(compose_cfg(GROKS_SOON), tmp_path / "runs" / "full")
     train(compose_cfg([*GROKS_SOON, *STOPS_AT_ONSET]), tmp_path / "runs" / "stopped")
+    full = RunDir(tmp_path / "runs" / "full").read_metrics()
+    stopped = RunDir(tmp_path / "runs" / "stopped").read_metrics()
+    assert stopped == full[:len(stopped)]
+    since = stop = None  # the rule, by hand, on the full curve: the first stretch at the level that lasts PATIENCE
+    for row in full:
+        since = (row["step"] if since is None else since) if row["val_acc"] >= LEVEL else None
+        if since is not None and row["step"] - since >= PATIENCE:
+            stop = row["step"]
+            break
+    assert stop is not None, f"the full run never held val_acc >= {LEVEL} for {PATIENCE} steps: {full}"
+    below = [i for i, row in enumerate(full) if row["val_acc"] < LEVEL]  # step 0 (chance) at least
+    ends_below = below[-1] == len(full) - 1
+    full_onset = None if ends_below else full[below[-1] + 1]["step"]  # after its last eval below the level
+    fell_back = any(row["val_acc"] < LEVEL for row in full if row["step"] > since)
+
     done = RunDir(tmp_path / "runs" / "stopped").done_info()
-    assert done["reason"].startswith("stopped: val_acc >= 0.9 held for 300 steps") and done["step"] < 1500
-    code, _, err = run_main([tmp_path / "runs", "--threshold", "0.9", "--out", tmp_path / "out", "--n-boot", 200],
+    assert done == {"step": stop, "reason": f"stopped: val_acc >= {LEVEL} held for {PATIENCE} steps (past the level "
+                                            f"since step {since})"}
+    code, _, err = run_main([tmp_path / "runs", "--threshold", LEVEL, "--out", tmp_path / "out", "--n-boot", 200],
                             capsys)
     assert code == 0 and err == []
     runs = {r["run_dir"].rsplit("/", 1)[1]: r for r in read_csv(tmp_path / "out" / "runs.csv")}
-    assert runs["stopped"]["onset_step"] == runs["full"]["onset_step"] != ""
-    assert int(runs["stopped"]["onset_step"]) + 300 == done["step"] == int(runs["stopped"]["last_step"])
+    assert int(runs["stopped"]["onset_step"]) == since
+    assert runs["full"]["onset_step"] == ("" if ends_below else str(full_onset))  # "": not reached
+    assert fell_back == (full_onset != since) and (ends_below or full_onset >= since)
+    assert int(runs["stopped"]["last_step"]) == stop and int(runs["stopped"]["steps_spared"]) == FULL_STEPS - stop
     assert (runs["stopped"]["ended_by"], runs["full"]["ended_by"]) == ("stopped", "")
-    assert int(runs["stopped"]["steps_spared"]) == 1500 - done["step"]
     [group] = read_csv(tmp_path / "out" / "compare.csv")  # stop is not part of the science key: one group
-    assert (group["n_runs"], group["n_reached"], group["n_stopped"]) == ("2", "2", "1")
+    assert (group["n_runs"], group["n_reached"], group["n_stopped"]) == ("2", "1" if ends_below else "2", "1")

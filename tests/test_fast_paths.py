@@ -4,6 +4,8 @@ clean and token-noised inputs; inputs given as embeddings (Gaussian noise) keep 
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -93,8 +95,23 @@ def test_embedding_inputs_keep_the_plain_first_layer():
     plain, fast = pair(PARITY)
     x = tokens(PARITY, 200)
     e = gaussian_noise(plain.embed(x), 0.5, 1.0, torch.Generator().manual_seed(4))
-    assert torch.equal(fast(embeddings=e), plain(embeddings=e))
-    assert not torch.equal(fast(x), plain(x))  # the table path rounds differently: it is in use for tokens
+    with first_layer_inputs(fast) as seen:
+        assert torch.equal(fast(embeddings=e), plain(embeddings=e))
+        assert seen == [(200, 41, 64)]  # ln1 on every example's inputs
+        seen.clear()
+        fast(x)
+        assert seen == [(41, 3, 64)]  # for tokens: on the table of (position, token) inputs, T x V rows
+
+
+@contextlib.contextmanager
+def first_layer_inputs(model: Transformer):
+    """The shapes of the first block's ``ln1`` inputs in the ``with`` block (a list)."""
+    seen = []
+    handle = model.blocks[0].ln1.register_forward_hook(lambda m, args, out: seen.append(tuple(args[0].shape)))
+    try:
+        yield seen
+    finally:
+        handle.remove()
 
 
 def test_single_query_attention_only_for_few_keys_on_cpu():

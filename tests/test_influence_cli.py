@@ -66,14 +66,25 @@ def test_minilm_loads_offline_and_the_analysis_runs_end_to_end(tmp_path):
     (["lm=custom", "lm.name=/no/such/model/dir"], "lm.name: no such model directory"),
     (["lm=custom", "lm.name=no-such-org/no-such-model"], "lm.name: cannot load 'no-such-org/no-such-model'"),
     (["text.seq_len=600"], "text.seq_len: must be <= the model's context of 512 tokens, got 600"),
-    (["stability.rhos=[0.5,1.5]"], "stability.rhos: every rho must be a number in [0, 1]"),
 ])
-def test_bad_input_gives_one_line_and_exit_2(tmp_path, args, message):
+def test_bad_input_gives_one_line_and_exit_2(args, message, capsys, monkeypatch):
+    from nsrun.commands.influence import prevalidate
+
+    for key, value in OFFLINE.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(SystemExit) as exited:
+        prevalidate(args)  # the command's check before Hydra runs anything, in this process
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert exited.value.code == 2 and len(lines) == 1 and lines[0].startswith(f"nsrun-influence: error: {message}")
+
+
+def test_the_command_refuses_in_one_line_without_traceback_and_creates_nothing(tmp_path):
     run_dir = tmp_path / "run"
-    proc = run_influence([*args, f"hydra.run.dir={run_dir}"])
+    proc = run_influence(["stability.rhos=[0.5,1.5]", f"hydra.run.dir={run_dir}"])
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f"nsrun-influence: error: {message}"), proc.stderr
+    assert len(lines) == 1 and lines[0].startswith("nsrun-influence: error: stability.rhos: every rho must be a "
+                                                   "number in [0, 1]"), proc.stderr
     assert "Traceback" not in proc.stderr and not run_dir.exists()
 
 

@@ -60,7 +60,8 @@ def tiny_search(tmp_path, n_trials: int):
     """A real search of ``n_trials`` on the tiny model (stop once train_acc >= 0.5 held 20 steps): its sweep dir."""
     search = tmp_path / "search"
     res = run_cli([*SEARCH, "model=tiny", "task.p=23", "train.steps=300", "train.eval_every=20",
-                   "stop.metric=train_acc", "stop.level=0.5", "stop.patience=20", "train.threads=1",
+                   "stop.metric=train_acc", "stop.level=0.5", "stop.patience=20", "stability.enabled=false",
+                   "train.threads=1",
                    "train.progress=none", f"hydra.sweeper.n_trials={n_trials}", f"hydra.sweep.dir={search}",
                    "hydra/launcher=basic"], cwd=tmp_path)  # trials in this process (the pool: test_parallel_launcher)
     assert res.returncode == 0, res.stderr

@@ -21,11 +21,10 @@ from nsrun.analysis.runs import flatten, matches
 from nsrun.analysis.stats import spearman, speedup_verdict
 from nsrun.commands.reproduce import run_sweeps
 from nsrun.runner.config import validate
-from tests.conftest import CONF, SHARED, compose_cfg
+from tests.conftest import CONF, WIKITEXT2, WIKITEXT2_FILES, compose_cfg, shared_missing
 
 EXPERIMENT_CONFIGS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml")
                             if not p.stem.startswith("map_"))  # the map's: tests/test_map.py
-WIKITEXT = SHARED / "data" / "wikitext-2"
 SEEDS = "0,1,2"  # the 2-step sweeps run 3 of the 5 seeds (enough for the statistics, and quicker)
 PARITY_SIZES = ("parity_n10", "parity_n20", "parity_n40", "parity_n100")
 
@@ -36,6 +35,7 @@ def experiments(quick: bool) -> dict:
     return load_experiments(CONF, quick)
 
 
+@cache
 def sweep_values(name: str) -> list[list[str]]:
     """Every job of an experiment's sweeps as override lists, the seed last: each entry of its
     ``experiment.sweeps`` (one sweep without) over the sweeper's params, the entry's values winning."""
@@ -89,9 +89,9 @@ def test_experiment_configs_compose_and_validate(name, tmp_path):
     """Every job of the experiment's sweeps composes, validates and lands in exactly one of its arms."""
     extra = []
     if name.startswith("wikitext2"):
-        if not (WIKITEXT / "valid.txt").exists():
-            pytest.skip("no offline WikiText-2 copy")
-        extra = [f"task.data_dir={WIKITEXT}"]
+        if missing := shared_missing(*WIKITEXT2_FILES):
+            pytest.skip(missing)
+        extra = [f"task.data_dir={WIKITEXT2}"]
     exp = {e.config: e for e in (*experiments(False).values(), *experiments(True).values())}[name]
     arms_of_jobs = []
     for job in sweep_values(name):
@@ -134,11 +134,14 @@ def test_weight_decay_peer_is_plain_cross_entropy():
 # ------------------------------------------------------------------------------- 2-step sweeps -> summary
 
 
+# the 2-step sweeps of every quick experiment take about 45 s (24 runs in 3 nsrun processes): slow. By default the
+# same code is checked in parts: every job composes and validates (above), tests/test_arms.py runs parity_n10's
+# sweeps at 2 steps and reads them back, and the summary, figures and verdicts come from hand-made run dirs (below)
 @pytest.fixture(scope="module")
 def two_step(tmp_path_factory):
-    """2-step versions of every quick sweep (all regulariser options x 5 seeds), in-process launcher."""
-    if not (WIKITEXT / "valid.txt").exists():
-        pytest.skip("no offline WikiText-2 copy")
+    """2-step versions of every quick sweep (all regulariser options x 3 seeds), Hydra's basic launcher."""
+    if missing := shared_missing(*WIKITEXT2_FILES):
+        pytest.skip(missing)  # the quick experiments include WikiText-2
     root = tmp_path_factory.mktemp("reproduce")
     tiny = ["train.steps=2", "train.eval_every=1", "train.progress=none", "stability.n_examples=32", f"seed={SEEDS}"]
     failed = run_sweeps(experiments(True), None, tiny, root, text_lines=(30, 15))
@@ -146,6 +149,7 @@ def two_step(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 def test_two_step_sweeps_write_one_run_dir_per_job(two_step):
     for name in experiments(True):
         runs = sorted(p.parent for p in (two_step / name).glob("*/DONE"))
@@ -158,6 +162,7 @@ def test_two_step_sweeps_write_one_run_dir_per_job(two_step):
         assert {r.name.split(",")[1] for r in runs} == {"seed=0", "seed=1", "seed=2"}
 
 
+@pytest.mark.slow
 def test_rerun_skips_finished_runs(two_step):
     run = two_step / "parity" / "reg=none,seed=0,stability.n_examples=32,train.eval_every=1,train.steps=2"
     before = (run / "metrics.jsonl").stat().st_mtime_ns, (run / "checkpoints" / "last.pt").stat().st_mtime_ns
@@ -168,6 +173,7 @@ def test_rerun_skips_finished_runs(two_step):
     assert before == after
 
 
+@pytest.mark.slow
 def test_summary_and_figures_are_computed_from_the_run_dirs(two_step, tmp_path):
     out = tmp_path / "out"
     result = reproduce_figures(experiments(True), out, CONF, two_step, theory.LEVELS["smoke"], None, n_boot=200)
@@ -365,9 +371,11 @@ def test_summary_states_the_map_s_best_cells_after_modadd_s_claim_1_or_that_it_h
     assert not any(line.startswith("Modular addition over the map") for line in lines)
 
 
-def test_map_root_is_refused_in_one_line_when_it_is_not_a_directory_or_not_read(tmp_path, capsys):
+def test_map_root_is_refused_in_one_line_when_it_is_not_a_directory_or_not_read(tmp_path, capsys, monkeypatch):
+    from nsrun.commands import reproduce
     from nsrun.commands.reproduce import parse_args
 
+    monkeypatch.setattr(reproduce, "load_experiments", lambda conf_dir, quick: experiments(quick))  # composed once
     args = parse_args(["figures", "--quick", "--map-root", str(tmp_path)], CONF)
     assert args.maps["modadd"].root == tmp_path and args.maps["modadd"].name == "map_modadd_quick"
     assert parse_args(["figures", "--quick"], CONF).maps["modadd"].root == Path("runs/map/modadd_quick")

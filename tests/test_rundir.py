@@ -3,24 +3,28 @@ torn or foreign checkpoints and torn metrics rows, and the run directory printed
 
 from __future__ import annotations
 
+import logging
 import os
 import pickle
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
 from nsrun.runner.errors import UsageError
 from nsrun.runner.rundir import RunDir, read_jsonl, science_config
-from tests.conftest import TINY, run_cli
+from nsrun.runner.train import train
+from tests.conftest import TINY, compose_cfg, run_cli
 
-# long enough to start a second process while the first trains (about 5-10 s on one thread)
+# long enough (a second or more after its first checkpoint) to be paused or killed while it trains
 SLOW = ["task.p=23", "task.train_fraction=0.5", "model=small", "reg=none", "train.threads=1", "train.progress=log",
-        "optim.warmup_steps=0", "logger=none", "train.steps=1500", "train.eval_every=100",
-        "train.checkpoint_every=100", "stability.enabled=false"]
+        "optim.warmup_steps=0", "logger=none", "train.steps=400", "train.eval_every=50",
+        "train.checkpoint_every=50", "stability.enabled=false"]
 QUICK = [*TINY, "reg=none", "train.steps=20", "train.eval_every=10", "train.checkpoint_every=10"]
 
 
@@ -44,23 +48,27 @@ def wait_for(path, proc, timeout=120):
 
 
 def test_second_writer_is_refused_and_the_first_record_stays_intact(tmp_path):
-    lone = tmp_path / "lone"
-    assert run_cli([*SLOW, f"hydra.run.dir={lone}"], cwd=tmp_path).returncode == 0
     run = tmp_path / "x"
     first = popen([*SLOW, f"hydra.run.dir={run}"], cwd=tmp_path)
     wait_for(run / "checkpoints" / "last.pt", first)
-    before = snapshot(run / ".hydra")
-    second = run_cli([*SLOW, f"hydra.run.dir={run}"], cwd=tmp_path)
+    first.send_signal(signal.SIGSTOP)  # paused while it holds the lock, however long the second takes to start
+    try:
+        before = snapshot(run)
+        second = run_cli([*SLOW, f"hydra.run.dir={run}"], cwd=tmp_path)
+        after = snapshot(run)
+    finally:
+        first.send_signal(signal.SIGCONT)
     lines = [ln for ln in second.stderr.splitlines() if ln.strip()]
     assert second.returncode == 2 and len(lines) == 1, second.stderr
     assert str(run) in lines[0] and f"pid {first.pid}" in lines[0] and socket.gethostname() in lines[0]
     assert "resuming" not in second.stdout + second.stderr
-    assert snapshot(run / ".hydra") == before
+    assert after == before and (run / ".hydra" / "config.yaml").exists()
     assert first.wait(timeout=300) == 0
-    assert (run / "metrics.jsonl").read_bytes() == (lone / "metrics.jsonl").read_bytes()
+    train(compose_cfg(SLOW), tmp_path / "lone")
+    assert (run / "metrics.jsonl").read_bytes() == (tmp_path / "lone" / "metrics.jsonl").read_bytes()
 
 
-def test_a_killed_writer_leaves_no_stale_lock(tmp_path):
+def test_a_killed_writer_leaves_no_stale_lock(tmp_path, caplog):
     run = tmp_path / "x"
     proc = popen([*SLOW, f"hydra.run.dir={run}"], cwd=tmp_path)
     wait_for(run / "checkpoints" / "last.pt", proc)
@@ -68,9 +76,9 @@ def test_a_killed_writer_leaves_no_stale_lock(tmp_path):
     proc.wait(timeout=60)
     assert not RunDir(run).is_locked() and RunDir(run).status() == "in progress"
     t0 = time.time()
-    res = run_cli([*SLOW, "train.steps=300", f"hydra.run.dir={run}"], cwd=tmp_path)
-    assert res.returncode == 0, res.stderr
-    assert "resuming" in res.stdout + res.stderr and time.time() - t0 < 120
+    with caplog.at_level(logging.INFO):
+        train(compose_cfg([*SLOW, "train.steps=300"]), run)
+    assert "resuming" in caplog.text and time.time() - t0 < 120
     assert RunDir(run).status() == "done"
 
 
@@ -89,9 +97,32 @@ def test_lock_is_held_for_the_run_and_readers_see_in_progress(tmp_path):
     assert d.status() == "done" and d.done_info() == {"step": 5, "reason": "stopped: val_acc >= 0.95 held for 10 steps"}
 
 
-def test_refused_rerun_changes_no_file_hydra_record_included(tmp_path):
-    run = tmp_path / "run"
-    assert run_cli([*QUICK, f"hydra.run.dir={run}"], cwd=tmp_path).returncode == 0
+@pytest.fixture(scope="module")
+def quick_cli_run(tmp_path_factory):
+    """QUICK trained once through the console script: its run directory (Hydra's record included) and its output.
+    Each test works on a copy of it."""
+    run = tmp_path_factory.mktemp("quick") / "run"
+    res = run_cli([*QUICK, f"hydra.run.dir={run}"], cwd=run.parent)
+    assert res.returncode == 0, res.stderr
+    return run, res.stdout + res.stderr
+
+
+@pytest.fixture
+def run(quick_cli_run, tmp_path):
+    shutil.copytree(quick_cli_run[0], tmp_path / "run")
+    return tmp_path / "run"
+
+
+def must_not_start(root):
+    raise AssertionError(f"{root.path}: the run started (Hydra's record would be written now)")
+
+
+def test_every_run_prints_its_run_directory_at_start_and_end(quick_cli_run):
+    run, out = quick_cli_run
+    assert f"run directory: {run}" in out and f"finished: {run}" in out
+
+
+def test_refused_rerun_changes_no_file_hydra_record_included(run, tmp_path):
     assert (run / ".hydra" / "config.yaml").exists() and (run / ".hydra" / "overrides.yaml").exists()
     before = snapshot(run)
     res = run_cli([*QUICK, "task.p=29", f"hydra.run.dir={run}"], cwd=tmp_path)
@@ -100,32 +131,26 @@ def test_refused_rerun_changes_no_file_hydra_record_included(tmp_path):
     assert snapshot(run) == before
 
 
-def test_corrupt_last_checkpoint_resumes_from_the_previous_one(tmp_path):
-    run = tmp_path / "run"
-    assert run_cli([*QUICK, f"hydra.run.dir={run}"], cwd=tmp_path).returncode == 0
+def test_corrupt_last_checkpoint_resumes_from_the_previous_one(run, caplog):
     reference = (run / "metrics.jsonl").read_bytes()
     (run / "DONE").unlink()
     last = run / "checkpoints" / "last.pt"
     last.write_bytes(last.read_bytes()[:1000])  # torn by a crash mid-copy
-    res = run_cli([*QUICK, f"hydra.run.dir={run}"], cwd=tmp_path)
-    out = res.stdout + res.stderr
-    assert res.returncode == 0, res.stderr
-    assert "last.pt is truncated or corrupt" in out and "resuming from previous.pt (step 10)" in out
-    assert "Traceback" not in out
+    with caplog.at_level(logging.INFO):
+        train(compose_cfg(QUICK), run)
+    assert "last.pt is truncated or corrupt" in caplog.text and "resuming from previous.pt (step 10)" in caplog.text
     assert (run / "metrics.jsonl").read_bytes() == reference
 
 
-def test_no_loadable_checkpoint_is_one_line_and_changes_nothing(tmp_path):
-    run = tmp_path / "run"
-    assert run_cli([*QUICK, f"hydra.run.dir={run}"], cwd=tmp_path).returncode == 0
+def test_no_loadable_checkpoint_is_one_line_and_changes_nothing(run):
     (run / "DONE").unlink()
     for name in ("last.pt", "previous.pt"):
         (run / "checkpoints" / name).write_bytes(b"PK\x03\x04 not a zip")
     before = snapshot(run)
-    res = run_cli([*QUICK, f"hydra.run.dir={run}"], cwd=tmp_path)
-    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
-    assert res.returncode == 2 and len(lines) == 1, res.stderr
-    assert "last.pt" in lines[0] and "delete" in lines[0] and "Traceback" not in res.stderr
+    with pytest.raises(UsageError) as refused:
+        train(compose_cfg(QUICK), run, on_start=must_not_start)
+    line = str(refused.value)
+    assert "\n" not in line and "last.pt" in line and "delete" in line
     assert snapshot(run) == before
 
 
@@ -134,18 +159,16 @@ class Payload:  # pickled by reference: loading it would need code, which weight
         return (print, ("this would run code",))
 
 
-def test_foreign_checkpoint_is_refused_in_one_line(tmp_path):
-    run = tmp_path / "run"
-    assert run_cli([*QUICK, f"hydra.run.dir={run}"], cwd=tmp_path).returncode == 0
-    (run / "DONE").unlink()
+def test_foreign_checkpoint_is_refused_in_one_line(run, capfd):
     import torch
 
+    (run / "DONE").unlink()
     torch.save({"step": 10, "model": Payload()}, run / "checkpoints" / "last.pt", pickle_module=pickle)
-    res = run_cli([*QUICK, f"hydra.run.dir={run}"], cwd=tmp_path)
-    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
-    assert res.returncode == 2 and len(lines) == 1, res.stderr
-    assert "not an nsrun checkpoint: refused to load" in lines[0] and "weights_only" not in lines[0]
-    assert "this would run code" not in res.stdout
+    with pytest.raises(UsageError) as refused:
+        train(compose_cfg(QUICK), run, on_start=must_not_start)
+    line = str(refused.value)
+    assert "\n" not in line and "not an nsrun checkpoint: refused to load" in line and "weights_only" not in line
+    assert "this would run code" not in capfd.readouterr().out
 
 
 class Runs:  # a plain pickle (protocol 4, not torch's zip format) whose loading would run code
@@ -154,11 +177,9 @@ class Runs:  # a plain pickle (protocol 4, not torch's zip format) whose loading
 
 
 @pytest.mark.parametrize("damage", ["torn", "foreign"])
-def test_a_refused_extension_changes_no_file_hydra_record_and_lock_included(tmp_path, damage):
+def test_a_refused_extension_changes_no_file_hydra_record_and_lock_included(run, damage):
     """Extending a run (train.steps 20 -> 30) whose checkpoints do not load, or are not nsrun's, is refused in one
-    line before Hydra's record, the lock's holder or any other file changes."""
-    run = tmp_path / "run"
-    assert run_cli([*QUICK, f"hydra.run.dir={run}"], cwd=tmp_path).returncode == 0
+    line before Hydra's record (written once the run starts), the lock's holder or any other file changes."""
     if damage == "torn":
         for name in ("last.pt", "previous.pt"):
             path = run / "checkpoints" / name
@@ -166,35 +187,27 @@ def test_a_refused_extension_changes_no_file_hydra_record_and_lock_included(tmp_
     else:
         (run / "checkpoints" / "last.pt").write_bytes(pickle.dumps(Runs(), protocol=4))
     before = {p.relative_to(run): p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()}
-    res = run_cli([*QUICK, "train.steps=30", f"hydra.run.dir={run}"], cwd=tmp_path)
-    lines = [ln for ln in (res.stdout + res.stderr).splitlines() if ln.strip()]
-    assert res.returncode == 2 and len(lines) == 1, res.stdout + res.stderr
+    assert b"pid " in before[Path(".lock")]  # the console script's run claimed it
+    with pytest.raises(UsageError) as refused:
+        train(compose_cfg([*QUICK, "train.steps=30"]), run, on_start=must_not_start)
+    line = str(refused.value)
+    assert "\n" not in line
     if damage == "torn":
-        assert lines[0].startswith(f"nsrun: error: checkpoint {run}/checkpoints/last.pt is truncated or corrupt")
-        assert "and no earlier checkpoint loads; delete" in lines[0] and "miniz" not in lines[0]
+        assert line.startswith(f"checkpoint {run}/checkpoints/last.pt is truncated or corrupt")
+        assert "and no earlier checkpoint loads; delete" in line and "miniz" not in line
     else:
-        assert lines[0] == (f"nsrun: error: not an nsrun checkpoint: refused to load {run}/checkpoints/last.pt (it "
-                            "needs code to unpickle, which nsrun never runs)")
+        assert line == (f"not an nsrun checkpoint: refused to load {run}/checkpoints/last.pt (it "
+                        "needs code to unpickle, which nsrun never runs)")
     assert {p.relative_to(run): p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()} == before
 
 
-def test_torn_metrics_row_at_the_checkpoint_step_is_restored(tmp_path):
-    run = tmp_path / "run"
-    assert run_cli([*QUICK, f"hydra.run.dir={run}"], cwd=tmp_path).returncode == 0
+def test_torn_metrics_row_at_the_checkpoint_step_is_restored(run):
     reference = (run / "metrics.jsonl").read_text()
     (run / "DONE").unlink()
     lines = reference.splitlines()
     (run / "metrics.jsonl").write_text("\n".join(lines[:-1]) + "\n" + lines[-1][: len(lines[-1]) // 2])
-    res = run_cli([*QUICK, f"hydra.run.dir={run}"], cwd=tmp_path)
-    assert res.returncode == 0, res.stderr
+    train(compose_cfg(QUICK), run)
     assert (run / "metrics.jsonl").read_text() == reference
-
-
-def test_every_run_prints_its_run_directory_at_start_and_end(tmp_path):
-    run = tmp_path / "run"
-    res = run_cli([*QUICK, f"hydra.run.dir={run}"], cwd=tmp_path)
-    out = res.stdout + res.stderr
-    assert res.returncode == 0 and f"run directory: {run}" in out and f"finished: {run}" in out
 
 
 def test_science_key_ignores_what_does_not_change_metrics():

@@ -18,8 +18,8 @@ import pytest
 
 from nsrun.runner.checkpoint import load_checkpoint
 from nsrun.runner.rundir import read_jsonl
-from nsrun.runner.train import run_id_for
-from tests.conftest import ROOT, run_cli
+from nsrun.runner.train import run_id_for, train
+from tests.conftest import ROOT, compose_cfg, run_cli
 
 pytestmark = pytest.mark.slurm
 
@@ -119,16 +119,21 @@ def _wait(predicate, timeout, what, proc=None):
         time.sleep(0.2)
 
 
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """PREEMPTIBLE trained to the end in this process (the logger changes no metric): its metrics.jsonl."""
+    ref = tmp_path_factory.mktemp("ref")
+    train(compose_cfg([*PREEMPTIBLE, "logger=none"]), ref)
+    return (ref / "metrics.jsonl").read_bytes()
+
+
 @pytest.mark.parametrize("how,logger", [("usr2", "wandb"), ("requeue", "none")])
-def test_preempted_job_is_requeued_and_resumes_to_identical_metrics(slurm_env, tmp_path, how, logger):
+def test_preempted_job_is_requeued_and_resumes_to_identical_metrics(slurm_env, tmp_path, how, logger, uninterrupted):
     """usr2: SIGUSR2 to the job's steps, as SLURM sends it before the time limit; nsrun checkpoints and
     submitit requeues. requeue: `scontrol requeue` (SIGTERM, as on preemption); nsrun checkpoints and exits.
     With the wandb logger (offline), both attempts log to the same wandb run."""
     t_start = time.time()
     config = [*PREEMPTIBLE, f"logger={logger}"]
-    ref = tmp_path / "ref"
-    res = run_cli([*config, f"hydra.run.dir={ref}"], timeout=300)
-    assert res.returncode == 0, res.stderr
 
     sweep = tmp_path / "sweep"
     run = sweep / "0"
@@ -173,6 +178,6 @@ def test_preempted_job_is_requeued_and_resumes_to_identical_metrics(slurm_env, t
     if logger == "wandb":
         attempts = sorted(p.name for p in (run / "wandb").glob("offline-run-*"))
         assert len(attempts) == 2 and all(name.endswith(f"-{run_id}") for name in attempts), attempts
-    assert (run / "metrics.jsonl").read_bytes() == (ref / "metrics.jsonl").read_bytes()
+    assert (run / "metrics.jsonl").read_bytes() == uninterrupted
     steps = [json.loads(line)["step"] for line in (run / "timing.jsonl").read_text().splitlines()]
     assert steps == sorted(set(steps))

@@ -11,7 +11,7 @@ from nsrun.runner.config import build_model, build_task
 from nsrun.runner.rundir import read_jsonl
 from nsrun.runner.train import train
 from nsrun.science.stability.estimators import noise_stability
-from tests.conftest import SHARED, compose_cfg
+from tests.conftest import WIKITEXT2, compose_cfg, needs_wikitext2
 
 COMMON = ["train.threads=1", "train.progress=none", "logger=none", "stability.n_examples=64",
           "stability.rhos=[0.5]", "stability.noises=[token]", "stability.splits=[val]"]
@@ -23,15 +23,15 @@ def wikitext_small(tmp_path_factory):
     """The first 150 lines of the real shared files, and a tokenizer cache of their own."""
     root = tmp_path_factory.mktemp("wt2")
     for name in ("valid.txt", "test.txt"):
-        lines = (SHARED / "data" / "wikitext-2" / name).read_text(encoding="utf-8").splitlines(keepends=True)
+        lines = (WIKITEXT2 / name).read_text(encoding="utf-8").splitlines(keepends=True)
         (root / name).write_text("".join(lines[:150]), encoding="utf-8")
     return ["task=wikitext2", f"task.data_dir={root}", f"task.cache_dir={root / 'cache'}", "task.vocab_size=100",
             "task.context=16", "model=tiny"]
 
 
-@pytest.fixture(params=["parity", "wikitext2"])
-def task_overrides(request, wikitext_small):
-    return PARITY if request.param == "parity" else wikitext_small
+@pytest.fixture(params=["parity", pytest.param("wikitext2", marks=needs_wikitext2)])
+def task_overrides(request):
+    return PARITY if request.param == "parity" else request.getfixturevalue("wikitext_small")
 
 
 def test_estimator_on_task_outputs(task_overrides):
