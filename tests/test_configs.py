@@ -111,8 +111,12 @@ TINY_RUN = ["task.p=23", "task.train_fraction=0.5", "model=tiny", "train.threads
 
 
 def test_the_first_usage_line_trains_regularised_at_that_rho(tmp_path):
-    res = run_cli(["task=modadd", "reg.rho=0.9", *TINY_RUN, f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
-    assert res.returncode == 0, res.stderr
+    from nsrun.commands.nsrun import prevalidate
+    from nsrun.runner.train import train
+
+    usage = ["task=modadd", "reg.rho=0.9", *TINY_RUN]  # README's first usage line, made tiny
+    prevalidate(usage)  # the console script's check, then its training (a console-script run: tests/test_rundir.py)
+    train(compose_cfg(usage), tmp_path / "run")
     last = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
     assert last["reg_rho"] == 0.9 and last["reg_gamma"] == 0.75 and "reg_term" in last
 

@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -117,6 +118,19 @@ def must_not_start(root):
     raise AssertionError(f"{root.path}: the run started (Hydra's record would be written now)")
 
 
+def refusal_line(cfg, run, caplog, capfd) -> str:
+    """The one line with which ``train(cfg, run)`` is refused (the console script prints it after ``nsrun: error:``),
+    before the run starts, and with nothing else said: no warning, no log record above INFO, no output."""
+    with warnings.catch_warnings(), caplog.at_level(logging.INFO), pytest.raises(UsageError) as refused:
+        warnings.simplefilter("error")  # what the console script would print; DeprecationWarning it does not
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        train(cfg, run, on_start=must_not_start)
+    assert [r.getMessage() for r in caplog.records if r.levelno > logging.INFO] == []
+    assert capfd.readouterr() == ("", "")
+    assert "\n" not in str(refused.value)
+    return str(refused.value)
+
+
 def test_every_run_prints_its_run_directory_at_start_and_end(quick_cli_run):
     run, out = quick_cli_run
     assert f"run directory: {run}" in out and f"finished: {run}" in out
@@ -142,15 +156,13 @@ def test_corrupt_last_checkpoint_resumes_from_the_previous_one(run, caplog):
     assert (run / "metrics.jsonl").read_bytes() == reference
 
 
-def test_no_loadable_checkpoint_is_one_line_and_changes_nothing(run):
+def test_no_loadable_checkpoint_is_one_line_and_changes_nothing(run, caplog, capfd):
     (run / "DONE").unlink()
     for name in ("last.pt", "previous.pt"):
         (run / "checkpoints" / name).write_bytes(b"PK\x03\x04 not a zip")
     before = snapshot(run)
-    with pytest.raises(UsageError) as refused:
-        train(compose_cfg(QUICK), run, on_start=must_not_start)
-    line = str(refused.value)
-    assert "\n" not in line and "last.pt" in line and "delete" in line
+    line = refusal_line(compose_cfg(QUICK), run, caplog, capfd)
+    assert "last.pt" in line and "delete" in line
     assert snapshot(run) == before
 
 
@@ -159,16 +171,13 @@ class Payload:  # pickled by reference: loading it would need code, which weight
         return (print, ("this would run code",))
 
 
-def test_foreign_checkpoint_is_refused_in_one_line(run, capfd):
+def test_foreign_checkpoint_is_refused_in_one_line(run, caplog, capfd):
     import torch
 
     (run / "DONE").unlink()
     torch.save({"step": 10, "model": Payload()}, run / "checkpoints" / "last.pt", pickle_module=pickle)
-    with pytest.raises(UsageError) as refused:
-        train(compose_cfg(QUICK), run, on_start=must_not_start)
-    line = str(refused.value)
-    assert "\n" not in line and "not an nsrun checkpoint: refused to load" in line and "weights_only" not in line
-    assert "this would run code" not in capfd.readouterr().out
+    line = refusal_line(compose_cfg(QUICK), run, caplog, capfd)  # nothing printed: "this would run code" neither
+    assert "not an nsrun checkpoint: refused to load" in line and "weights_only" not in line
 
 
 class Runs:  # a plain pickle (protocol 4, not torch's zip format) whose loading would run code
@@ -177,7 +186,7 @@ class Runs:  # a plain pickle (protocol 4, not torch's zip format) whose loading
 
 
 @pytest.mark.parametrize("damage", ["torn", "foreign"])
-def test_a_refused_extension_changes_no_file_hydra_record_and_lock_included(run, damage):
+def test_a_refused_extension_changes_no_file_hydra_record_and_lock_included(run, damage, caplog, capfd):
     """Extending a run (train.steps 20 -> 30) whose checkpoints do not load, or are not nsrun's, is refused in one
     line before Hydra's record (written once the run starts), the lock's holder or any other file changes."""
     if damage == "torn":
@@ -188,10 +197,7 @@ def test_a_refused_extension_changes_no_file_hydra_record_and_lock_included(run,
         (run / "checkpoints" / "last.pt").write_bytes(pickle.dumps(Runs(), protocol=4))
     before = {p.relative_to(run): p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()}
     assert b"pid " in before[Path(".lock")]  # the console script's run claimed it
-    with pytest.raises(UsageError) as refused:
-        train(compose_cfg([*QUICK, "train.steps=30"]), run, on_start=must_not_start)
-    line = str(refused.value)
-    assert "\n" not in line
+    line = refusal_line(compose_cfg([*QUICK, "train.steps=30"]), run, caplog, capfd)
     if damage == "torn":
         assert line.startswith(f"checkpoint {run}/checkpoints/last.pt is truncated or corrupt")
         assert "and no earlier checkpoint loads; delete" in line and "miniz" not in line
