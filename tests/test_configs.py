@@ -1,5 +1,5 @@
 """Every config in conf/ composes and validates; bad input gives one line and exit 2; every override takes
-effect or is refused (issue 14, rule 1)."""
+effect or is refused."""
 
 from __future__ import annotations
 

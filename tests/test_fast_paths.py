@@ -1,4 +1,4 @@
-"""The fast paths (Transformer(fast_paths=True), issue 17) compute the plain model's function: the same logits,
+"""The fast paths (Transformer(fast_paths=True)) compute the plain model's function: the same logits,
 residual streams and gradients up to float rounding, for the shapes nsrun trains (modadd, parity, WikiText-2),
 clean and token-noised inputs; inputs given as embeddings (Gaussian noise) keep the plain first layer."""
 

@@ -77,6 +77,6 @@ def test_run_dirs_of_earlier_code_skip_or_resume(tmp_path):
     assert files(finished) == before
     train(cfg, interrupted)
     assert (interrupted / "DONE").exists()
-    # its first 40 steps were trained by code without the model's fast paths (issue 17), which rounds differently
+    # its first 40 steps were trained by code without the model's fast paths, which rounds differently
     assert_same_metrics((interrupted / "metrics.jsonl").read_bytes(), (GOLDEN / "modadd_baseline.jsonl").read_bytes(),
                         exact=False)

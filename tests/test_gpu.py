@@ -1,4 +1,4 @@
-"""The GPU paths on a real CUDA device (issue 18; run by launch/gpu-check.sh as ``pytest -m gpu``): a run on cuda
+"""The GPU paths on a real CUDA device (run by launch/gpu-check.sh as ``pytest -m gpu``): a run on cuda
 gives the CPU's metrics, checkpoints move between cuda and CPU, K vmapped seeds equal K separate runs on cuda,
 and the local_gpus launcher pins each job to one GPU. Skipped without CUDA; the default suite deselects them.
 

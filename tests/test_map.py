@@ -1,4 +1,4 @@
-"""The map (issue 15): its configs compose into valid jobs, the report from hand-made run dirs (cells, best cell,
+"""The map: its configs compose into valid jobs, the report from hand-made run dirs (cells, best cell,
 verdicts, heatmaps, the patience check, stopped runs at a stricter level), and the tiny map end to end through
 the real command (its sweeps, the best cell read from its grid, rerun skips finished runs)."""
 

@@ -294,7 +294,7 @@ def test_spearman():
     assert math.isnan(spearman([1, 1, 1], [1, 2, 3]))
 
 
-# ------------------------------------------------------------------------------- claim 1 over the map (issue 15)
+# ------------------------------------------------------------------------------- claim 1 over the map
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ Claim 3: the regularised model's stability stays high while the baseline's falls
 Claim 4: stability and validation loss correlate over training (:func:`correlation_claim`).
 Claim 5: theory vs measurement (:func:`theory_claim`).
 Claim 6: influence of a pretrained model (:func:`influence_claim`).
-Claim 1 over the map of issue 15: the best cell of each sign against the map's baseline (:func:`map_claims`).
+Claim 1 over the map: the best cell of each sign against the map's baseline (:func:`map_claims`).
 The verdict rules are :func:`nsrun.analysis.stats.speedup_verdict` and :func:`~nsrun.analysis.stats.interval_verdict`.
 """
 
@@ -252,7 +252,7 @@ MAP_REASONS = {"faster": "interval of fewer steps above 0", "slower": "interval 
 
 
 def map_claims(mr: MapRuns, experiment: str) -> list[dict]:
-    """Claim 1 of ``experiment`` over the map of issue 15 (docs/map.md): for each sign of the map's grid, its best
+    """Claim 1 of ``experiment`` over the map (docs/map.md): for each sign of the map's grid, its best
     cell (:func:`nsrun.analysis.maps.best_cell`) against the map's baseline, steps to the onset, fewer steps and
     wall-clock speedup with their intervals, and the map's verdict (:func:`~nsrun.analysis.maps.cell_verdict`:
     faster / slower / no difference / undetermined). One row saying what is missing when the map has not run."""

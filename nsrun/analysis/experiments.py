@@ -170,7 +170,7 @@ def onset_level(level, where: str) -> tuple[float | None, tuple[float, ...]]:
 def load_experiments(conf_dir: Path | None, quick: bool) -> dict[str, Experiment]:
     """Every experiment of ``conf_dir/experiment/*.yaml`` (None: nsrun's conf/) at the full or quick setting, by
     name, in figure order (then by name, numbers by value). Files without an ``experiment:`` key, or with an
-    ``experiment.map`` (the map of issue 15: :mod:`nsrun.analysis.maps`), are not experiments of the paper: skipped."""
+    ``experiment.map`` (the map: :mod:`nsrun.analysis.maps`), are not experiments of the paper: skipped."""
     from nsrun.runner.config import CONF_DIR
 
     found = {}

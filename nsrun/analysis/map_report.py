@@ -1,4 +1,4 @@
-"""The map's report (issue 15) from its cells (:mod:`nsrun.analysis.maps`): ``summary.md`` with the heatmaps of
+"""The map's report from its cells (:mod:`nsrun.analysis.maps`): ``summary.md`` with the heatmaps of
 fewer steps (and training seconds) vs the baseline over gamma x rho, one per sign, the table of every cell with
 its verdict, the schedules, the stop-gradient and '=' arms, the Optuna search and its confirmation, the overlay
 of the headline cells, the patience check of early stopping, and the compute; ``cells.csv`` and ``runs.csv``.
@@ -30,7 +30,7 @@ from nsrun.analysis.maps import (
 from nsrun.analysis.report import _cell, _num, fmt_compute, fmt_interval, fmt_reached
 from nsrun.analysis.stats import median
 
-TITLE = "# Where does noise-stability regularisation help on modular addition? The map (issue 15)"
+TITLE = "# Where does noise-stability regularisation help on modular addition? The map"
 RULE = ("Per cell: median over seeds of the steps to the onset, with a percentile-bootstrap 95 % interval; a seed "
         "that never reaches the onset counts as later than any step. Fewer steps = 1 - cell / baseline median "
         "(the two groups resampled independently); wall-clock speedup = baseline / cell median training seconds "

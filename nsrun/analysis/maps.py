@@ -1,4 +1,4 @@
-"""The map of where noise-stability regularisation helps (issue 15): its arms, read from the ``experiment.map``
+"""The map of where noise-stability regularisation helps: its arms, read from the ``experiment.map``
 key of ``conf/experiment/map_*.yaml``, and its finished runs as cells with onsets, statistics and verdicts.
 
     experiment:

@@ -265,7 +265,7 @@ CLAIM1_RULE = ("Median over seeds with a percentile-bootstrap 95 % interval (10,
                "not and it excludes the paper's number (upper end <= 0 or below it); else inconclusive.")
 
 
-MAP_RULE = ("Modular addition over the map (issue 15, docs/map.md): the verdicts table also "
+MAP_RULE = ("Modular addition over the map (docs/map.md): the verdicts table also "
             "gives, for each sign S, the map's best cell (the grid's cell with the lowest median steps to the onset "
             "over the grid's seeds) against the map's own baseline, in the map's regime: fewer steps and wall-clock "
             "speedup with their 95 % intervals; verdict faster when the interval of fewer steps lies above 0, slower "

@@ -1,7 +1,7 @@
 """The reproduction's figures and summary from run directories (no training): for each experiment of
 ``conf/experiment/`` (:mod:`nsrun.analysis.experiments`), its finished runs grouped by regulariser with
 onsets and statistics, figures 1-4, the claims, the theory (figure 5, claim 5) and the committed influence
-result (figure 6, claim 6), claim 1 over the map of issue 15 where one is given (its best cell of each sign),
+result (figure 6, claim 6), claim 1 over the map where one is given (its best cell of each sign),
 and ``summary.md`` / ``summary.csv`` / ``claims.csv``.
 """
 
@@ -166,7 +166,7 @@ def reproduce_figures(experiments: dict[str, Experiment], out: Path, conf_dir: P
     """Figures 1-6, the claims and ``summary.md`` for ``experiments`` from their run dirs (``root/NAME``, else
     each experiment's sweep dir). ``conf_dir``: the configs of the theory's models (None: nsrun's conf/);
     ``theory_settings`` None: no figure 5; ``influence_dir`` None: no figure 6; ``maps``: experiment name -> the
-    map (issue 15) whose best cell of each sign its claim 1 also states (:func:`nsrun.analysis.claims.map_claims`).
+    map whose best cell of each sign its claim 1 also states (:func:`nsrun.analysis.claims.map_claims`).
     The theory's trained model is the first baseline run of the experiment whose claims name ``theory``."""
     out.mkdir(parents=True, exist_ok=True)
     made, rows, claims, loaded, notes = [], [], [], [], []

@@ -1,4 +1,4 @@
-"""``make bench`` sections on speed per step, the shared machine and start-up (issue 17).
+"""``make bench`` sections on speed per step, the shared machine and start-up.
 
 * ``fast``: seconds per training step of the plain model against ``fast_paths`` (nsrun/science/model.py) at
   1 thread and at every available core, interleaved; examples/s; and the fraction of the machine's float32

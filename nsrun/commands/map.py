@@ -1,4 +1,4 @@
-"""The map of where noise-stability regularisation helps on modular addition (issue 15; docs/map.md).
+"""The map of where noise-stability regularisation helps on modular addition (docs/map.md).
 
     python -m nsrun.commands.map run [--launcher local_cores] [--only ARM,...] [--map NAME,...] [overrides]
     python -m nsrun.commands.map report --out results/DATE-map      # the report from the run dirs, no training

@@ -10,7 +10,7 @@ holds) with a fixed sweep directory (its config's ``hydra.sweep.dir``, e.g.
 (``DONE``) and resumes the unfinished ones. What each experiment is and how it is read (onset metric and
 level, groups, the paper's numbers) is its config's ``experiment:`` key; the figures, claims and summary
 are :func:`nsrun.analysis.reproduction.reproduce_figures`. Claim 1 on modular addition also states the best cell
-of each sign of the map of issue 15 (``python -m nsrun.commands.map``; docs/map.md), read from its run dirs
+of each sign of the map (``python -m nsrun.commands.map``; docs/map.md), read from its run dirs
 (``--map-root``, default its config's ``experiment.map.root``), or says in one line that the map has not run.
 """
 

@@ -1,4 +1,4 @@
-"""The thread policy: how many torch threads a run uses, and how idle OpenMP threads wait (issue 17).
+"""The thread policy: how many torch threads a run uses, and how idle OpenMP threads wait.
 
 * ``train.threads: auto`` uses the cores this process may run on: the fewest of its CPU affinity, its cgroup's
   CPU quota (v2 ``cpu.max``, v1 ``cpu.cfs_quota_us / cpu.cfs_period_us``) and ``SLURM_CPUS_PER_TASK``. A user's

@@ -7,7 +7,7 @@ can be put on ``e`` (SCIENCE.md section 1); ``stages(...)`` returns the residual
 ``[h_1, ..., h_L]``, for per-layer stability and the theory. ``embed``, ``forward``, ``stages`` and
 ``token_embeddings`` are the model protocol of docs/architecture.md.
 
-``fast_paths=True`` (issue 17) computes the same function with less work; values and gradients agree up to
+``fast_paths=True`` computes the same function with less work; values and gradients agree up to
 float rounding (tests/test_fast_paths.py):
 
 * first-layer table: the first block's input at a position depends only on (position, token), so its
