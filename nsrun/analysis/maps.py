@@ -36,7 +36,8 @@ from nsrun.science.onsets import OnsetRule, accuracy_onset, loss_onset
 
 N_BOOT = 10_000
 CELL_KEYS = ("reg.S", "reg.gamma", "reg.rho")
-EXTRA_KEYS = {"noise.name": "constant", "reg.stop_grad_clean": False, "task.resample": "content"}  # key: default
+EXTRA_KEYS = {"noise.name": "constant", "reg.stop_grad_clean": False, "task.resample": "content",
+              "reg.batch_fraction": 1.0, "reg.every_k_steps": 1}  # key: default
 ROLES = ("baseline", "stop_check", "grid", "cell", "variant", "schedule", "optuna")
 CELLS = ("grid", "paper", "best", "optuna")
 VERDICTS = ("faster", "slower", "no difference", "undetermined")
@@ -218,7 +219,9 @@ def cell_label(values: dict) -> str:
     clean``, ``resample all``."""
     parts = [f"{k.rpartition('.')[2]}={override_text(values[k])}" for k in CELL_KEYS if k in values]
     extras = {"noise.name": f"noise={values.get('noise.name')}", "reg.stop_grad_clean": "stop-grad clean",
-              "task.resample": f"resample {values.get('task.resample')}"}
+              "task.resample": f"resample {values.get('task.resample')}",
+              "reg.batch_fraction": f"batch fraction {values.get('reg.batch_fraction')}",
+              "reg.every_k_steps": f"every {values.get('reg.every_k_steps')} steps"}
     parts += [extras[k] for k, d in EXTRA_KEYS.items() if k in values and not same_value(values[k], d)]
     return ", ".join(parts)
 
