@@ -31,7 +31,8 @@ from nsrun.analysis.maps import (
 from nsrun.runner.config import validate
 from tests.conftest import CONF, ROOT, compose_cfg
 
-MAPS = ("map_modadd_quick", "map_modadd_second", "map_modadd_tiny")
+MAPS = ("map_modadd_quick", "map_modadd_second", "map_modadd_tiny", "walltime_modadd_quick",
+        "walltime_modadd_quick_confirm", "walltime_modadd_second")
 
 
 def one_value_each(overrides: list[str]) -> list[list[str]]:

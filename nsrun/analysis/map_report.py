@@ -26,6 +26,7 @@ from nsrun.analysis.maps import (
     patience_check,
     read_sweep_log,
     selection_seeds,
+    step_price,
 )
 from nsrun.analysis.report import _cell, _num, fmt_compute, fmt_interval, fmt_reached
 from nsrun.analysis.stats import median
@@ -54,9 +55,9 @@ def step_cost_ratio(cell: Cell, mr: MapRuns) -> float:
     if base is None or not cell.runs:
         return math.nan
     if mr.step_seconds:
-        price = mr.step_seconds.get
-        return price(cell.runs[0].config.get("reg.name"), math.nan) / price(base.runs[0].config.get("reg.name"),
-                                                                            math.nan)
+        price = step_price(mr.step_seconds, cell.label, cell.runs[0])
+        base_price = step_price(mr.step_seconds, base.label, base.runs[0])
+        return price / base_price if price and base_price else math.nan
     base_sps = median([seconds_per_step(r) for r in base.runs])
     return median([seconds_per_step(r) for r in cell.runs]) / base_sps if base_sps else math.nan
 
@@ -173,7 +174,8 @@ def fmt_settings(mr: MapRuns) -> list[str]:
                      "onset at a stricter level is unknown (it cannot say whether the level holds later)")
     lines.append(f"- intervals: {mr.n_boot} bootstrap resamples")
     if mr.step_seconds:
-        prices = ", ".join(f"reg={k} {1e3 * v:.2f} ms" for k, v in mr.step_seconds.items())
+        prices = ", ".join(f"{k if ' ' in k or '=' in k else 'reg=' + k} {1e3 * v:.2f} ms"
+                           for k, v in mr.step_seconds.items())
         lines.append(f"- training seconds to the onset = onset step x the seconds per step of the run's regulariser, "
                      f"measured side by side in the report's process (one thread, interleaved): {prices} per step. "
                      "The runs' own logged seconds are not used: they ran at different times beside other jobs, "
@@ -344,7 +346,7 @@ def write_csvs(maps: list[MapRuns], out: Path) -> None:
         w.writerow(head)
         for mr in maps:
             for c in mr.cells:
-                coords = [c.values.get(k, EXTRA_KEYS.get(k, "")) for k in head[4:10]]
+                coords = [c.values.get(k, EXTRA_KEYS.get(k, "")) for k in head[4:7 + len(EXTRA_KEYS)]]
                 for level, s in sorted(c.stats.items()):
                     vs, secs = s.get("vs_steps"), s.get("vs_seconds")
                     w.writerow([mr.spec.name, c.sweep, c.role, c.label, *coords, level, s["n"], s["n_reached"],

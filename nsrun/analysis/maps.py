@@ -272,21 +272,29 @@ class MapRuns:
         return [r for c in self.cells for r in c.runs] + self.stop_check
 
 
-def priced_onsets(onsets: dict, run: Run, step_seconds: dict | None) -> dict:
-    """``onsets`` with the training seconds to the onset priced as onset step x the seconds per step of the
-    run's ``reg.name`` in ``step_seconds`` (measured side by side in one process, so free of the machine load
-    the run met); unchanged without a price or an onset (never reached: inf, unknown: NaN)."""
-    cost = (step_seconds or {}).get(run.config.get("reg.name"))
+def step_price(step_seconds: dict | None, label: str, run: Run) -> float | None:
+    """The seconds per step that price ``run`` of the cell ``label``: the cell's own (keyed by label), else its
+    ``reg.name``'s; None without a price."""
+    if not step_seconds:
+        return None
+    return step_seconds.get(label, step_seconds.get(run.config.get("reg.name")))
+
+
+def priced_onsets(onsets: dict, cost: float | None) -> dict:
+    """``onsets`` with the training seconds to the onset priced as onset step x ``cost`` (seconds per step measured
+    side by side in one process, so free of the machine load the run met); unchanged without a price or an onset
+    (never reached: inf, unknown: NaN)."""
     if cost is None or onsets.get("onset_step") is None:
         return onsets
     return dict(onsets, onset_seconds=onsets["onset_step"] * cost)
 
 
-def load_map_runs(spec: MapSpec, n_boot: int = N_BOOT, step_seconds: dict | None = None) -> MapRuns:
+def load_map_runs(spec: MapSpec, n_boot: int = N_BOOT, step_seconds: dict | None = None,
+                  price_cells=None) -> MapRuns:
     """The finished runs of every sweep of ``spec`` as cells with statistics at each onset level (the runs keep
-    the onsets of the map's level), and the stop check's runs. ``step_seconds`` (reg.name -> seconds per step):
-    the seconds to the onset are its step x that price (:func:`priced_onsets`) instead of the run's logged
-    training seconds."""
+    the onsets of the map's level), and the stop check's runs. ``step_seconds`` (cell label or reg.name -> seconds
+    per step), or ``price_cells(cells)`` returning it once the cells are known: the seconds to the onset are its
+    step x that price (:func:`priced_onsets`) instead of the run's logged training seconds."""
     roles = {a.sweep: a.role for a in reversed(spec.arms)}  # a sweep's role: its first arm's
     cells, stop_check, notes = [], [], []
     for sweep in spec.sweeps():
@@ -306,11 +314,14 @@ def load_map_runs(spec: MapSpec, n_boot: int = N_BOOT, step_seconds: dict | None
     base = cells[0] if cells and cells[0].role == "baseline" else None
     if base is None:
         notes.append(f"{spec.name}: no finished baseline runs: no comparisons")
+    if cells and price_cells is not None:
+        step_seconds = price_cells(cells)
     if cells:
         for level in reversed(spec.levels):  # the map's own level last: the runs keep its onsets
             rule = spec.rule_at(level)
             copies = [Group(c.group.key, c.group.config,
-                            [replace(r, onsets=priced_onsets(run_onsets(r, rule, None), r, step_seconds))
+                            [replace(r, onsets=priced_onsets(run_onsets(r, rule, None),
+                                                             step_price(step_seconds, c.label, r)))
                              for r in c.runs], c.group.label) for c in cells]
             base_copy = copies[0] if base is not None else None
             group_statistics(copies, {g.key: base_copy for g in copies} if base_copy else {}, n_boot, 0)

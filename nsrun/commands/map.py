@@ -108,10 +108,22 @@ def run_maps(specs: dict[str, MapSpec], only: list[str], launcher: str | None, e
     return failed
 
 
-def side_by_side_step_seconds(spec_name: str, repeats: int = 15, n_steps: int = 10) -> dict:
-    """Seconds per training step of map ``spec_name``'s regime with reg=none and with reg=stability (its
-    defaults), timed interleaved in this process on one CPU thread (``make bench``'s method): the price of a
-    step free of the load the runs met."""
+PRICE_DROPPED = ("seed", "logger", "train.threads", "train.progress", "train.device")  # not the step's price
+
+
+def cell_overrides_of(run_path: Path) -> list[str]:
+    """The overrides a cell's run was trained with (its ``.hydra/overrides.yaml``), less the seed and the keys
+    that do not change what a step computes."""
+    import yaml
+
+    items = yaml.safe_load((run_path / ".hydra" / "overrides.yaml").read_text()) or []
+    return [o for o in items if not o.startswith("hydra") and o.split("=", 1)[0].lstrip("+~") not in PRICE_DROPPED]
+
+
+def side_by_side_cell_seconds(spec: MapSpec, cells: list, repeats: int = 15, n_steps: int = 12) -> dict:
+    """Seconds per training step of each of ``cells`` (label -> seconds), its config as its first run trained it,
+    all timed interleaved in this process on one CPU thread (``make bench``'s method): the price of a step free of
+    the load the runs met. ``n_steps`` is a multiple of every ``reg.every_k_steps`` the maps use (1, 2, 4)."""
     import torch
 
     from nsrun.commands.bench import interleaved, steps_fn
@@ -120,11 +132,12 @@ def side_by_side_step_seconds(spec_name: str, repeats: int = 15, n_steps: int = 
     threads, cpu = torch.get_num_threads(), torch.device("cpu")
     torch.set_num_threads(1)
     try:
-        runs = {reg: Run([f"+experiment={spec_name}", f"reg={reg}"], cpu) for reg in ("none", "stability")}
-        t = interleaved({reg: steps_fn(r, n_steps) for reg, r in runs.items()}, cpu, repeats)
+        runs = {c.label: Run([f"+experiment={spec.config}", *cell_overrides_of(c.runs[0].path)], cpu)
+                for c in cells if c.runs}
+        t = interleaved({label: steps_fn(r, n_steps) for label, r in runs.items()}, cpu, repeats)
     finally:
         torch.set_num_threads(threads)
-    return {reg: seconds / n_steps for reg, seconds in t.items()}
+    return {label: seconds / n_steps for label, seconds in t.items()}
 
 
 def parse_args(argv):
@@ -141,8 +154,8 @@ def parse_args(argv):
         s.add_argument("--out", type=Path, default=Path("results/map"), help="where summary.md and figures go")
         s.add_argument("--n-boot", type=int, default=N_BOOT)
         s.add_argument("--seconds", choices=("side-by-side", "logged"), default="side-by-side",
-                       help="training seconds to the onset: onset step x the seconds per step of reg=none / "
-                       "reg=stability timed side by side in this process (default), or as each run logged them "
+                       help="training seconds to the onset: onset step x the seconds per step of each cell's "
+                       "config timed side by side in this process (default), or as each run logged them "
                        "(which carries the machine's load at the time)")
         if command == "run":
             s.add_argument("--launcher", default="local_cores",
@@ -175,8 +188,8 @@ def main(argv=None) -> None:
     if args.command == "run":
         failed = run_maps(args.specs, args.only, args.launcher or None, args.overrides, args.n_boot, args.root)
         code = 1 if failed else 0
-    maps = [load_map_runs(spec, args.n_boot, side_by_side_step_seconds(spec.config)
-                          if args.seconds == "side-by-side" else None) for spec in args.specs.values()]
+    maps = [load_map_runs(spec, args.n_boot, price_cells=(lambda cells, spec=spec: side_by_side_cell_seconds(
+        spec, cells)) if args.seconds == "side-by-side" else None) for spec in args.specs.values()]
     sweeps = list(dict.fromkeys(row["command"] for spec in args.specs.values() for row in read_sweep_log(spec.root)))
     summary = write_map_report(maps, args.out, {"commit": git_state(), "report written by": f"`{command}`"}, sweeps)
     print(f"{PROG}: wrote {summary} and its figures, cells.csv, runs.csv in {args.out}")
