@@ -4,7 +4,7 @@ PYTHON ?= python3
 PIP ?= $(PYTHON) -m pip
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: install torch test test-all lint run bench gpu-check slurm-up slurm-down reproduce-figures reproduce-figures-quick reproduce-lm-parity figures figures-lm-parity map map-report clean
+.PHONY: install torch test test-all lint run bench gpu-check slurm-up slurm-down reproduce-figures reproduce-figures-quick reproduce-lm-parity figures figures-lm-parity map map-report walltime walltime-report clean
 
 torch:
 	@$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install "torch==$(TORCH_VERSION)"
@@ -24,7 +24,7 @@ test-all:
 bench:  # wall-clock costs side by side (docs/performance.md); writes benchmarks/results/bench_{cpu,cuda}.json
 	$(PYTHON) -m nsrun.commands.bench $(BENCH_ARGS)
 
-gpu-check:  # issue 18: GPU tests, bench on cuda and the full modadd setting in ~8 min (launch/gpu-check.sh; docs/performance.md)
+gpu-check:  # GPU tests, bench on cuda and the full modadd setting in ~8 min (launch/gpu-check.sh; docs/performance.md)
 	PYTHON=$(PYTHON) bash launch/gpu-check.sh
 
 lint:  # style (ruff) and the layers of docs/architecture.md (import-linter contracts in pyproject.toml)
@@ -48,7 +48,7 @@ reproduce-figures-quick:
 figures:
 	$(PYTHON) -m nsrun.commands.reproduce figures $(if $(QUICK),--quick) $(if $(OUT),--out $(OUT))
 
-# the map of where the regulariser helps on modular addition (issue 15; docs/map.md): the arms of
+# the map of where the regulariser helps on modular addition (docs/map.md): the arms of
 # conf/experiment/map_*.yaml (rerunning skips finished runs), then heatmaps, tables and summary.md in MAP_OUT.
 #   make map                      # both regimes, one single-threaded job per core
 #   make map MAP_ARGS="--only grid,baseline"    make map-report MAP_OUT=results/2026-11-29-map
@@ -60,7 +60,16 @@ map:
 map-report:
 	$(PYTHON) -m nsrun.commands.map report --out $(MAP_OUT) $(MAP_ARGS)
 
-# WikiText-2 (7 arms) and sparse parity at n = 10, 20, 40, 100 (3 arms each), 5 seeds (issue 16; docs/reproduction.md):
+# the cost map (docs/walltime.md): a regularised step's price against the steps it saves, in seconds
+WALLTIME_OUT ?= results/$(shell date +%Y-%m-%d)-walltime
+
+walltime:
+	$(PYTHON) -m nsrun.commands.walltime run --launcher=$(LAUNCHER) --out $(WALLTIME_OUT) $(WALLTIME_ARGS)
+
+walltime-report:
+	$(PYTHON) -m nsrun.commands.walltime report --out $(WALLTIME_OUT) $(WALLTIME_ARGS)
+
+# WikiText-2 (7 arms) and sparse parity at n = 10, 20, 40, 100 (3 arms each), 5 seeds (docs/reproduction.md):
 # 95 runs of 1-4 min each on one thread, with their own summary (OUT, default results/reproduce-lm-parity).
 #   make reproduce-lm-parity [LAUNCHER=basic] [OUT=results/DATE-lm-parity]   # sweeps (finished runs skipped), figures
 #   make figures-lm-parity [OUT=...]                                         # figures + summary from the run dirs
