@@ -34,6 +34,7 @@ from nsrun.analysis.maps import (
     load_map,
     load_map_runs,
     optuna_result,
+    override_text,
     read_sweep_log,
 )
 
@@ -80,7 +81,7 @@ def run_arm(spec: MapSpec, arm: Arm, cell: dict, note: str, launcher: str | None
     from nsrun.commands.reproduce import run_sweeps, sweep_commands
 
     job = SimpleNamespace(config=spec.config, name=f"{spec.name}/{arm.name}", text_subset=None, sweeps=())
-    overrides = [*cell_overrides(arm, cell), f"hydra.sweep.dir={spec.root / arm.sweep}", *extra]
+    overrides = [*cell_overrides(arm, cell, spec.reg_overrides), f"hydra.sweep.dir={spec.root / arm.sweep}", *extra]
     start = time.time()
     failed = run_sweeps({job.name: job}, launcher, overrides)
     append_sweep_log(spec.root, {"map": spec.name, "arm": arm.name, "sweep": arm.sweep, "at": note, "start": start,
@@ -108,10 +109,11 @@ def run_maps(specs: dict[str, MapSpec], only: list[str], launcher: str | None, e
     return failed
 
 
-def side_by_side_step_seconds(spec_name: str, repeats: int = 15, n_steps: int = 10) -> dict:
+def side_by_side_step_seconds(spec_name: str, repeats: int = 15, n_steps: int = 10,
+                              reg_overrides: dict | None = None) -> dict:
     """Seconds per training step of map ``spec_name``'s regime with reg=none and with reg=stability (its
-    defaults), timed interleaved in this process on one CPU thread (``make bench``'s method): the price of a
-    step free of the load the runs met."""
+    defaults and the map's ``reg_overrides``), timed interleaved in this process on one CPU thread (``make
+    bench``'s method): the price of a step free of the load the runs met."""
     import torch
 
     from nsrun.commands.bench import interleaved, steps_fn
@@ -120,7 +122,9 @@ def side_by_side_step_seconds(spec_name: str, repeats: int = 15, n_steps: int = 
     threads, cpu = torch.get_num_threads(), torch.device("cpu")
     torch.set_num_threads(1)
     try:
-        runs = {reg: Run([f"+experiment={spec_name}", f"reg={reg}"], cpu) for reg in ("none", "stability")}
+        stability = [f"{k}={override_text(v)}" for k, v in (reg_overrides or {}).items()]
+        runs = {reg: Run([f"+experiment={spec_name}", f"reg={reg}", *(stability if reg == "stability" else [])], cpu)
+                for reg in ("none", "stability")}
         t = interleaved({reg: steps_fn(r, n_steps) for reg, r in runs.items()}, cpu, repeats)
     finally:
         torch.set_num_threads(threads)
@@ -175,7 +179,8 @@ def main(argv=None) -> None:
     if args.command == "run":
         failed = run_maps(args.specs, args.only, args.launcher or None, args.overrides, args.n_boot, args.root)
         code = 1 if failed else 0
-    maps = [load_map_runs(spec, args.n_boot, side_by_side_step_seconds(spec.config)
+    maps = [load_map_runs(spec, args.n_boot, side_by_side_step_seconds(spec.config,
+                                                                       reg_overrides=spec.reg_overrides)
                           if args.seconds == "side-by-side" else None) for spec in args.specs.values()]
     sweeps = list(dict.fromkeys(row["command"] for spec in args.specs.values() for row in read_sweep_log(spec.root)))
     summary = write_map_report(maps, args.out, {"commit": git_state(), "report written by": f"`{command}`"}, sweeps)
