@@ -84,6 +84,10 @@ def test_groups_onsets_and_speedup_against_a_named_baseline(sweep, tmp_path, cap
     assert len(runs) == 6 and sorted(r["onset_step"] for r in runs) == ["", "300", "400", "500", "600", "800"]
     md = (out / "compare.md").read_text()
     assert "| optim.weight_decay=1.0 |" in md and "50.0 %" in md and "2.00x" in md and "not reached" in md
+    # seeds to settle: the paper's 26.7 % and the observed 50 % against a baseline with a seed never reached
+    assert "| seeds per arm to settle (power 0.8) |" in md and "| 26.7 %: " in md and "; observed +50.0 %: " in md
+    assert float(fast["seeds_effect"]) == pytest.approx(1 - 3300 / 4500) and base["seeds_needed"] == ""
+    assert int(fast["seeds_needed_observed"]) <= int(fast["seeds_needed"])  # a larger effect needs no more seeds
     assert (out / "overlay.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "optim.weight_decay" in stdout and "not reached" not in stdout.split("optim.weight_decay=1.0")[1][:200]
 
@@ -181,6 +185,7 @@ def test_mixed_tasks_are_compared_only_within_their_task(sweep, tmp_path, capsys
     ("ok", ["--baseline", "weight_decay"], "expected KEY=VALUE"),
     ("ok", ["--threshold", "95"], "--threshold must be in (0, 1]"),
     ("ok", ["--n-boot", "ten"], "invalid int value"),
+    ("ok", ["--effect", "27"], "--effect must be in (0, 1)"),
 ])
 def test_bad_input_one_line_each_and_exit_2(tmp_path, capsys, setup, args, message):
     path = tmp_path / "in"

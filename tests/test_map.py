@@ -31,7 +31,7 @@ from nsrun.analysis.maps import (
 from nsrun.runner.config import validate
 from tests.conftest import CONF, ROOT, compose_cfg
 
-MAPS = ("map_modadd_quick", "map_modadd_second", "map_modadd_tiny", "walltime_modadd_quick",
+MAPS = ("map_modadd_quick", "map_modadd_second", "map_modadd_gaussian", "map_modadd_tiny", "walltime_modadd_quick",
         "walltime_modadd_quick_confirm", "walltime_modadd_second")
 
 
@@ -53,8 +53,9 @@ def test_every_arm_of_every_map_composes_into_a_valid_job(name):
                 "best": {"reg.S": 0, "reg.gamma": 2.0, "reg.rho": 0.9},
                 "optuna": {"reg.S": 1, "reg.gamma": 0.3, "reg.rho": 0.4, "noise": "cosine", "seed": [10]},
                 None: {}}[arm.cell]
-        overrides = cell_overrides(arm, cell)
+        overrides = cell_overrides(arm, cell, spec.reg_overrides)
         assert any(o.startswith("seed=") for o in overrides), arm.name
+        assert arm.cell is None or all(f"{k}={v}" in overrides for k, v in spec.reg_overrides.items())
         for job in one_value_each(overrides):
             validate(compose_cfg([f"+experiment={name}", *job]))  # raises on a job nsrun would refuse
     cfg = compose_cfg([f"+experiment={name}"])
@@ -220,7 +221,9 @@ def test_report_from_hand_made_runs_has_every_cell(hand_made, tmp_path):
         cells = list(csv.DictReader(f))
     assert len(cells) == 2 * len(hand_made.cells)  # one row per cell and onset level
     best = next(r for r in cells if r["cell"] == "S=0, gamma=2.0, rho=0.9" and r["level"] == "0.3")
-    assert best["verdict_steps"] == "faster" and float(best["onset_median"]) == 110
+    assert best["verdict_steps"] == "faster" and float(best["onset_median"]) == 110 and best["reg.every_k_steps"] == "1"
+    assert best["seeds_needed"] != "" and float(best["seeds_effect"]) == pytest.approx(1 - 3300 / 4500)
+    assert "| seeds per arm to settle (power 0.8) |" in text and "seeds per arm to settle: 26.7 %: " in text
     with open(tmp_path / "runs.csv") as f:
         runs = list(csv.DictReader(f))
     assert sum(r["ended_by"] == "stopped" for r in runs) == 3 + 12 + 3 + 3  # baseline, S=0 grid, cosine, stop-grad

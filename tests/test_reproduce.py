@@ -14,7 +14,7 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
-from nsrun.analysis import claims, theory
+from nsrun.analysis import claims, report, theory
 from nsrun.analysis.experiments import compose, load_experiments
 from nsrun.analysis.reproduction import load_experiment, reproduce_figures
 from nsrun.analysis.runs import flatten, matches
@@ -264,6 +264,11 @@ def test_verdict_inconclusive_when_the_seeds_overlap(tmp_path):
     rows, _ = summary_for(tmp_path, [1000, 1500, 2000, 2500, 2900], [800, 1400, 2100, 2600, 2900])
     reg = rows["stability"]
     assert reg["fewer_ci_low"] <= 0 < reg["fewer_ci_high"] and reg["verdict"] == "inconclusive"
+    # how many seeds would settle it: the paper's 26.7 % at this spread needs more than the 5 there are
+    assert reg["seeds_effect"] == pytest.approx(0.267) and reg["seeds_needed"] > 5
+    assert reg["seeds_to_settle"].startswith("26.7 %: ") and "observed -5.0 %" in reg["seeds_to_settle"]
+    lines = report.verdict_lines(list(rows.values()), [])
+    assert len(lines) == 1 and f"seeds per arm to settle (power 0.8): {reg['seeds_to_settle']}" in lines[0]
 
 
 def test_verdict_counts_not_reached_seeds(tmp_path):

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from nsrun.analysis.maps import EXTRA_KEYS, best_cell, cell_verdict, override_text, same_value, selection_seeds
 from nsrun.analysis.report import fmt_ci, fmt_interval
+from nsrun.analysis.seeds_needed import PAPER_FEWER, fmt_seeds, run_onsets_of, seeds_fields, seeds_needed
 from nsrun.analysis.stats import (
     MIN_SEEDS,
     bootstrap_ci,
@@ -86,12 +87,15 @@ def onset_rows(er: ExperimentRuns) -> list[dict]:
                "time_per_step_ratio": median([seconds_per_step(r) for r in g.runs]) / base_sps if base else math.nan,
                "final_median": median(final), "final_min": min(final), "final_max": max(final),
                "paper": "", "verdict": "", "reason": "", "n_unknown": s["n_unknown"],
-               **{f"compute_{k}": v for k, v in s["compute"].items()}}
+               **{f"compute_{k}": v for k, v in s["compute"].items()}, **seeds_fields(None), "seeds_to_settle": ""}
         if name in regularisers and base is not None and vs:
             row["paper"] = exp.paper
             row["verdict"], row["reason"] = speedup_verdict(
                 vs["fewer_ci"], s["steps"][0], base.stats["steps"][0], _with_value(s), _with_value(base.stats),
                 exp.paper_fewer_steps)
+            settle = seeds_needed(run_onsets_of(g.runs), run_onsets_of(base.runs),
+                                  exp.paper_fewer_steps or PAPER_FEWER)
+            row.update(seeds_fields(settle), seeds_to_settle=fmt_seeds(settle))
         elif name == exp.baseline:
             row["reason"] = "baseline"
         rows.append(row)
@@ -288,5 +292,8 @@ def map_claims(mr: MapRuns, experiment: str) -> list[dict]:
                                f"speedup {fmt_interval(secs['speedup'], *secs['speedup_ci'], 2, unit='x')}")
             row["reason"] = (f"{MAP_REASONS[row['verdict']]}; in training seconds: {cell_verdict(secs['fewer_ci'])}; "
                              f"chosen on {chosen}, which its interval includes (optimistic)")
+            if row["verdict"] in ("no difference", "undetermined"):
+                settle = seeds_needed(run_onsets_of(cell.runs), run_onsets_of(mr.baseline.runs))
+                row["reason"] += f"; seeds per arm to settle (power 0.8): {fmt_seeds(settle)}"
         rows.append(row)
     return rows

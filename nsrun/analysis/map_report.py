@@ -29,6 +29,7 @@ from nsrun.analysis.maps import (
     step_price,
 )
 from nsrun.analysis.report import _cell, _num, fmt_compute, fmt_interval, fmt_reached
+from nsrun.analysis.seeds_needed import SEEDS_RULE, fmt_seeds, run_onsets_of, seeds_fields, seeds_needed
 from nsrun.analysis.stats import median
 
 TITLE = "# Where does noise-stability regularisation help on modular addition? The map"
@@ -37,15 +38,26 @@ RULE = ("Per cell: median over seeds of the steps to the onset, with a percentil
         "(the two groups resampled independently); wall-clock speedup = baseline / cell median training seconds "
         "at the onset (evaluation excluded; how the seconds are counted: the settings above); s/step = training "
         "seconds per step relative to the baseline's. Verdict: faster when the interval of fewer steps (seconds) "
-        "lies above 0, slower when below, no difference when it holds 0, undetermined when it is undefined.")
+        "lies above 0, slower when below, no difference when it holds 0, undetermined when it is undefined. "
+        + SEEDS_RULE)
 COLUMNS = ("cell", "seeds (not reached)", "steps to onset, median [95 % CI]", "fewer steps vs baseline [95 % CI]",
-           "wall-clock speedup [95 % CI]", "s/step vs baseline", "verdict (steps)", "verdict (seconds)")
+           "seeds per arm to settle (power 0.8)", "wall-clock speedup [95 % CI]", "s/step vs baseline",
+           "verdict (steps)", "verdict (seconds)")
 COLOURS = ("tab:blue", "tab:red", "tab:orange", "tab:green", "tab:purple")
 
 
 def versus(stats: dict, what: str = "vs_steps") -> tuple[float, float, float]:
     c = stats.get(what)
     return (c["fewer"], *c["fewer_ci"]) if c else (math.nan,) * 3
+
+
+def cell_seeds(cell: Cell, mr: MapRuns):
+    """Seeds to settle ``cell`` against the map's baseline at the map's onset level
+    (:func:`nsrun.analysis.seeds_needed.seeds_needed`, the paper's effect); None for the baseline itself."""
+    base = mr.baseline
+    if base is None or cell is base or not cell.stats[mr.spec.rule.level].get("vs_steps"):
+        return None
+    return seeds_needed(run_onsets_of(cell.runs), run_onsets_of(base.runs))
 
 
 def step_cost_ratio(cell: Cell, mr: MapRuns) -> float:
@@ -73,10 +85,10 @@ def cell_columns(cell: Cell, mr: MapRuns) -> list[str]:
              + (f", {n_failed} failed" if n_failed else "") + ")")
     row = [cell.label, seeds, fmt_interval(*s["steps"])]
     if cell is base or not s.get("vs_steps"):
-        row += ["(baseline)" if cell is base else "-", "-", "-", "-", "-"]
+        row += ["(baseline)" if cell is base else "-", "-", "-", "-", "-", "-"]
     else:
         secs = s["vs_seconds"]
-        row += [fmt_interval(*versus(s), 1, pct=True),
+        row += [fmt_interval(*versus(s), 1, pct=True), fmt_seeds(cell_seeds(cell, mr)),
                 fmt_interval(secs["speedup"], *secs["speedup_ci"], 2, unit="x"),
                 f"{ratio:.2f}x" if math.isfinite(ratio) else "-",
                 cell_verdict(s["vs_steps"]["fewer_ci"]), cell_verdict(secs["fewer_ci"])]
@@ -167,6 +179,9 @@ def fmt_settings(mr: MapRuns) -> list[str]:
              f"lr {optim.get('lr')}, weight decay {optim.get('weight_decay')}, {train.get('steps')} steps, "
              f"eval every {train.get('eval_every')}",
              f"- onset: {spec.rule.describe()}; also at {', '.join(f'{x:g}' for x in spec.also_levels) or '-'}"]
+    if spec.reg_overrides:
+        lines.append("- every regularised arm: reg=stability with "
+                     + ", ".join(f"{k}={override_text(v)}" for k, v in spec.reg_overrides.items()))
     if stop.get("name") == "onset":
         lines.append(f"- early stopping: {stop['metric']} {'>=' if stop['direction'] == 'above' else '<='} "
                      f"{stop['level']:g} held for {stop['patience']} steps; give-up: "
@@ -199,7 +214,8 @@ def grid_section(mr: MapRuns) -> list[str]:
         s = cell.stats[level]
         lines.append(f"- {which}: **{cell.label}**: {fmt_interval(*s['steps'])} steps, "
                      f"{fmt_interval(*versus(s), 1, pct=True)} fewer than the baseline "
-                     f"({cell_verdict(s['vs_steps']['fewer_ci']) if s.get('vs_steps') else '-'}; {s['n']} seeds)")
+                     f"({cell_verdict(s['vs_steps']['fewer_ci']) if s.get('vs_steps') else '-'}; {s['n']} seeds; "
+                     f"seeds per arm to settle: {fmt_seeds(cell_seeds(cell, mr))})")
     seeds = selection_seeds(spec)
     lines += ["", f"Chosen by the lowest median steps to the onset over the grid's seeds "
               f"({', '.join(map(str, sorted(seeds))) if seeds else 'all'}: run in every cell; ties by the interval). "
@@ -342,7 +358,7 @@ def write_csvs(maps: list[MapRuns], out: Path) -> None:
         head = ["map", "sweep", "role", "cell", "reg.S", "reg.gamma", "reg.rho", *EXTRA_KEYS, "level", "n", "n_reached",
                 "n_unknown", "onset_median", "onset_ci_low", "onset_ci_high", "fewer_steps", "fewer_steps_ci_low",
                 "fewer_steps_ci_high", "speedup_seconds", "speedup_seconds_ci_low", "speedup_seconds_ci_high",
-                "verdict_steps", "verdict_seconds"]
+                "verdict_steps", "verdict_seconds", *seeds_fields(None)]
         w.writerow(head)
         for mr in maps:
             for c in mr.cells:
@@ -353,7 +369,9 @@ def write_csvs(maps: list[MapRuns], out: Path) -> None:
                                 s["n_unknown"], *map(_num, s["steps"]), *map(_num, versus(s)),
                                 *(map(_num, (secs["speedup"], *secs["speedup_ci"])) if secs else [""] * 3),
                                 cell_verdict(vs["fewer_ci"]) if vs else "",
-                                cell_verdict(secs["fewer_ci"]) if secs else ""])
+                                cell_verdict(secs["fewer_ci"]) if secs else "",
+                                *map(csv_value, seeds_fields(cell_seeds(c, mr) if level == mr.spec.rule.level
+                                                             else None).values())])
     with open(out / "runs.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["map", "sweep", "cell", "seed", "onset_step", "onset_status", "last_step", "ended_by",
@@ -366,6 +384,10 @@ def write_csvs(maps: list[MapRuns], out: Path) -> None:
                     w.writerow([mr.spec.name, c.sweep, c.label, r.seed, onset, o.get("onset_status", ""), r.last_step,
                                 r.outcome.kind if r.outcome else "",
                                 _num(r.train_seconds), r.steps_spared, str(r.path)])
+
+
+def csv_value(v) -> str:
+    return _num(v) if isinstance(v, float) else str(v)
 
 
 def write_map_report(maps: list[MapRuns], out: Path, context: dict, commands: list[str] = ()) -> Path:

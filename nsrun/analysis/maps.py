@@ -7,6 +7,7 @@ key of ``conf/experiment/map_*.yaml``, and its finished runs as cells with onset
         root: runs/map/modadd_quick         # sweep dirs ROOT/SWEEP/${hydra.job.override_dirname}
         also_levels: [0.99]                 # onsets also read at these levels
         paper_cell: {reg.gamma: 0.75, reg.rho: 0.25}
+        reg_overrides: {reg.noise: gaussian}  # optional: what every cell arm's reg=stability adds (and its price)
         grid: {panel: {key: reg.S, values: [1, 0]}, rows: {key: reg.gamma, values: [...]},
                cols: {key: reg.rho, values: [...]}}
         optuna: {dir: runs/map/optuna, confirm_seeds: [10, 11, 12, 13, 14]}
@@ -37,7 +38,7 @@ from nsrun.science.onsets import OnsetRule, accuracy_onset, loss_onset
 N_BOOT = 10_000
 CELL_KEYS = ("reg.S", "reg.gamma", "reg.rho")
 EXTRA_KEYS = {"noise.name": "constant", "reg.stop_grad_clean": False, "task.resample": "content",
-              "reg.batch_fraction": 1.0, "reg.every_k_steps": 1}  # key: default
+              "reg.batch_fraction": 1.0, "reg.every_k_steps": 1, "reg.sigma": None}  # key: default
 ROLES = ("baseline", "stop_check", "grid", "cell", "variant", "schedule", "optuna")
 CELLS = ("grid", "paper", "best", "optuna")
 VERDICTS = ("faster", "slower", "no difference", "undetermined")
@@ -91,6 +92,7 @@ class MapSpec:
     optuna_dir: Path | None = None
     confirm_seeds: tuple[int, ...] = ()
     regime: dict = field(default_factory=dict)  # the settings the summary states (task, model, optim, train, stop)
+    reg_overrides: dict = field(default_factory=dict)  # added to reg=stability in every cell arm
 
     @property
     def levels(self) -> tuple[float, ...]:
@@ -135,7 +137,8 @@ def spec_from_config(stem: str, cfg, root: Path | None = None) -> MapSpec:
             paper_cell=dict(m.get("paper_cell") or {}), grid=grid, arms=arms,
             optuna_dir=Path(optuna["dir"]) if optuna.get("dir") else None,
             confirm_seeds=tuple(optuna.get("confirm_seeds") or ()),
-            regime={k: OmegaConf.to_container(cfg[k], resolve=True) for k in REGIME_KEYS})
+            regime={k: OmegaConf.to_container(cfg[k], resolve=True) for k in REGIME_KEYS},
+            reg_overrides=dict(m.get("reg_overrides") or {}))
     except (KeyError, TypeError) as e:
         raise ValueError(f"{where}: incomplete ({e!r} missing)") from None
     for a in arms:
@@ -169,11 +172,12 @@ def override_text(value) -> str:
     return repr(value) if isinstance(value, float) else str(value)
 
 
-def cell_overrides(arm: Arm, cell: dict | None) -> list[str]:
+def cell_overrides(arm: Arm, cell: dict | None, reg_overrides: dict | None = None) -> list[str]:
     """The ``key=value`` overrides of one arm at ``cell`` (key -> value or list of values; None for an arm
-    without a cell). Hydra names each job's dir by its sorted overrides, so every arm that lands on a run
-    another arm made (same sweep, same values) finds it finished and skips it."""
-    items = {"reg": "stability", **cell} if arm.cell is not None else {}
+    without a cell), a cell arm's ``reg=stability`` with the map's ``reg_overrides``. Hydra names each job's dir
+    by its sorted overrides, so every arm that lands on a run another arm made (same sweep, same values) finds
+    it finished and skips it."""
+    items = {"reg": "stability", **(reg_overrides or {}), **cell} if arm.cell is not None else {}
     items.update(arm.overrides)
     return [f"{k}={override_text(v)}" for k, v in items.items()]
 
@@ -221,7 +225,8 @@ def cell_label(values: dict) -> str:
     extras = {"noise.name": f"noise={values.get('noise.name')}", "reg.stop_grad_clean": "stop-grad clean",
               "task.resample": f"resample {values.get('task.resample')}",
               "reg.batch_fraction": f"batch fraction {values.get('reg.batch_fraction')}",
-              "reg.every_k_steps": f"every {values.get('reg.every_k_steps')} steps"}
+              "reg.every_k_steps": f"every {values.get('reg.every_k_steps')} steps",
+              "reg.sigma": f"sigma={values.get('reg.sigma')}"}
     parts += [extras[k] for k, d in EXTRA_KEYS.items() if k in values and not same_value(values[k], d)]
     return ", ".join(parts)
 

@@ -9,6 +9,7 @@ import csv
 import math
 from pathlib import Path
 
+from nsrun.analysis.seeds_needed import SEEDS_RULE, fmt_seeds, seeds_fields
 from nsrun.runner.rundir import failure_text
 
 # ----------------------------------------------------------------------------------------------- cells
@@ -105,7 +106,8 @@ def _cell(text: str) -> str:
 # ----------------------------------------------------------------------------------------------- nsrun-compare
 
 COLUMNS = ("group", "task", "reached", "onset step [95% CI]", "train s at onset [95% CI]",
-           "fewer steps; speedup vs baseline", "fewer seconds; speedup", "stability onset (median)",
+           "fewer steps; speedup vs baseline", "seeds per arm to settle (power 0.8)", "fewer seconds; speedup",
+           "stability onset (median)",
            "lag stability - onset [95% CI]", "early stopping; compute")
 
 
@@ -122,7 +124,7 @@ def table_rows(groups) -> list[list[str]]:
             g.label + (" (baseline)" if is_base else ""), g.task, fmt_reached(s["n_reached"], s["n"], s["n_unknown"],
                                                                           s.get("n_failed", 0)),
             fmt_ci(s["steps"]), fmt_ci(s["seconds"], 1),
-            fmt_versus(s.get("vs_steps"), s["steps"][0], base_steps),
+            fmt_versus(s.get("vs_steps"), s["steps"][0], base_steps), fmt_seeds(s.get("seeds")),
             fmt_versus(s.get("vs_seconds"), s["seconds"][0], base_seconds),
             fmt_step(s["stab"]) if s["n_stab"] else "-",
             fmt_ci(s["lag"]) + (f" (n={s['n_lag']})" if s["n_lag"] else ""),
@@ -139,7 +141,7 @@ def write_compare_csv(groups, path: Path) -> None:
               "fewer_seconds_ci_high", "speedup_seconds", "speedup_seconds_ci_low", "speedup_seconds_ci_high",
               "stab_onset_step_median", "lag_steps_median", "lag_ci_low", "lag_ci_high", "n_lag", "n_unknown",
               "n_stopped", "n_gave_up", "steps_trained", "steps_spared", "spared_frac", "train_seconds",
-              "spared_seconds_est", "n_failed"]
+              "spared_seconds_est", "n_failed", *seeds_fields(None)]
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(header)
@@ -151,7 +153,8 @@ def write_compare_csv(groups, path: Path) -> None:
                        if c else [""] * 6)
             w.writerow([g.label, g.task, s["n"], s["n_reached"], *map(_num, s["steps"]), *map(_num, s["seconds"]),
                         s["baseline"] or "", *vs, _num(s["stab"]), *map(_num, s["lag"]), s["n_lag"], s["n_unknown"],
-                        *compute_cells(s["compute"]), s.get("n_failed", 0)])
+                        *compute_cells(s["compute"]), s.get("n_failed", 0),
+                        *(_num(v) if isinstance(v, float) else v for v in seeds_fields(s.get("seeds")).values())])
 
 
 def compute_cells(c: dict) -> list:
@@ -262,7 +265,8 @@ CLAIM1_RULE = ("Median over seeds with a percentile-bootstrap 95 % interval (10,
                "speedup = baseline / group, in steps and in cumulative training seconds (evaluation excluded); "
                "s/step = median training seconds per step relative to the baseline. Verdict rule (regulariser "
                "only): reproduced when the interval of fewer steps lies above 0; not reproduced when it does "
-               "not and it excludes the paper's number (upper end <= 0 or below it); else inconclusive.")
+               "not and it excludes the paper's number (upper end <= 0 or below it); else inconclusive. "
+               + SEEDS_RULE.replace("the paper's size", "the paper's size for the experiment"))
 
 
 MAP_RULE = ("Modular addition over the map (docs/map.md): the verdicts table also "
@@ -282,7 +286,8 @@ COMPUTE_RULE = ("A run ended by its stop rule (conf/stop/onset.yaml) spares trai
 def markdown_onset_table(rows: list[dict]) -> list[str]:
     head = ("experiment", "group", "onset", "seeds (not reached)", "last value, median (min-max)",
             "steps to onset, median [95 % CI]",
-            "fewer steps vs baseline [95 % CI]", "speedup (steps)", "speedup (train seconds)",
+            "fewer steps vs baseline [95 % CI]", "seeds per arm to settle (power 0.8)", "speedup (steps)",
+            "speedup (train seconds)",
             "s/step vs baseline", "paper", "verdict")
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
@@ -292,6 +297,7 @@ def markdown_onset_table(rows: list[dict]) -> list[str]:
             f"{r['final_median']:.3f} ({r['final_min']:.3f}-{r['final_max']:.3f})",
             fmt_interval(r["onset_median"], r["onset_ci_low"], r["onset_ci_high"]),
             fmt_interval(r["fewer_steps"], r["fewer_ci_low"], r["fewer_ci_high"], 1, pct=True),
+            r.get("seeds_to_settle") or "-",
             fmt_interval(r["speedup"], r["speedup_ci_low"], r["speedup_ci_high"], 2, unit="x"),
             fmt_interval(r["wallclock_speedup"], r["wallclock_speedup_ci_low"], r["wallclock_speedup_ci_high"], 2,
                          unit="x"),
@@ -355,9 +361,11 @@ def verdict_lines(rows: list[dict], claims: list[dict]) -> list[str]:
     lines = []
     for i, r in enumerate(ruled):
         fewer = fmt_interval(r["fewer_steps"], r["fewer_ci_low"], r["fewer_ci_high"], 1, pct=True)
+        settle = (f"; seeds per arm to settle (power 0.8): {r['seeds_to_settle']}"
+                  if r["verdict"] == "inconclusive" and r.get("seeds_to_settle") else "")
         lines.append(f"| 1 | {r['experiment']} | the regulariser ({r['group']}) reaches the onset ({r['onset']}) "
                      f"in fewer steps (paper: {r['paper']}) | {fewer} fewer steps | **{r['verdict']}** "
-                     f"({r['reason']}) |")
+                     f"({r['reason']}{settle}) |")
         if i + 1 == len(ruled) or ruled[i + 1]["experiment"] != r["experiment"]:
             lines += [claim_line(c) for c in extra if c["experiment"] == r["experiment"]]
     placed = {r["experiment"] for r in ruled}

@@ -6,7 +6,8 @@
 Finds the finished runs under the given run or sweep directories, groups them by their science key minus
 the seed (:mod:`nsrun.analysis.runs`), and writes per group the median onset step with a bootstrap
 interval, the runs that never reached it, the speedup against a baseline group in steps and in training
-seconds, and the lag between stability onset and accuracy onset: a table on stdout, ``compare.csv``,
+seconds, and the seeds per arm that would settle each comparison (:mod:`nsrun.analysis.seeds_needed`), and
+the lag between stability onset and accuracy onset: a table on stdout, ``compare.csv``,
 ``runs.csv``, ``compare.md`` and ``overlay.png``. Bad input: one line on stderr, exit 2.
 """
 
@@ -28,6 +29,7 @@ from nsrun.analysis.runs import (
     run_onsets,
     unknown_onset_notes,
 )
+from nsrun.analysis.seeds_needed import PAPER_FEWER, SEEDS_RULE, group_seeds
 from nsrun.analysis.stats import group_statistics
 from nsrun.science.onsets import OnsetRule, stability_key
 
@@ -66,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--smooth", type=int, default=1, help="moving-average window (points) before the steepest fall")
     p.add_argument("--n-boot", type=int, default=10_000, help="bootstrap resamples (default 10000)")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    p.add_argument("--effect", type=float, default=PAPER_FEWER, metavar="FRACTION",
+                   help="the effect (fraction fewer steps) whose seeds to settle are printed (default 0.267: the "
+                        "paper's modular addition, ~4500 -> ~3300 steps)")
     p.add_argument("--include-unfinished", action="store_true", help="count runs without DONE as they stand")
     p.add_argument("--out", type=Path, default=None,
                    help="output directory (default: PATH/compare for one PATH, else ./compare)")
@@ -79,6 +84,8 @@ def onset_rule(args) -> OnsetRule:
         raise ValueError(f"--n-boot must be >= 100, got {args.n_boot}")
     if args.smooth < 1:
         raise ValueError(f"--smooth must be >= 1, got {args.smooth}")
+    if not 0 < args.effect < 1:
+        raise ValueError(f"--effect must be in (0, 1), got {args.effect}")
     if args.target_loss is not None:
         return OnsetRule("val_loss", args.target_loss, args.stability_level, args.smooth)
     return OnsetRule("val_acc", args.threshold, args.stability_level, args.smooth)
@@ -136,6 +143,7 @@ def compare(args) -> int:
                  "--target-loss sets a validation-loss target")
     baselines, baseline_desc, code = pick_baselines(groups, args.baseline)
     group_statistics(groups, baselines, args.n_boot, args.seed)
+    group_seeds(groups, baselines, args.effect, args.seed)
 
     out = args.out or (args.paths[0] / "compare" if len(args.paths) == 1 and args.paths[0].is_dir()
                        else Path("compare"))
@@ -143,6 +151,7 @@ def compare(args) -> int:
     settings = {"onset": rule.describe(), "stability onset": rule.describe_stability(stab),
                 "baseline": baseline_desc,
                 "intervals": f"percentile bootstrap over seeds, 95 %, {args.n_boot} resamples, seed {args.seed}",
+                "seeds to settle": SEEDS_RULE,
                 "seconds": "cumulative training seconds at the onset step (timing.jsonl; evaluation excluded)",
                 "early stopping": "a run ended by stop=onset at the onset's metric and a level at least as strict "
                                   "keeps its onset, one that gave up is not reached, any other is unknown; steps "

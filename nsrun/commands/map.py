@@ -80,7 +80,7 @@ def run_arm(spec: MapSpec, arm: Arm, cell: dict, note: str, launcher: str | None
     from nsrun.commands.reproduce import run_sweeps, sweep_commands
 
     job = SimpleNamespace(config=spec.config, name=f"{spec.name}/{arm.name}", text_subset=None, sweeps=())
-    overrides = [*cell_overrides(arm, cell), f"hydra.sweep.dir={spec.root / arm.sweep}", *extra]
+    overrides = [*cell_overrides(arm, cell, spec.reg_overrides), f"hydra.sweep.dir={spec.root / arm.sweep}", *extra]
     start = time.time()
     failed = run_sweeps({job.name: job}, launcher, overrides)
     append_sweep_log(spec.root, {"map": spec.name, "arm": arm.name, "sweep": arm.sweep, "at": note, "start": start,
