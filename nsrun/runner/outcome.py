@@ -24,7 +24,6 @@ from nsrun.science.onsets import NOT_REACHED, UNKNOWN, Onsets
 
 STOPPED, GAVE_UP, FAILED = "stopped", "gave up", "failed"  # a failed run's onset status is FAILED too
 KINDS = (STOPPED, GAVE_UP, FAILED)
-DIRECTIONS = ("above", "below")
 
 
 @dataclass(frozen=True)
@@ -115,8 +114,8 @@ def legacy_outcome(step: int | None, text: str | None, stop: dict | None) -> Run
         since = words[-1].rstrip(")") if "since step" in rest else None
         return RunOutcome(STOPPED, step, text, words[0], "above" if words[1] == ">=" else "below", level,
                           int(since) if since and since.isdigit() else None)
-    if kind == GAVE_UP and len(words) >= 5 and words[0] == "best" and words[3:4] == ["step"]:
-        best_step = words[4]
+    if kind == GAVE_UP and len(words) >= 6 and words[0] == "best" and words[3:5] == ["at", "step"]:
+        best_step = words[5]
         return RunOutcome(GAVE_UP, step, text, words[1], stop.get("direction") if same_metric else None,
                           float(saved) if saved is not None else None,
                           int(best_step) if best_step.isdigit() else None)

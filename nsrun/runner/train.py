@@ -122,8 +122,7 @@ def _raise_failures(dirs: list[RunDir]) -> None:
 def _ended(d: RunDir) -> bool:
     """Whether the run ended early, by its stop rule or by failing (then it is complete, whatever
     ``train.steps`` says now)."""
-    outcome = d.outcome()
-    return outcome is not None and (outcome.by_rule or outcome.failed)
+    return d.outcome() is not None
 
 
 def _finished(d: RunDir, ckpt: dict | None, steps: int) -> bool:
