@@ -135,7 +135,7 @@ def test_claim_2_lag_is_measured_per_parity_size(tmp_path):
     exps = {name: full_experiments()[name] for name in lags}
     for name, lag in lags.items():  # the steepest fall of the smoothed stability ends one eval early at most
         er = load_experiment(exps[name], tmp_path / name, n_boot=200)
-        measured = [r.onsets["lag_steps"] for g in er.groups for r in g.runs]
+        measured = [r.onsets.lag_steps for g in er.groups for r in g.runs]
         assert len(measured) == 10 and all(lag - 50 <= x <= lag for x in measured)
     result = reproduce_figures(exps, tmp_path / "out", CONF, tmp_path, None, None, n_boot=500)
     by = {c["experiment"]: c for c in result.claims if c["claim"] == 2}

@@ -279,8 +279,8 @@ def test_an_onset_stricter_than_the_stop_rule_is_unknown_and_said_so(stopped_swe
     out = tmp_path / "out"
     code, _, err = run_main([stopped_sweep, "--threshold", "0.98", "--out", out, "--n-boot", 500], capsys)
     assert code == 0 and len(err) == 1
-    assert err[0].startswith("nsrun-compare: warning: 2 run(s) ended by their stop rule (stopped: val_acc >= 0.95 "
-                             "held for 200 steps) cannot tell whether val_acc >= 0.98 holds for the rest of the run")
+    assert err[0].startswith("nsrun-compare: warning: 2 run(s) ended by their stop rule (stopped: val_acc >= 0.95) "
+                             "cannot tell whether val_acc >= 0.98 holds for the rest of the run")
     reg = {row["group"]: row for row in read_csv(out / "compare.csv")}["reg.name=stability"]
     assert (reg["n_reached"], reg["n_unknown"]) == ("0", "2")  # the gave-up run: not reached at a stricter level
     assert reg["onset_step_median"] == "inf"
@@ -327,8 +327,10 @@ def test_a_stopped_real_run_has_the_onset_its_stop_rule_saw_and_the_full_run_agr
     fell_back = any(row["val_acc"] < LEVEL for row in full if row["step"] > since)
 
     done = RunDir(tmp_path / "runs" / "stopped").done_info()
-    assert done == {"step": stop, "reason": f"stopped: val_acc >= {LEVEL} held for {PATIENCE} steps (past the level "
-                                            f"since step {since})"}
+    assert done.step == stop and done.reason == (f"stopped: val_acc >= {LEVEL} held for {PATIENCE} steps (past the "
+                                                 f"level since step {since})")
+    assert (done.outcome.kind, done.outcome.since, done.outcome.metric, done.outcome.level) == (
+        "stopped", since, "val_acc", LEVEL)
     code, _, err = run_main([tmp_path / "runs", "--threshold", LEVEL, "--out", tmp_path / "out", "--n-boot", 200],
                             capsys)
     assert code == 0 and err == []

@@ -21,6 +21,7 @@ from nsrun.analysis.stats import group_statistics
 from nsrun.runner import jsonl
 from nsrun.runner.config import OPTIONS, SECTIONS, build_task, validate
 from nsrun.runner.errors import ConfigError, StorageError, TrainingError, UsageError
+from nsrun.runner.outcome import DoneInfo, RunOutcome
 from nsrun.runner.rundir import RunDir, read_jsonl
 from nsrun.runner.threads import resumed_threads
 from nsrun.runner.train import train
@@ -85,7 +86,7 @@ def test_disk_full_while_checkpointing_is_one_line_and_leaves_no_temp_file_and_r
     res = run_cli([*SHORT, "train.steps=30", f"hydra.run.dir={run_dir}"])
     assert res.returncode == 0, res.stderr
     assert not stale.exists() and not list(run_dir.rglob("*.tmp"))
-    assert RunDir(run_dir).done_info()["step"] == 30
+    assert RunDir(run_dir).done_info().step == 30
     assert [r["step"] for r in RunDir(run_dir).read_metrics()] == [0, 10, 20, 30]
 
 
@@ -123,7 +124,7 @@ def test_disk_full_in_a_checkpoint_or_a_small_file_removes_its_temp_file(small_f
     with pytest.raises(StorageError, match=r"\.checkpoint\.\d+\.tmp: no space left on device"):
         d.save_checkpoint({"step": 1, "model": {"w": torch.zeros(10_000)}})
     with pytest.raises(StorageError, match=r"\.DONE\.\d+\.tmp: no space left on device"):
-        d.mark_done(1, "x" * 10_000)
+        d.mark_done(1, RunOutcome("stopped", 1, "x" * 10_000))
     assert not list(d.path.rglob("*.tmp"))
 
 
@@ -198,8 +199,9 @@ def test_a_diverging_run_stops_with_one_line_exit_1_and_records_its_failure_as_d
     assert lines[0].startswith(f"nsrun: error: {run_dir}: training failed: loss is")
     d = RunDir(run_dir)
     failure = d.failure()
-    assert failure["kind"] == "failed" and failure["reason"] == "non-finite loss"
-    assert failure["loss"] in ("nan", "inf", "-inf") and 0 <= failure["step"] < 10
+    assert failure.kind == "failed" and failure.reason == "non-finite loss"
+    assert failure.loss in ("nan", "inf", "-inf") and 0 <= failure.step < 10
+    assert failure.text == f"failed: loss is {failure.loss} at step {failure.step}"
     rows = d.read_metrics()
     assert [r["step"] for r in rows] == [0]  # stopped at the first evaluation after it, which is not logged
     assert all(v is not None for v in rows[0].values())
@@ -215,16 +217,16 @@ def test_nsrun_compare_counts_a_failed_run_as_failed_not_as_not_reached(tmp_path
     with pytest.raises(TrainingError):
         train(compose_cfg([*DIVERGES, "seed=2"]), tmp_path / "diverged")
     runs, notes = load_runs([tmp_path])
-    assert [n for n in notes if "diverged: training failed (loss is" in n and "counted as failed" in n]
+    assert [n for n in notes if "diverged: training failed: loss is" in n and "counted as failed" in n]
     rule = OnsetRule("val_acc", 0.95)
     for r in runs:
         r.onsets = run_onsets(r, rule, None)
-    status = {r.path.name: r.onsets["onset_status"] for r in runs}
+    status = {r.path.name: r.onsets.onset_status for r in runs}
     assert status == {"ok": "not reached", "diverged": "failed"}
     groups = group_runs([r for r in runs if r.path.name == "diverged"])
     group_statistics(groups, {}, 200, 0)
     s = groups[0].stats
-    assert (s["n"], s["n_reached"], s["n_unknown"], s["n_failed"]) == (1, 0, 0, 1)
+    assert (s.n, s.n_reached, s.n_unknown, s.n_failed) == (1, 0, 0, 1)
 
     from nsrun.commands.compare import main
 
@@ -236,12 +238,11 @@ def test_nsrun_compare_counts_a_failed_run_as_failed_not_as_not_reached(tmp_path
     assert ",failed,failed," in row
 
 
-def test_a_done_file_without_an_outcome_reads_as_before(tmp_path):
+def test_a_done_file_without_an_outcome_is_a_run_trained_to_its_last_step(tmp_path):
     d = RunDir(tmp_path)
     d.mark_done(300)
-    assert d.done_info() == {"step": 300, "reason": None} and d.outcome() is None and d.failure() is None
-    d.mark_done(200, "stopped: val_acc >= 0.95 held for 100 steps (past the level since step 100)")
-    assert d.failure() is None and d.done_info()["step"] == 200
+    assert d.done_info() == DoneInfo(300, None) and d.outcome() is None and d.failure() is None
+    assert (tmp_path / "DONE").read_text() == "300\n"
 
 
 def test_one_vmapped_seed_going_nan_stops_that_seed_only(tmp_path):
@@ -267,7 +268,8 @@ def test_one_vmapped_seed_going_nan_stops_that_seed_only(tmp_path):
     assert dirs[0].failure() is None and state.stopped[0] is None
     assert [r["step"] for r in dirs[0].read_metrics()] == [0, 10, 20]
     assert all(math.isfinite(r["train_loss"]) for r in dirs[0].read_metrics())
-    assert dirs[1].failure() == {"kind": "failed", "reason": "non-finite loss", "loss": "nan", "step": 0}
+    assert dirs[1].failure() == RunOutcome("failed", 0, "failed: loss is nan at step 0", reason="non-finite loss",
+                                           loss="nan")
     assert not dirs[1].checkpoint_path.exists() and dirs[0].checkpoint_path.exists()
 
 

@@ -156,21 +156,21 @@ def hand_made(tmp_path_factory):
 def test_cells_best_cell_and_verdicts_from_hand_made_runs(hand_made):
     mr = hand_made
     level = mr.spec.rule.level
-    assert mr.baseline.stats[level]["steps"][0] == 420 and len(mr.with_role("grid")) == 8
+    assert mr.baseline.stats[level].steps[0] == 420 and len(mr.with_role("grid")) == 8
     best = best_cell(mr)
-    assert best.values == {"reg.S": 0, "reg.gamma": 2.0, "reg.rho": 0.9} and best.stats[level]["steps"][0] == 110
+    assert best.values == {"reg.S": 0, "reg.gamma": 2.0, "reg.rho": 0.9} and best.stats[level].steps[0] == 110
     assert best_cell(mr, 1) is None and best_cell(mr, 0) is best
-    verdicts = {c.label: cell_verdict(c.stats[level]["vs_steps"]["fewer_ci"]) for c in mr.with_role("grid")}
+    verdicts = {c.label: cell_verdict(c.stats[level].vs_steps.fewer_ci) for c in mr.with_role("grid")}
     assert verdicts["S=0, gamma=2.0, rho=0.9"] == "faster"
     assert {v for k, v in verdicts.items() if k.startswith("S=1")} == {"slower"}
     assert verdicts["S=0, gamma=0.25, rho=0.25"] == "no difference"
-    seconds = best.stats[level]["vs_seconds"]
-    assert cell_verdict(seconds["fewer_ci"]) == "faster" and seconds["speedup"] == pytest.approx(4.2 / 2.2)
+    seconds = best.stats[level].vs_seconds
+    assert cell_verdict(seconds.fewer_ci) == "faster" and seconds.speedup == pytest.approx(4.2 / 2.2)
     # a run stopped at val_acc >= 0.3 cannot tell whether 0.5 holds later: unknown, not "not reached"
     at_05 = mr.baseline.stats[0.5]
-    assert at_05["n_unknown"] == 3 and at_05["n_reached"] == 0
+    assert at_05.n_unknown == 3 and at_05.n_reached == 0
     never = mr.find(("grid",), {"reg.S": 1, "reg.gamma": 0.25, "reg.rho": 0.25}).stats[0.5]
-    assert never["n_unknown"] == 0 and never["n_reached"] == 0  # trained to the end: not reached
+    assert never.n_unknown == 0 and never.n_reached == 0  # trained to the end: not reached
     panels = heatmap_panels(mr, "vs_steps")
     assert [p["title"] for p in panels] == ["reg.S=1", "reg.S=0"]
     assert panels[1]["marks"][1][1] and panels[1]["text"][1][1].startswith("+74%*")
@@ -183,10 +183,10 @@ def test_seconds_priced_side_by_side_replace_the_runs_logged_ones(hand_made):
     mr = load_map_runs(hand_made.spec, n_boot=1000, step_seconds={"none": 0.01, "stability": 0.03})
     level = mr.spec.rule.level
     best = mr.find(("grid",), {"reg.S": 0, "reg.gamma": 2.0, "reg.rho": 0.9})
-    assert best.stats[level]["vs_seconds"]["speedup"] == pytest.approx(4.2 / 3.3)
-    assert [r.onsets["onset_seconds"] for r in best.runs] == pytest.approx([1.0 * 3, 1.1 * 3, 1.2 * 3])
+    assert best.stats[level].vs_seconds.speedup == pytest.approx(4.2 / 3.3)
+    assert [r.onsets.onset_seconds for r in best.runs] == pytest.approx([1.0 * 3, 1.1 * 3, 1.2 * 3])
     never = mr.find(("grid",), {"reg.S": 1, "reg.gamma": 0.25, "reg.rho": 0.25})
-    assert all(r.onsets["onset_seconds"] == math.inf for r in never.runs)  # not reached stays later than any
+    assert all(r.onsets.onset_seconds == math.inf for r in never.runs)  # not reached stays later than any
     assert step_cost_ratio(best, mr) == pytest.approx(3.0) and step_cost_ratio(best, hand_made) == pytest.approx(2.0)
     assert "| 3.00x |" in "\n".join(markdown_table([best], mr))
 
@@ -204,7 +204,7 @@ def test_patience_check_replays_the_stop_rule_on_full_length_curves(hand_made):
     assert rows[0]["rest_of_run"] == 400 and rows[0][50] == (400, 450) and rows[0][500] == (400, 900)
     # seed 1 dips under the level at 600-620: the stop rule (patience 50) reports 420, the rest of the run 620
     assert rows[1]["rest_of_run"] == 620 and rows[1][50] == (420, 470) and rows[1][500] == (620, None)
-    stopped = {r.seed: r.onsets["onset_step"] for r in hand_made.baseline.runs}
+    stopped = {r.seed: r.onsets.onset_step for r in hand_made.baseline.runs}
     assert stopped == {0: 400, 1: 420, 2: 440}
 
 

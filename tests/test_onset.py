@@ -6,11 +6,12 @@ import math
 
 import pytest
 
-from nsrun.analysis.runs import settle_onset, stop_outcome
 from nsrun.analysis.stats import compare_ci, median, median_ci, onset_value
+from nsrun.runner.outcome import RunOutcome, failure, settle_onset
 from nsrun.runner.stopping import StopRule, StopTracker
 from nsrun.science.onsets import (
     OnsetRule,
+    Onsets,
     accuracy_onset,
     level_crossing,
     loss_onset,
@@ -71,12 +72,12 @@ def test_run_onsets_gives_seconds_and_the_lag_of_the_stability_fall():
             for s, a, b in zip(STEPS, [0.0, 0.1, 0.2, 0.5, 0.97, 0.99], [0.9, 0.9, 0.4, 0.35, 0.3, 0.3], strict=True)]
     timing = [{"step": s, "train_seconds": s / 100} for s in STEPS]
     o = run_onsets(rows, timing)
-    assert o["onset_step"] == 400 and o["onset_seconds"] == 4.0
-    assert o["stab_key"] == "stab_token_val_rho0.25" and o["stab_onset_step"] == 200
-    assert o["lag_steps"] == -200  # the fall precedes generalisation
-    assert run_onsets(rows, timing, threshold=0.995)["onset_step"] is None
-    assert run_onsets(rows, timing, threshold=0.995)["lag_steps"] is None
-    assert run_onsets(rows, timing, stability_level=0.35)["stab_onset_step"] == 300
+    assert o.onset_step == 400 and o.onset_seconds == 4.0 and o.onset_status == "reached"
+    assert o.stab_key == "stab_token_val_rho0.25" and o.stab_onset_step == 200
+    assert o.lag_steps == -200  # the fall precedes generalisation
+    never = run_onsets(rows, timing, threshold=0.995)
+    assert (never.onset_step, never.lag_steps, never.onset_status) == (None, None, "not reached")
+    assert run_onsets(rows, timing, stability_level=0.35).stab_onset_step == 300
 
 
 def test_default_stability_key_prefers_token_noise_on_validation():
@@ -105,83 +106,69 @@ def test_median_ci_brackets_the_median():
 
 def test_speedup_against_a_baseline():
     c = compare_ci([3300.0, 3300.0, 3300.0], [4500.0, 4500.0, 4500.0], n_boot=500)
-    assert c["fewer"] == pytest.approx(1 - 3300 / 4500) and c["speedup"] == pytest.approx(4500 / 3300)
-    assert c["speedup_ci"] == pytest.approx((4500 / 3300, 4500 / 3300))
+    assert c.fewer == pytest.approx(1 - 3300 / 4500) and c.speedup == pytest.approx(4500 / 3300)
+    assert c.speedup_ci == pytest.approx((4500 / 3300, 4500 / 3300))
     c = compare_ci([100.0, 120.0, 140.0], [200.0, 250.0, 300.0], n_boot=2000)
-    assert c["fewer_ci"][0] <= c["fewer"] <= c["fewer_ci"][1]
-    assert c["speedup"] == pytest.approx(250 / 120)
-    assert c["speedup_ci"][0] <= c["speedup"] <= c["speedup_ci"][1]
+    assert c.fewer_ci[0] <= c.fewer <= c.fewer_ci[1]
+    assert c.speedup == pytest.approx(250 / 120)
+    assert c.speedup_ci[0] <= c.speedup <= c.speedup_ci[1]
     never = compare_ci([math.inf] * 3, [200.0, 250.0, 300.0], n_boot=500)
-    assert never["fewer"] == -math.inf and never["speedup"] == 0.0
-    assert compare_ci([200.0] * 3, [math.inf] * 3, n_boot=500)["speedup"] == math.inf
-    assert math.isnan(compare_ci([math.inf] * 3, [math.inf] * 3, n_boot=500)["speedup"])
+    assert never.fewer == -math.inf and never.speedup == 0.0
+    assert compare_ci([200.0] * 3, [math.inf] * 3, n_boot=500).speedup == math.inf
+    assert math.isnan(compare_ci([math.inf] * 3, [math.inf] * 3, n_boot=500).speedup)
 
 
 # ----------------------------------------------------------------------------------- runs ended by a stop rule
 
-def stopped_rows(rule: StopRule, values: list[float]) -> tuple[list[dict], str | None]:
-    """The rows a run logs until ``rule`` stops it (the real tracker), and DONE's reason."""
+def stopped_rows(rule: StopRule, values: list[float]) -> tuple[list[dict], RunOutcome | None]:
+    """The rows a run logs until ``rule`` stops it (the real tracker), and the outcome DONE records."""
     tracker, rows = StopTracker(rule), []
     for i, v in enumerate(values):
         rows.append({"step": 100 * i, "val_acc": v, "val_loss": 1 - v})
-        if reason := tracker.update(rows[-1]):
-            return rows, reason
+        if outcome := tracker.update(rows[-1]):
+            return rows, outcome
     return rows, None
 
 
-def settled(rows, reason, stop_cfg: dict, rule: OnsetRule) -> dict:
-    outcome = stop_outcome(reason, {"stop.name": "onset", **{f"stop.{k}": v for k, v in stop_cfg.items()}})
+def settled(rows, outcome: RunOutcome | None, rule: OnsetRule) -> Onsets:
     return settle_onset(rule_onsets(rows, [], rule, None), outcome, rule)
 
 
 GROKS = [0.1, 0.5, 0.97, 0.4, 0.96, 0.97, 0.99, 0.995, 0.996, 0.999, 1.0, 1.0]
-STOP95 = {"metric": "val_acc", "level": 0.95, "direction": "above", "patience": 300}
 
 
 def test_a_run_stopped_by_the_onset_rule_keeps_the_onset_its_rule_saw():
-    rows, reason = stopped_rows(StopRule("val_acc", 0.95, "above", patience=300), GROKS)
-    assert rows[-1]["step"] == 700 and reason.startswith("stopped")
-    o = settled(rows, reason, STOP95, OnsetRule("val_acc", 0.95))
+    rows, outcome = stopped_rows(StopRule("val_acc", 0.95, "above", patience=300), GROKS)
+    assert rows[-1]["step"] == 700 and (outcome.kind, outcome.since) == ("stopped", 400)
+    o = settled(rows, outcome, OnsetRule("val_acc", 0.95))
     full = rule_onsets([{"step": 100 * i, "val_acc": v} for i, v in enumerate(GROKS)], [], OnsetRule("val_acc", 0.95),
                        None)
-    assert o["onset_step"] == full["onset_step"] == 400 and o["onset_status"] == "reached"
+    assert o.onset_step == full.onset_step == outcome.since == 400 and o.onset_status == "reached"
     # a looser analysis level is implied by the rule's premise (it stays >= 0.95, so >= 0.9)
-    assert settled(rows, reason, STOP95, OnsetRule("val_acc", 0.9))["onset_step"] == 400
+    assert settled(rows, outcome, OnsetRule("val_acc", 0.9)).onset_step == 400
 
 
 def test_a_stricter_level_or_another_metric_than_the_stop_rule_is_unknown_not_reached():
-    rows, reason = stopped_rows(StopRule("val_acc", 0.95, "above", patience=300), GROKS)
-    assert rule_onsets(rows, [], OnsetRule("val_acc", 0.99), None)["onset_step"] == 600  # what the rows alone say
-    o = settled(rows, reason, STOP95, OnsetRule("val_acc", 0.99))
-    assert (o["onset_step"], o["onset_status"], o["lag_steps"]) == (None, "unknown", None)
-    assert math.isnan(o["onset_seconds"]) and math.isnan(onset_value(o))
-    loss = settled(rows, reason, STOP95, OnsetRule("val_loss", 0.1))
-    assert loss["onset_status"] == "unknown"
+    rows, outcome = stopped_rows(StopRule("val_acc", 0.95, "above", patience=300), GROKS)
+    assert rule_onsets(rows, [], OnsetRule("val_acc", 0.99), None).onset_step == 600  # what the rows alone say
+    o = settled(rows, outcome, OnsetRule("val_acc", 0.99))
+    assert (o.onset_step, o.onset_status, o.lag_steps) == (None, "unknown", None)
+    assert math.isnan(o.onset_seconds) and math.isnan(onset_value(o))
+    assert settled(rows, outcome, OnsetRule("val_loss", 0.1)).onset_status == "unknown"
 
 
 def test_a_run_that_gave_up_is_not_reached_even_past_the_level_at_its_end():
     rule = StopRule("val_acc", 0.95, "above", patience=500, give_up_patience=200, give_up_min_delta=0.01)
-    rows, reason = stopped_rows(rule, [0.1, 0.5, 0.6, 0.955, 0.96, 0.955, 0.958])
-    assert reason.startswith("gave up") and rows[-1]["val_acc"] >= 0.95
-    assert rule_onsets(rows, [], OnsetRule("val_acc", 0.95), None)["onset_step"] == 300  # the rows alone: reached
-    stop_cfg = {**STOP95, "patience": 500}
-    o = settled(rows, reason, stop_cfg, OnsetRule("val_acc", 0.95))
-    assert (o["onset_step"], o["onset_status"], o["onset_seconds"], onset_value(o)) == (
-        None, "not reached", math.inf, math.inf)
-    assert settled(rows, reason, stop_cfg, OnsetRule("val_acc", 0.99))["onset_status"] == "not reached"
-    assert settled(rows, reason, stop_cfg, OnsetRule("val_acc", 0.9))["onset_status"] == "unknown"
+    rows, outcome = stopped_rows(rule, [0.1, 0.5, 0.6, 0.955, 0.96, 0.955, 0.958])
+    assert outcome.kind == "gave up" and rows[-1]["val_acc"] >= 0.95
+    assert rule_onsets(rows, [], OnsetRule("val_acc", 0.95), None).onset_step == 300  # the rows alone: reached
+    o = settled(rows, outcome, OnsetRule("val_acc", 0.95))
+    assert (o.onset_step, o.onset_status, o.onset_seconds, onset_value(o)) == (None, "not reached", math.inf, math.inf)
+    assert settled(rows, outcome, OnsetRule("val_acc", 0.99)).onset_status == "not reached"
+    assert settled(rows, outcome, OnsetRule("val_acc", 0.9)).onset_status == "unknown"
 
 
-def test_stop_outcome_reads_the_rule_that_stopped_the_run():
-    rows, reason = stopped_rows(StopRule("val_acc", 0.95, "above", patience=300), GROKS)
-    # the run's config says another stop (it was resumed under it): DONE's reason wins
-    outcome = stop_outcome(reason, {"stop.name": "none"})
-    assert (outcome.kind, outcome.metric, outcome.direction, outcome.level) == ("stopped", "val_acc", "above", 0.95)
-    exact = stop_outcome("stopped: val_loss <= 0.123457 held for 0 steps (past the level since step 10)",
-                         {"stop.name": "onset", "stop.metric": "val_loss", "stop.level": 0.1234567})
-    assert (exact.direction, exact.level) == ("below", 0.1234567)
-    assert stop_outcome(None, {}) is None and stop_outcome("", {}) is None
-    gave_up = stop_outcome("gave up: best val_acc 0.6 at step 200, no improvement for 300 steps", {"stop.name": "none"})
-    assert gave_up.kind == "gave up" and gave_up.level is None  # its level is unknown: any onset is unknown
-    assert settle_onset({"onset_step": None, "onset_seconds": math.inf, "lag_steps": None}, gave_up,
-                        OnsetRule("val_acc", 0.95))["onset_status"] == "unknown"
+def test_a_failed_run_has_no_onset_and_is_counted_apart():
+    rows = [{"step": 100 * i, "val_acc": v} for i, v in enumerate(GROKS)]
+    o = settled(rows, failure(1150, "nan"), OnsetRule("val_acc", 0.95))
+    assert (o.onset_step, o.onset_status, o.lag_steps) == (None, "failed", None) and math.isnan(onset_value(o))

@@ -334,11 +334,11 @@ def test_map_claims_give_the_best_cell_of_each_sign_with_its_verdict(tiny_map):
     assert s1["verdict"] == "no difference" and "in training seconds: slower" in s1["reason"]
     assert s0["measured"].startswith("S=0, gamma=2.0, rho=0.9 (3 seeds;") and s0["verdict"] == "faster"
     best = best_cell(mr, 0).stats[level]  # the numbers are the map's own
-    steps = "{:.0f} [{:.0f}, {:.0f}]".format(*best["steps"])
+    steps = "{:.0f} [{:.0f}, {:.0f}]".format(*best.steps)
     assert f"{steps} vs baseline 420 [" in s0["measured"]
-    fewer = best["vs_steps"]["fewer"]
+    fewer = best.vs_steps.fewer
     assert fewer == pytest.approx(1 - 110 / 420) and f"{100 * fewer:.1f} % [" in s0["measured"]
-    assert f"wall-clock speedup {best['vs_seconds']['speedup']:.2f}x [" in s0["measured"]
+    assert f"wall-clock speedup {best.vs_seconds.speedup:.2f}x [" in s0["measured"]
     assert "chosen on seeds 0, 1" in s0["reason"]
     # no cell of a sign reaches the onset in most seeds: said so, no verdict
     mr.cells = [c for c in mr.cells if c is not best_cell(mr, 1)]

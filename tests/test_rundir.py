@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from nsrun.runner.errors import UsageError
+from nsrun.runner.outcome import DoneInfo, RunOutcome
 from nsrun.runner.rundir import RunDir, read_jsonl, science_config
 from nsrun.runner.train import train
 from tests.conftest import TINY, compose_cfg, run_cli
@@ -94,8 +95,10 @@ def test_lock_is_held_for_the_run_and_readers_see_in_progress(tmp_path):
             with RunDir(d.path).lock():
                 pass
     assert not d.is_locked()
-    d.mark_done(5, "stopped: val_acc >= 0.95 held for 10 steps")
-    assert d.status() == "done" and d.done_info() == {"step": 5, "reason": "stopped: val_acc >= 0.95 held for 10 steps"}
+    outcome = RunOutcome("stopped", 5, "stopped: val_acc >= 0.95 held for 10 steps (past the level since step 0)",
+                         "val_acc", "above", 0.95, 0)
+    d.mark_done(5, outcome)
+    assert d.status() == "done" and d.done_info() == DoneInfo(5, outcome)
 
 
 @pytest.fixture(scope="module")

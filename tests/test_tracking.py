@@ -240,24 +240,29 @@ def test_bad_logger_settings_are_refused():
     assert "logger.timeout" in refusal([*WANDB, "logger.timeout=0"])
 
 
-def test_wandb_onset_summary_of_a_stopped_run(tmp_path):
-    """A run its stop rule ended at val_acc >= 0.95 has its 0.95 onset but no 0.99 onset (unknown: the run did
-    not go on to show it stays there), even when its last rows are past 0.99; a run that gave up has neither."""
+def test_wandb_onset_summary_says_what_compare_says(tmp_path):
+    """A run its stop rule ended at val_acc >= 0.95 has its 0.95 onset but an unknown 0.99 onset (the run did not
+    go on to show it stays there), even when its last rows are past 0.99; one that gave up has reached neither (not
+    reached, not unknown); one that failed has none; one that trained to its end has both."""
+    from nsrun.runner.outcome import RunOutcome, failure
     from nsrun.runner.rundir import RunDir
-    from nsrun.runner.stopping import StopRule
     from nsrun.runner.tracking import onset_summary
 
     d = RunDir(tmp_path)
     for step, acc in [(0, 0.1), (100, 0.96), (200, 0.995), (300, 0.995)]:
         d.metrics.append({"step": step, "val_acc": acc})
         d.timing.append({"step": step, "train_seconds": step / 100, "eval_seconds": 0.0})
-    rule = StopRule("val_acc", 0.95, "above", patience=200)
-    d.mark_done(300, "stopped: val_acc >= 0.95 held for 200 steps (past the level since step 100)")
-    out = onset_summary(tmp_path, rule)
-    assert out["onset/val_acc95"] == 100 and out["onset/val_acc99"] is None
-    assert out["train_seconds"] == 3.0
-    d.mark_done(300, "gave up: best val_acc 0.995 at step 200, no improvement for 100 steps")
-    out = onset_summary(tmp_path, rule)
+    d.mark_done(300, RunOutcome("stopped", 300, "stopped: ...", "val_acc", "above", 0.95, since=100))
+    out = onset_summary(tmp_path)
+    assert (out["onset/val_acc95"], out["onset/val_acc95_status"]) == (100, "reached")
+    assert (out["onset/val_acc99"], out["onset/val_acc99_status"]) == (None, "unknown")
+    assert out["train_seconds"] == 3.0 and out["onset/val_acc95_seconds"] == 1.0
+    d.mark_done(300, RunOutcome("gave up", 300, "gave up: ...", "val_acc", "above", 0.95, since=200))
+    out = onset_summary(tmp_path)
     assert out["onset/val_acc95"] is None and out["onset/val_acc99"] is None
+    assert out["onset/val_acc95_status"] == out["onset/val_acc99_status"] == "not reached"
+    d.mark_done(300, failure(300, "nan"))
+    assert onset_summary(tmp_path)["onset/val_acc95_status"] == "failed"
     d.mark_done(300)
-    assert onset_summary(tmp_path, rule)["onset/val_acc99"] == 200
+    out = onset_summary(tmp_path)
+    assert (out["onset/val_acc99"], out["onset/val_acc99_status"]) == (200, "reached")

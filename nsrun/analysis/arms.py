@@ -14,10 +14,10 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from nsrun.analysis.runs import Group, matches, merge_groups_by
-from nsrun.science.onsets import OnsetRule, curve, value_at
+from nsrun.science.onsets import FAILED, NOT_REACHED, REACHED, UNKNOWN, OnsetRule, Onsets, curve, value_at
 
 ARM_KEY = "arm"  # the key under which a group's arm is set in its config while arms are merged
 BASELINE_BEST = "baseline best"
@@ -85,19 +85,20 @@ def targets(exp, baseline: Group | None) -> tuple[list[Target], list[str]]:
                    f"{factor:g}x {BASELINE_BEST}") for factor in exp.baseline_factors], []
 
 
-def first_reach(onsets: dict, run, rule: OnsetRule) -> dict:
+def first_reach(onsets: Onsets, run, rule: OnsetRule) -> Onsets:
     """``onsets`` with the onset at the first eval at or past the rule's level (``reach: first``). A run its
-    stop rule ended (``run.outcome``) that never got there has an unknown onset (it might have later)."""
+    stop rule ended (``run.outcome``) that never got there has an unknown onset (it might have later); a run
+    whose training failed has none."""
     steps, values = curve(run.rows, rule.metric)
     above = rule.comparison == ">="
     step = next((s for s, v in zip(steps, values, strict=True) if (v >= rule.level if above else v <= rule.level)),
                 None)
     seconds = value_at([t["step"] for t in run.timing], [t.get("train_seconds") for t in run.timing], step)
-    stab = onsets.get("stab_onset_step")
-    out = dict(onsets, onset_step=step, onset_seconds=seconds, onset_status="reached" if step is not None else
-               "not reached", lag_steps=stab - step if stab is not None and step is not None else None)
-    if step is None and getattr(run, "outcome", None) is not None:
-        out.update(onset_seconds=math.nan, onset_status="unknown")
-    if getattr(run, "failure", None) is not None:
-        out.update(onset_step=None, onset_seconds=math.nan, lag_steps=None, onset_status="failed")
+    stab = onsets.stab_onset_step
+    out = replace(onsets, onset_step=step, onset_seconds=seconds, onset_status=REACHED if step is not None else
+                  NOT_REACHED, lag_steps=stab - step if stab is not None and step is not None else None)
+    if run.outcome is not None and run.outcome.failed:
+        return out.without_onset(FAILED, math.nan)
+    if step is None and run.outcome is not None:
+        return replace(out, onset_seconds=math.nan, onset_status=UNKNOWN)
     return out

@@ -13,6 +13,7 @@ The verdict rules are :func:`nsrun.analysis.stats.speedup_verdict` and :func:`~n
 from __future__ import annotations
 
 import math
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -21,6 +22,7 @@ from nsrun.analysis.report import fmt_ci, fmt_interval
 from nsrun.analysis.seeds_needed import PAPER_FEWER, fmt_seeds, run_onsets_of, seeds_fields, seeds_needed
 from nsrun.analysis.stats import (
     MIN_SEEDS,
+    GroupStats,
     bootstrap_ci,
     interval_verdict,
     median,
@@ -54,9 +56,9 @@ def _last_and_fall(runs, key: str) -> tuple[list[float], list[float]]:
     return _last_values(runs, key), [max(curve(r.rows, key)[1]) - curve(r.rows, key)[1][-1] for r in runs]
 
 
-def _with_value(s: dict) -> int:
+def _with_value(s: GroupStats) -> int:
     """Runs of a group with an onset value (reached or not): not unknown, not failed."""
-    return s["n"] - s["n_unknown"] - s.get("n_failed", 0)
+    return s.n - s.n_unknown - s.n_failed
 
 
 def onset_rows(er: ExperimentRuns) -> list[dict]:
@@ -69,29 +71,29 @@ def onset_rows(er: ExperimentRuns) -> list[dict]:
     regularisers = exp.arms_with_role("regulariser")
     for g in er.groups:
         s, name = g.stats, er.reg(g)
-        vs, secs = s.get("vs_steps"), s.get("vs_seconds")
+        vs, secs = s.vs_steps, s.vs_seconds
         final = _last_values(g.runs, rule.metric)
         row = {"experiment": exp.name, "figure": exp.figure, "group": er.label(g), "reg": name,
                "onset": er.target.describe() if er.target else f"{rule.metric} {rule.comparison} {rule.level:g}",
-               "n_seeds": s["n"], "n_not_reached": s["n"] - s["n_reached"] - s["n_unknown"] - s.get("n_failed", 0),
-               "onset_median": s["steps"][0], "onset_ci_low": s["steps"][1], "onset_ci_high": s["steps"][2],
-               "fewer_steps": vs["fewer"] if vs else math.nan,
-               "fewer_ci_low": vs["fewer_ci"][0] if vs else math.nan,
-               "fewer_ci_high": vs["fewer_ci"][1] if vs else math.nan,
-               "speedup": vs["speedup"] if vs else math.nan,
-               "speedup_ci_low": vs["speedup_ci"][0] if vs else math.nan,
-               "speedup_ci_high": vs["speedup_ci"][1] if vs else math.nan,
-               "wallclock_speedup": secs["speedup"] if secs else math.nan,
-               "wallclock_speedup_ci_low": secs["speedup_ci"][0] if secs else math.nan,
-               "wallclock_speedup_ci_high": secs["speedup_ci"][1] if secs else math.nan,
+               "n_seeds": s.n, "n_not_reached": s.n - s.n_reached - s.n_unknown - s.n_failed,
+               "onset_median": s.steps[0], "onset_ci_low": s.steps[1], "onset_ci_high": s.steps[2],
+               "fewer_steps": vs.fewer if vs else math.nan,
+               "fewer_ci_low": vs.fewer_ci[0] if vs else math.nan,
+               "fewer_ci_high": vs.fewer_ci[1] if vs else math.nan,
+               "speedup": vs.speedup if vs else math.nan,
+               "speedup_ci_low": vs.speedup_ci[0] if vs else math.nan,
+               "speedup_ci_high": vs.speedup_ci[1] if vs else math.nan,
+               "wallclock_speedup": secs.speedup if secs else math.nan,
+               "wallclock_speedup_ci_low": secs.speedup_ci[0] if secs else math.nan,
+               "wallclock_speedup_ci_high": secs.speedup_ci[1] if secs else math.nan,
                "time_per_step_ratio": median([seconds_per_step(r) for r in g.runs]) / base_sps if base else math.nan,
                "final_median": median(final), "final_min": min(final), "final_max": max(final),
-               "paper": "", "verdict": "", "reason": "", "n_unknown": s["n_unknown"],
-               **{f"compute_{k}": v for k, v in s["compute"].items()}, **seeds_fields(None), "seeds_to_settle": ""}
+               "paper": "", "verdict": "", "reason": "", "n_unknown": s.n_unknown,
+               **{f"compute_{k}": v for k, v in asdict(s.compute).items()}, **seeds_fields(None), "seeds_to_settle": ""}
         if name in regularisers and base is not None and vs:
             row["paper"] = exp.paper
             row["verdict"], row["reason"] = speedup_verdict(
-                vs["fewer_ci"], s["steps"][0], base.stats["steps"][0], _with_value(s), _with_value(base.stats),
+                vs.fewer_ci, s.steps[0], base.stats.steps[0], _with_value(s), _with_value(base.stats),
                 exp.paper_fewer_steps)
             settle = seeds_needed(run_onsets_of(g.runs), run_onsets_of(base.runs),
                                   exp.paper_fewer_steps or PAPER_FEWER)
@@ -116,7 +118,7 @@ def lag_claim(er: ExperimentRuns) -> dict:
 
     norm_key = f"n{key}" if key else None
     change, norm_change = changes(key), changes(norm_key)
-    lags = [float(r.onsets["lag_steps"]) for r in runs if r.onsets.get("lag_steps") is not None]
+    lags = [float(r.onsets.lag_steps) for r in runs if r.onsets.lag_steps is not None]
     m, lo, hi = median_ci(lags, er.n_boot) if lags else NAN3
     c = median_ci(change, er.n_boot) if change else NAN3
     nc = median_ci(norm_change, er.n_boot) if norm_change else NAN3
@@ -284,13 +286,13 @@ def map_claims(mr: MapRuns, experiment: str) -> list[dict]:
         cell = best_cell(mr, sign)
         if cell is not None:
             s = cell.stats[level]
-            vs, secs = s["vs_steps"], s["vs_seconds"]
-            row["verdict"] = cell_verdict(vs["fewer_ci"])
-            row["measured"] = (f"{cell.label} ({s['n']} seeds; {of}): {fmt_interval(*s['steps'])} vs baseline "
-                               f"{fmt_interval(*base['steps'])} steps; "
-                               f"{fmt_interval(vs['fewer'], *vs['fewer_ci'], 1, pct=True)} fewer steps; wall-clock "
-                               f"speedup {fmt_interval(secs['speedup'], *secs['speedup_ci'], 2, unit='x')}")
-            row["reason"] = (f"{MAP_REASONS[row['verdict']]}; in training seconds: {cell_verdict(secs['fewer_ci'])}; "
+            vs, secs = s.vs_steps, s.vs_seconds
+            row["verdict"] = cell_verdict(vs.fewer_ci)
+            row["measured"] = (f"{cell.label} ({s.n} seeds; {of}): {fmt_interval(*s.steps)} vs baseline "
+                               f"{fmt_interval(*base.steps)} steps; "
+                               f"{fmt_interval(vs.fewer, *vs.fewer_ci, 1, pct=True)} fewer steps; wall-clock "
+                               f"speedup {fmt_interval(secs.speedup, *secs.speedup_ci, 2, unit='x')}")
+            row["reason"] = (f"{MAP_REASONS[row['verdict']]}; in training seconds: {cell_verdict(secs.fewer_ci)}; "
                              f"chosen on {chosen}, which its interval includes (optimistic)")
             if row["verdict"] in ("no difference", "undetermined"):
                 settle = seeds_needed(run_onsets_of(cell.runs), run_onsets_of(mr.baseline.runs))

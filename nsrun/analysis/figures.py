@@ -63,10 +63,10 @@ def plot_onset_curves(groups, rule: OnsetRule, stab_key: str | None, title: str,
                 steps, values = curve(r.rows, key)
                 ax.plot(steps, values, color=c, lw=0.7, alpha=0.6,
                         label=f"{label(g)} (n={len(g.runs)})" if i == 0 and key == panels[0] else None)
-                mark = r.onsets["stab_onset_step"] if key == stab_key else r.onsets["onset_step"]
+                mark = r.onsets.stab_onset_step if key == stab_key else r.onsets.onset_step
                 if mark is not None and mark in steps:
                     ax.plot([mark], [values[steps.index(mark)]], "v" if key == stab_key else "o", color=c, ms=4)
-        m = g.stats.get("steps", (math.nan,))[0]
+        m = g.stats.steps[0] if g.stats is not None else math.nan
         if math.isfinite(m):
             for ax in axes:
                 ax.axvline(m, color=c, ls="--", lw=1)

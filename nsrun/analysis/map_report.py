@@ -30,7 +30,7 @@ from nsrun.analysis.maps import (
 )
 from nsrun.analysis.report import _cell, _num, fmt_compute, fmt_interval, fmt_reached
 from nsrun.analysis.seeds_needed import SEEDS_RULE, fmt_seeds, run_onsets_of, seeds_fields, seeds_needed
-from nsrun.analysis.stats import median
+from nsrun.analysis.stats import GroupStats, median
 
 TITLE = "# Where does noise-stability regularisation help on modular addition? The map"
 RULE = ("Per cell: median over seeds of the steps to the onset, with a percentile-bootstrap 95 % interval; a seed "
@@ -46,16 +46,16 @@ COLUMNS = ("cell", "seeds (not reached)", "steps to onset, median [95 % CI]", "f
 COLOURS = ("tab:blue", "tab:red", "tab:orange", "tab:green", "tab:purple")
 
 
-def versus(stats: dict, what: str = "vs_steps") -> tuple[float, float, float]:
-    c = stats.get(what)
-    return (c["fewer"], *c["fewer_ci"]) if c else (math.nan,) * 3
+def versus(stats: GroupStats, what: str = "vs_steps") -> tuple[float, float, float]:
+    c = getattr(stats, what)
+    return (c.fewer, *c.fewer_ci) if c else (math.nan,) * 3
 
 
 def cell_seeds(cell: Cell, mr: MapRuns):
     """Seeds to settle ``cell`` against the map's baseline at the map's onset level
     (:func:`nsrun.analysis.seeds_needed.seeds_needed`, the paper's effect); None for the baseline itself."""
     base = mr.baseline
-    if base is None or cell is base or not cell.stats[mr.spec.rule.level].get("vs_steps"):
+    if base is None or cell is base or not cell.stats[mr.spec.rule.level].vs_steps:
         return None
     return seeds_needed(run_onsets_of(cell.runs), run_onsets_of(base.runs))
 
@@ -79,22 +79,21 @@ def cell_columns(cell: Cell, mr: MapRuns) -> list[str]:
     spec, base = mr.spec, mr.baseline
     s = cell.stats[spec.rule.level]
     ratio = step_cost_ratio(cell, mr)
-    n_failed = s.get("n_failed", 0)
-    n_not = s["n"] - s["n_reached"] - s["n_unknown"] - n_failed
-    seeds = (f"{s['n']} ({n_not}" + (f", {s['n_unknown']} unknown" if s["n_unknown"] else "")
-             + (f", {n_failed} failed" if n_failed else "") + ")")
-    row = [cell.label, seeds, fmt_interval(*s["steps"])]
-    if cell is base or not s.get("vs_steps"):
+    n_not = s.n - s.n_reached - s.n_unknown - s.n_failed
+    seeds = (f"{s.n} ({n_not}" + (f", {s.n_unknown} unknown" if s.n_unknown else "")
+             + (f", {s.n_failed} failed" if s.n_failed else "") + ")")
+    row = [cell.label, seeds, fmt_interval(*s.steps)]
+    if cell is base or not s.vs_steps:
         row += ["(baseline)" if cell is base else "-", "-", "-", "-", "-", "-"]
     else:
-        secs = s["vs_seconds"]
+        secs = s.vs_seconds
         row += [fmt_interval(*versus(s), 1, pct=True), fmt_seeds(cell_seeds(cell, mr)),
-                fmt_interval(secs["speedup"], *secs["speedup_ci"], 2, unit="x"),
+                fmt_interval(secs.speedup, *secs.speedup_ci, 2, unit="x"),
                 f"{ratio:.2f}x" if math.isfinite(ratio) else "-",
-                cell_verdict(s["vs_steps"]["fewer_ci"]), cell_verdict(secs["fewer_ci"])]
+                cell_verdict(s.vs_steps.fewer_ci), cell_verdict(secs.fewer_ci)]
     for level in spec.also_levels:
         t = cell.stats[level]
-        row.append(f"{fmt_reached(t['n_reached'], t['n'], t['n_unknown'])}; {fmt_interval(*t['steps'])}")
+        row.append(f"{fmt_reached(t.n_reached, t.n, t.n_unknown)}; {fmt_interval(*t.steps)}")
     return row
 
 
@@ -212,9 +211,9 @@ def grid_section(mr: MapRuns) -> list[str]:
             lines.append(f"- {which}: no cell reaches the onset in most seeds")
             continue
         s = cell.stats[level]
-        lines.append(f"- {which}: **{cell.label}**: {fmt_interval(*s['steps'])} steps, "
+        lines.append(f"- {which}: **{cell.label}**: {fmt_interval(*s.steps)} steps, "
                      f"{fmt_interval(*versus(s), 1, pct=True)} fewer than the baseline "
-                     f"({cell_verdict(s['vs_steps']['fewer_ci']) if s.get('vs_steps') else '-'}; {s['n']} seeds; "
+                     f"({cell_verdict(s.vs_steps.fewer_ci) if s.vs_steps else '-'}; {s.n} seeds; "
                      f"seeds per arm to settle: {fmt_seeds(cell_seeds(cell, mr))})")
     seeds = selection_seeds(spec)
     lines += ["", f"Chosen by the lowest median steps to the onset over the grid's seeds "
@@ -270,7 +269,7 @@ def optuna_section(mr: MapRuns) -> list[str]:
     params = ", ".join(f"{k}={override_text(v)}" for k, v in result["best_params"].items())
     steps = spec.regime.get("train", {}).get("steps")
     best = best_cell(mr)
-    best_steps = best.stats[spec.rule.level]["steps"] if best else None
+    best_steps = best.stats[spec.rule.level].steps if best else None
     lines += [f"- {result['n_trials']} trials in `{result['dir']}`; best: {params}, objective {result['best_value']} "
               f"(steps to the onset; {steps} + the penalty when not reached)",
               "- the grid's best cell: " + (f"{best.label}, median {fmt_interval(*best_steps)}" if best else "none")]
@@ -294,7 +293,7 @@ def patience_section(mr: MapRuns) -> list[str]:
     patience = spec.regime.get("stop", {}).get("patience") or 0
     patiences = tuple(dict.fromkeys(max(1, int(f * patience)) for f in PATIENCE_FACTORS))
     rows = patience_check(mr.stop_check, spec.rule, patiences)
-    stopped = {r.seed: r.onsets["onset_step"] for r in (mr.baseline.runs if mr.baseline else [])}
+    stopped = {r.seed: r.onsets.onset_step for r in (mr.baseline.runs if mr.baseline else [])}
     head = ["seed", "trained to", "onset, rest of the run", *(f"patience {p}: onset (stop step)" for p in patiences),
             f"stopped baseline run (patience {patience})"]
     lines = ["", "### Patience check: early stopping's onsets vs the rest of a full-length run", "",
@@ -328,9 +327,9 @@ def sweep_lines(mr: MapRuns) -> list[str]:
 def compute_lines(mr: MapRuns) -> list[str]:
     c = compute_account(mr)
     return ["", "### Compute", "",
-            f"- {c['runs']} finished runs: {c['train_seconds']:.0f} s training + {c['eval_seconds']:.0f} s evaluation "
-            f"(summed over runs); {c['sweeps']} sweeps took {c['sweep_wall_seconds']:.0f} s wall time (sweeps.jsonl)",
-            f"- early stopping: {fmt_compute(c)}", *sweep_lines(mr)]
+            f"- {c.runs} finished runs: {c.totals.train_seconds:.0f} s training + {c.eval_seconds:.0f} s evaluation "
+            f"(summed over runs); {c.sweeps} sweeps took {c.sweep_wall_seconds:.0f} s wall time (sweeps.jsonl)",
+            f"- early stopping: {fmt_compute(c.totals)}", *sweep_lines(mr)]
 
 
 def map_section(mr: MapRuns, made: list[Path]) -> list[str]:
@@ -364,12 +363,12 @@ def write_csvs(maps: list[MapRuns], out: Path) -> None:
             for c in mr.cells:
                 coords = [c.values.get(k, EXTRA_KEYS.get(k, "")) for k in head[4:7 + len(EXTRA_KEYS)]]
                 for level, s in sorted(c.stats.items()):
-                    vs, secs = s.get("vs_steps"), s.get("vs_seconds")
-                    w.writerow([mr.spec.name, c.sweep, c.role, c.label, *coords, level, s["n"], s["n_reached"],
-                                s["n_unknown"], *map(_num, s["steps"]), *map(_num, versus(s)),
-                                *(map(_num, (secs["speedup"], *secs["speedup_ci"])) if secs else [""] * 3),
-                                cell_verdict(vs["fewer_ci"]) if vs else "",
-                                cell_verdict(secs["fewer_ci"]) if secs else "",
+                    vs, secs = s.vs_steps, s.vs_seconds
+                    w.writerow([mr.spec.name, c.sweep, c.role, c.label, *coords, level, s.n, s.n_reached,
+                                s.n_unknown, *map(_num, s.steps), *map(_num, versus(s)),
+                                *(map(_num, (secs.speedup, *secs.speedup_ci)) if secs else [""] * 3),
+                                cell_verdict(vs.fewer_ci) if vs else "",
+                                cell_verdict(secs.fewer_ci) if secs else "",
                                 *map(csv_value, seeds_fields(cell_seeds(c, mr) if level == mr.spec.rule.level
                                                              else None).values())])
     with open(out / "runs.csv", "w", newline="") as f:
@@ -380,8 +379,8 @@ def write_csvs(maps: list[MapRuns], out: Path) -> None:
             for c in mr.cells:
                 for r in c.runs:
                     o = r.onsets
-                    onset = "" if o["onset_step"] is None else o["onset_step"]
-                    w.writerow([mr.spec.name, c.sweep, c.label, r.seed, onset, o.get("onset_status", ""), r.last_step,
+                    onset = "" if o.onset_step is None else o.onset_step
+                    w.writerow([mr.spec.name, c.sweep, c.label, r.seed, onset, o.onset_status, r.last_step,
                                 r.outcome.kind if r.outcome else "",
                                 _num(r.train_seconds), r.steps_spared, str(r.path)])
 
@@ -396,11 +395,11 @@ def write_map_report(maps: list[MapRuns], out: Path, context: dict, commands: li
     out.mkdir(parents=True, exist_ok=True)
     lines = [TITLE, ""] + [f"- {k}: {v}" for k, v in context.items()]
     totals = [compute_account(mr) for mr in maps]
-    train = sum(c["train_seconds"] for c in totals if not math.isnan(c["train_seconds"]))
-    wall = sum(c["sweep_wall_seconds"] for c in totals)
-    spared, spared_s = sum(c["steps_spared"] for c in totals), sum(c["spared_seconds_est"] for c in totals)
-    lines.append(f"- compute, all maps: {train:.0f} s training + {sum(c['eval_seconds'] for c in totals):.0f} s "
-                 f"evaluation over {sum(c['runs'] for c in totals)} runs; sweeps {wall:.0f} s wall; early stopping "
+    train = sum(c.totals.train_seconds for c in totals if not math.isnan(c.totals.train_seconds))
+    wall = sum(c.sweep_wall_seconds for c in totals)
+    spared, spared_s = sum(c.totals.steps_spared for c in totals), sum(c.totals.spared_seconds_est for c in totals)
+    lines.append(f"- compute, all maps: {train:.0f} s training + {sum(c.eval_seconds for c in totals):.0f} s "
+                 f"evaluation over {sum(c.runs for c in totals)} runs; sweeps {wall:.0f} s wall; early stopping "
                  f"spared {spared} steps (~{spared_s:.0f} s of training)")
     lines += ["", "Sweeps that made the runs (each map's sweeps.jsonl, in the order they first ran):", "", "```bash",
               *(commands or ["# none logged"]), "```"]

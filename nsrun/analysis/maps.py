@@ -31,9 +31,9 @@ from pathlib import Path
 import yaml
 
 from nsrun.analysis.runs import Group, Run, group_runs, load_runs, run_onsets
-from nsrun.analysis.stats import compute_totals, group_statistics, median_ci, onset_value
+from nsrun.analysis.stats import ComputeTotals, GroupStats, compute_totals, group_statistics, median_ci, onset_value
 from nsrun.runner.stopping import StopRule, StopTracker
-from nsrun.science.onsets import OnsetRule, accuracy_onset, loss_onset
+from nsrun.science.onsets import OnsetRule, Onsets, accuracy_onset, loss_onset
 
 N_BOOT = 10_000
 CELL_KEYS = ("reg.S", "reg.gamma", "reg.rho")
@@ -198,7 +198,7 @@ class Cell:
     role: str
     group: Group
     values: dict  # CELL_KEYS and the EXTRA_KEYS that differ from their default
-    stats: dict = field(default_factory=dict)  # onset level -> group_statistics' stats
+    stats: dict[float, GroupStats] = field(default_factory=dict)  # onset level -> its group_statistics
 
     @property
     def label(self) -> str:
@@ -285,13 +285,13 @@ def step_price(step_seconds: dict | None, label: str, run: Run) -> float | None:
     return step_seconds.get(label, step_seconds.get(run.config.get("reg.name")))
 
 
-def priced_onsets(onsets: dict, cost: float | None) -> dict:
+def priced_onsets(onsets: Onsets, cost: float | None) -> Onsets:
     """``onsets`` with the training seconds to the onset priced as onset step x ``cost`` (seconds per step measured
     side by side in one process, so free of the machine load the run met); unchanged without a price or an onset
     (never reached: inf, unknown: NaN)."""
-    if cost is None or onsets.get("onset_step") is None:
+    if cost is None or onsets.onset_step is None:
         return onsets
-    return dict(onsets, onset_seconds=onsets["onset_step"] * cost)
+    return replace(onsets, onset_seconds=onsets.onset_step * cost)
 
 
 def load_map_runs(spec: MapSpec, n_boot: int = N_BOOT, step_seconds: dict | None = None,
@@ -403,17 +403,25 @@ def append_sweep_log(root: Path, row: dict) -> None:
         f.write(json.dumps(row) + "\n")
 
 
-def compute_account(mr: MapRuns) -> dict:
+@dataclass(frozen=True)
+class MapCompute:
+    """Compute of a map's runs (:func:`compute_account`)."""
+
+    totals: ComputeTotals  # early stopping's account: stopped, gave up, steps and seconds trained and spared
+    runs: int
+    eval_seconds: float
+    sweeps: int  # rows of sweeps.jsonl
+    sweep_wall_seconds: float
+
+
+def compute_account(mr: MapRuns) -> MapCompute:
     """Compute of a map's runs: early stopping's account (:func:`nsrun.analysis.stats.compute_totals`), eval
     seconds, and the wall time of its sweeps (sweeps.jsonl)."""
     runs = list({str(r.path): r for r in mr.runs}.values())
-    totals = compute_totals(runs)
-    totals["runs"] = len(runs)
-    totals["eval_seconds"] = sum(float(r.timing[-1].get("eval_seconds") or 0.0) for r in runs if r.timing)
     log = read_sweep_log(mr.spec.root)
-    totals["sweeps"] = len(log)
-    totals["sweep_wall_seconds"] = sum(float(row.get("seconds", 0.0)) for row in log)
-    return totals
+    return MapCompute(compute_totals(runs), len(runs),
+                      sum(float(r.timing[-1].get("eval_seconds") or 0.0) for r in runs if r.timing), len(log),
+                      sum(float(row.get("seconds", 0.0)) for row in log))
 
 
 def optuna_result(directory: Path | None) -> dict | None:
@@ -433,7 +441,7 @@ def optuna_trials_by_sign(directory: Path, rule: OnsetRule) -> dict:
     runs, _ = load_runs([directory])
     out: dict = {}
     for r in runs:
-        onset = run_onsets(r, rule, None)["onset_step"]
+        onset = run_onsets(r, rule, None).onset_step
         sign = out.setdefault(r.config.get("reg.S"), {"n": 0, "reached": []})
         sign["n"] += 1
         if onset is not None:

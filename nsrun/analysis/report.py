@@ -1,6 +1,7 @@
 """Tables of onsets and claims: text cells, csv files, markdown (``compare.md``, ``summary.md``) and rich
 tables for the terminal. nsrun-compare's tables are per group of runs (:class:`nsrun.analysis.runs.Group`
-with its ``stats``); the reproduction's are rows of plain dicts (:mod:`nsrun.analysis.claims`).
+with its statistics, :class:`~nsrun.analysis.stats.GroupStats`); the reproduction's are rows of plain dicts
+(:mod:`nsrun.analysis.claims`).
 """
 
 from __future__ import annotations
@@ -10,7 +11,8 @@ import math
 from pathlib import Path
 
 from nsrun.analysis.seeds_needed import SEEDS_RULE, fmt_seeds, seeds_fields
-from nsrun.runner.rundir import failure_text
+from nsrun.analysis.stats import Comparison, ComputeTotals
+from nsrun.science.onsets import FAILED, UNKNOWN, Onsets
 
 # ----------------------------------------------------------------------------------------------- cells
 
@@ -42,7 +44,7 @@ def fmt_ci(triple, digits: int = 0, unit: str = "") -> str:
     return f"{m:.{digits}f}{unit} [{fmt_bound(lo, digits)}, {fmt_bound(hi, digits)}]"
 
 
-def fmt_versus(c: dict | None, group_median: float, base_median: float) -> str:
+def fmt_versus(c: Comparison | None, group_median: float, base_median: float) -> str:
     """``26.7 % [lo, hi] fewer, 1.36x [lo, hi]`` against the baseline, or why it is undefined."""
     if not c:
         return "-"
@@ -52,21 +54,21 @@ def fmt_versus(c: dict | None, group_median: float, base_median: float) -> str:
         return "n/a: not reached"
     if math.isinf(base_median):
         return "n/a: baseline not reached"
-    if math.isnan(c["speedup"]):
+    if math.isnan(c.speedup):
         return "-"
-    fewer = fmt_ci((100 * c["fewer"], 100 * c["fewer_ci"][0], 100 * c["fewer_ci"][1]), 1, " %")
-    return f"{fewer}; {fmt_ci((c['speedup'], *c['speedup_ci']), 2, 'x')}"
+    fewer = fmt_ci((100 * c.fewer, 100 * c.fewer_ci[0], 100 * c.fewer_ci[1]), 1, " %")
+    return f"{fewer}; {fmt_ci((c.speedup, *c.speedup_ci), 2, 'x')}"
 
 
-def fmt_compute(c: dict) -> str:
+def fmt_compute(c: ComputeTotals) -> str:
     """Early stopping's account of a group (:func:`nsrun.analysis.stats.compute_totals`), e.g. ``2 stopped,
     1 gave up: 4100 steps spared (46 %, ~9.8 s); 12.3 s trained``."""
-    trained = f"{fmt_bound(c['train_seconds'], 1)} s trained"
-    if not c["stopped"] and not c["gave_up"]:
+    trained = f"{fmt_bound(c.train_seconds, 1)} s trained"
+    if not c.stopped and not c.gave_up:
         return f"none stopped early; {trained}"
-    frac = "?" if math.isnan(c["spared_frac"]) else f"{100 * c['spared_frac']:.0f} %"
-    return (f"{c['stopped']} stopped, {c['gave_up']} gave up: {c['steps_spared']} steps spared ({frac}, "
-            f"~{c['spared_seconds_est']:.1f} s); {trained}")
+    frac = "?" if math.isnan(c.spared_frac) else f"{100 * c.spared_frac:.0f} %"
+    return (f"{c.stopped} stopped, {c.gave_up} gave up: {c.steps_spared} steps spared ({frac}, "
+            f"~{c.spared_seconds_est:.1f} s); {trained}")
 
 
 def fmt_reached(n_reached: int, n: int, n_unknown: int, n_failed: int = 0) -> str:
@@ -116,19 +118,19 @@ def table_rows(groups) -> list[list[str]]:
     rows = []
     for g in groups:
         s = g.stats
-        is_base = s["baseline"] == "(baseline)"
-        base = next((b for b in groups if b.label == s["baseline"]), None)
-        base_steps = base.stats["steps"][0] if base else math.nan
-        base_seconds = base.stats["seconds"][0] if base else math.nan
+        is_base = s.baseline == "(baseline)"
+        base = next((b for b in groups if b.label == s.baseline), None)
+        base_steps = base.stats.steps[0] if base else math.nan
+        base_seconds = base.stats.seconds[0] if base else math.nan
         rows.append([
-            g.label + (" (baseline)" if is_base else ""), g.task, fmt_reached(s["n_reached"], s["n"], s["n_unknown"],
-                                                                          s.get("n_failed", 0)),
-            fmt_ci(s["steps"]), fmt_ci(s["seconds"], 1),
-            fmt_versus(s.get("vs_steps"), s["steps"][0], base_steps), fmt_seeds(s.get("seeds")),
-            fmt_versus(s.get("vs_seconds"), s["seconds"][0], base_seconds),
-            fmt_step(s["stab"]) if s["n_stab"] else "-",
-            fmt_ci(s["lag"]) + (f" (n={s['n_lag']})" if s["n_lag"] else ""),
-            fmt_compute(s["compute"]),
+            g.label + (" (baseline)" if is_base else ""), g.task, fmt_reached(s.n_reached, s.n, s.n_unknown,
+                                                                          s.n_failed),
+            fmt_ci(s.steps), fmt_ci(s.seconds, 1),
+            fmt_versus(s.vs_steps, s.steps[0], base_steps), fmt_seeds(g.seeds),
+            fmt_versus(s.vs_seconds, s.seconds[0], base_seconds),
+            fmt_step(s.stab) if s.n_stab else "-",
+            fmt_ci(s.lag) + (f" (n={s.n_lag})" if s.n_lag else ""),
+            fmt_compute(s.compute),
         ])
     return rows
 
@@ -148,18 +150,18 @@ def write_compare_csv(groups, path: Path) -> None:
         for g in groups:
             s = g.stats
             vs = []
-            for c in (s.get("vs_steps"), s.get("vs_seconds")):
-                vs += ([_num(c["fewer"]), *map(_num, c["fewer_ci"]), _num(c["speedup"]), *map(_num, c["speedup_ci"])]
+            for c in (s.vs_steps, s.vs_seconds):
+                vs += ([_num(c.fewer), *map(_num, c.fewer_ci), _num(c.speedup), *map(_num, c.speedup_ci)]
                        if c else [""] * 6)
-            w.writerow([g.label, g.task, s["n"], s["n_reached"], *map(_num, s["steps"]), *map(_num, s["seconds"]),
-                        s["baseline"] or "", *vs, _num(s["stab"]), *map(_num, s["lag"]), s["n_lag"], s["n_unknown"],
-                        *compute_cells(s["compute"]), s.get("n_failed", 0),
-                        *(_num(v) if isinstance(v, float) else v for v in seeds_fields(s.get("seeds")).values())])
+            w.writerow([g.label, g.task, s.n, s.n_reached, *map(_num, s.steps), *map(_num, s.seconds),
+                        s.baseline or "", *vs, _num(s.stab), *map(_num, s.lag), s.n_lag, s.n_unknown,
+                        *compute_cells(s.compute), s.n_failed,
+                        *(_num(v) if isinstance(v, float) else v for v in seeds_fields(g.seeds).values())])
 
 
-def compute_cells(c: dict) -> list:
-    return [c["stopped"], c["gave_up"], c["steps_trained"], c["steps_spared"], _num(c["spared_frac"]),
-            _num(c["train_seconds"]), _num(c["spared_seconds_est"])]
+def compute_cells(c: ComputeTotals) -> list:
+    return [c.stopped, c.gave_up, c.steps_trained, c.steps_spared, _num(c.spared_frac), _num(c.train_seconds),
+            _num(c.spared_seconds_est)]
 
 
 def _or_blank(v) -> str:
@@ -175,24 +177,22 @@ def write_runs_csv(groups, path: Path) -> None:
         for g in groups:
             for r in g.runs:
                 o = r.onsets
-                w.writerow([g.label, r.seed, str(r.path), r.finished, r.rows[-1]["step"], _or_blank(o["onset_step"]),
-                            _num(o["onset_seconds"]), o["stab_key"] or "", _or_blank(o["stab_onset_step"]),
-                            _or_blank(o["lag_steps"]), o.get("onset_status", ""), ended_by(r), r.steps_spared,
+                w.writerow([g.label, r.seed, str(r.path), r.finished, r.rows[-1]["step"], _or_blank(o.onset_step),
+                            _num(o.onset_seconds), o.stab_key or "", _or_blank(o.stab_onset_step),
+                            _or_blank(o.lag_steps), o.onset_status, ended_by(r), r.steps_spared,
                             _num(r.train_seconds)])
 
 
 def ended_by(run) -> str:
     """``stopped`` / ``gave up`` for a run its stop rule ended, ``failed`` for one whose training failed, else
     empty."""
-    if getattr(run, "failure", None) is not None:
-        return "failed"
     return run.outcome.kind if run.outcome is not None else ""
 
 
-def onset_cell(onsets: dict) -> str:
-    if onsets.get("onset_status") in ("unknown", "failed"):
-        return onsets["onset_status"]
-    return "not reached" if onsets["onset_step"] is None else str(onsets["onset_step"])
+def onset_cell(onsets: Onsets) -> str:
+    if onsets.onset_status in (UNKNOWN, FAILED):
+        return onsets.onset_status
+    return "not reached" if onsets.onset_step is None else str(onsets.onset_step)
 
 
 def write_compare_markdown(groups, path: Path, settings: dict, figure: str | None) -> None:
@@ -205,11 +205,10 @@ def write_compare_markdown(groups, path: Path, settings: dict, figure: str | Non
     for g in groups:
         for r in g.runs:
             o = r.onsets
-            ended = (f"failed: {failure_text(r.failure)}" if getattr(r, "failure", None) is not None else
-                     _cell(r.outcome.reason) if r.outcome is not None else f"step {r.last_step}")
+            ended = _cell(r.outcome.text) if r.outcome is not None else f"step {r.last_step}"
             lines.append(f"| {g.label} | {r.seed} | {onset_cell(o)} "
-                         f"| {'-' if o['stab_onset_step'] is None else o['stab_onset_step']} "
-                         f"| {'-' if o['lag_steps'] is None else o['lag_steps']} | {ended} | {r.path} |")
+                         f"| {'-' if o.stab_onset_step is None else o.stab_onset_step} "
+                         f"| {'-' if o.lag_steps is None else o.lag_steps} | {ended} | {r.path} |")
     if figure:
         lines += ["", f"![overlay]({figure})"]
     path.write_text("\n".join(lines) + "\n")

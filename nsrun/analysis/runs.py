@@ -6,9 +6,10 @@ A *group* is the runs whose configs agree on every key of the science key
 one setting. Each group is labelled by the keys whose values tell it apart from the others.
 
 A run that its stop rule ended (``stop=onset``, :mod:`nsrun.runner.stopping`) has no "rest of the run" past
-its last step: :func:`settle_onset` says when its onset still stands, when it counts as not reached and when
-it is unknown. A run whose training failed (its loss became inf or nan; DONE records the outcome as data) has
-onset status ``failed``: left out of the medians and counted apart, never as "not reached". A finished run
+its last step: :func:`nsrun.runner.outcome.settle_onset` says, from the outcome DONE records, when its onset
+still stands, when it counts as not reached and when it is unknown. A run whose training failed (its loss became
+inf or nan) has onset status ``failed``: left out of the medians and counted apart, never as "not reached". A
+finished run
 whose metrics log is damaged (a torn last row: :meth:`nsrun.runner.rundir.RunDir.log_damage`) is left out with
 a note until a rerun restores the row from its checkpoint.
 """
@@ -17,15 +18,16 @@ from __future__ import annotations
 
 import json
 import math
-import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
-from nsrun.runner.rundir import RunDir, failure_text, find_run_dirs, science_config
-from nsrun.runner.stopping import GAVE_UP, STOPPED
-from nsrun.science.onsets import OnsetRule, rule_onsets
+from nsrun.analysis.seeds_needed import SeedsNeeded
+from nsrun.analysis.stats import GroupStats
+from nsrun.runner.outcome import RunOutcome, settle_onset
+from nsrun.runner.rundir import RunDir, find_run_dirs, science_config
+from nsrun.science.onsets import UNKNOWN, OnsetRule, Onsets, rule_onsets
 
 NOT_GROUPED = ("seed", "train.parallel_seeds")  # keys that vary between the seeds of one group
 
@@ -38,9 +40,13 @@ class Run:
     rows: list[dict]
     timing: list[dict]
     finished: bool
-    onsets: dict = field(default_factory=dict)
-    outcome: StopOutcome | None = None  # how its stop rule ended it; None: trained to its last step
-    failure: dict | None = None  # DONE's outcome of a run whose training failed, e.g. {"kind": "failed", ...}
+    onsets: Onsets | None = None  # once an analysis read them (:func:`run_onsets`)
+    outcome: RunOutcome | None = None  # how it ended early (stop rule, failure); None: trained to its last step
+
+    @property
+    def failure(self) -> RunOutcome | None:
+        """Its outcome if its training failed, else None."""
+        return self.outcome if self.outcome is not None and self.outcome.failed else None
 
     @property
     def seed(self):
@@ -65,7 +71,8 @@ class Run:
     def steps_spared(self) -> int:
         """Steps its stop rule spared: ``train.steps`` minus the last step, for a run the rule ended; else 0."""
         steps = self.config.get("train.steps")
-        return max(0, steps - self.last_step) if self.outcome is not None and isinstance(steps, int) else 0
+        ended = self.outcome is not None and self.outcome.by_rule
+        return max(0, steps - self.last_step) if ended and isinstance(steps, int) else 0
 
     @property
     def task(self) -> str:
@@ -78,7 +85,8 @@ class Group:
     config: dict  # flat science key shared by its runs
     runs: list[Run]
     label: str = ""
-    stats: dict = field(default_factory=dict)
+    stats: GroupStats | None = None  # once :func:`nsrun.analysis.stats.group_statistics` filled it
+    seeds: SeedsNeeded | None = None  # once :func:`nsrun.analysis.seeds_needed.group_seeds` filled it
 
     @property
     def task(self) -> str:
@@ -115,10 +123,7 @@ def read_run(run_dir: RunDir) -> tuple[Run | None, str | None]:
     timing = [r for r in run_dir.read_timing() if isinstance(r, dict) and isinstance(r.get("step"), int)]
     science = flatten(science_config(config, drop=NOT_GROUPED))
     flat = flatten(config)
-    done = run_dir.done_info()
-    outcome = stop_outcome(done["reason"], flat) if done else None
-    return Run(run_dir.path, flat, science, rows, timing, run_dir.status() == "done", outcome=outcome,
-               failure=run_dir.failure()), None
+    return Run(run_dir.path, flat, science, rows, timing, run_dir.status() == "done", outcome=run_dir.outcome()), None
 
 
 def load_runs(paths: list[Path], include_unfinished: bool = False, hint: str = "") -> tuple[list[Run], list[str]]:
@@ -146,7 +151,7 @@ def load_runs(paths: list[Path], include_unfinished: bool = False, hint: str = "
                     continue
                 notes.append(f"{run.path}: unfinished ({where}); counted as it stands")
             if run.failure is not None:
-                notes.append(f"{run.path}: training failed ({failure_text(run.failure)}); counted as failed, left "
+                notes.append(f"{run.path}: training {run.failure.text}; counted as failed, left "
                              "out of the onset statistics")
             runs.append(run)
     return runs, notes
@@ -211,102 +216,25 @@ def merge_groups_by(groups: list[Group], key: str) -> tuple[list[Group], list[st
     return list(merged.values()), notes
 
 
-# ----------------------------------------------------------------------------------- runs ended by their stop rule
-
-_STOPPED_REASON = re.compile(rf"^{re.escape(STOPPED)}: (?P<metric>\S+) (?P<op>>=|<=) (?P<level>\S+) held for ")
-_GAVE_UP_REASON = re.compile(rf"^{re.escape(GAVE_UP)}: best (?P<metric>\S+) ")
+# ----------------------------------------------------------------------------------------------- onsets
 
 
-@dataclass(frozen=True)
-class StopOutcome:
-    """How a run's stop rule ended it (DONE's reason): ``kind`` STOPPED (the onset rule: its metric stayed
-    past the level for the patience) or GAVE_UP, and the rule's ``metric``, ``direction`` (above | below)
-    and ``level`` (None where neither DONE nor the run's config says)."""
-
-    kind: str
-    metric: str
-    direction: str | None
-    level: float | None
-    reason: str
-
-
-def stop_outcome(reason: str | None, config: dict) -> StopOutcome | None:
-    """The outcome a DONE ``reason`` records (None: the run trained to its last step). A stopped run's rule is
-    read from the reason, the rule that stopped it even if the run was started under another ``stop`` (the
-    level exactly from the flat ``config`` when the two agree); a gave-up run's level and direction from the
-    config, when its stop metric is the reason's."""
-    if not reason:
-        return None
-    level = config.get("stop.level")
-    level = float(level) if isinstance(level, (int, float)) else None
-    has_rule = config.get("stop.name") == "onset" and level is not None
-    if m := _STOPPED_REASON.match(reason):
-        same = has_rule and config.get("stop.metric") == m["metric"] and f"{level:g}" == m["level"]
-        try:
-            parsed = float(m["level"])
-        except ValueError:
-            parsed = None
-        return StopOutcome(STOPPED, m["metric"], "above" if m["op"] == ">=" else "below",
-                           level if same else parsed, reason)
-    if m := _GAVE_UP_REASON.match(reason):
-        same = has_rule and config.get("stop.metric") == m["metric"]
-        return StopOutcome(GAVE_UP, m["metric"], config.get("stop.direction") if same else None,
-                           level if same else None, reason)
-    return None
-
-
-def _at_least_as_strict(direction: str, level: float, than: float) -> bool:
-    return level >= than if direction == "above" else level <= than
-
-
-def settle_onset(onsets: dict, outcome: StopOutcome | None, rule: OnsetRule) -> dict:
-    """``onsets`` (read from the logged rows by ``rule``) with ``onset_status`` reached | not reached |
-    unknown, for a run that its stop rule may have ended before "the rest of the run":
-
-    * stopped by the onset rule on the analysis's metric and direction at a level at least as strict: the
-      rule's premise (the metric stays past its level) holds the analysis's level too, so the onset read from
-      the rows stands (for the same level it is the step where the stopping stretch began);
-    * gave up, the analysis's level at least as strict as the rule's: the rule's premise (it will not get
-      past its level) says it will not get past the analysis's: not reached;
-    * any other run its rule ended (another metric, or a stop level looser than the analysis's, e.g. stopped
-      at val_acc >= 0.95 and analysed at 0.99): unknown, no onset, left out of the statistics.
-    """
-    out = dict(onsets, onset_status="reached" if onsets["onset_step"] is not None else "not reached")
-    if outcome is None:
-        return out
-    direction = "above" if rule.comparison == ">=" else "below"
-    same = outcome.metric == rule.metric and outcome.direction == direction and outcome.level is not None
-    if outcome.kind == STOPPED and same and _at_least_as_strict(direction, outcome.level, rule.level):
-        return out
-    if outcome.kind == GAVE_UP and same and _at_least_as_strict(direction, rule.level, outcome.level):
-        return dict(out, onset_step=None, onset_seconds=math.inf, lag_steps=None, onset_status="not reached")
-    return dict(out, onset_step=None, onset_seconds=math.nan, lag_steps=None, onset_status="unknown")
-
-
-def run_onsets(run: Run, rule: OnsetRule, stability: str | None) -> dict:
+def run_onsets(run: Run, rule: OnsetRule, stability: str | None) -> Onsets:
     """The onsets of ``run`` under ``rule`` (:func:`nsrun.science.onsets.rule_onsets` of its rows), settled
-    by how its stop rule ended it (:func:`settle_onset`); a run that failed has none (status ``failed``)."""
-    onsets = rule_onsets(run.rows, run.timing, rule, stability)
-    if run.failure is not None:
-        return failed_onset(onsets)
-    return settle_onset(onsets, run.outcome, rule)
-
-
-def failed_onset(onsets: dict) -> dict:
-    """``onsets`` of a run whose training failed: no onset (NaN seconds: left out of the medians), ``failed``."""
-    return dict(onsets, onset_step=None, onset_seconds=math.nan, lag_steps=None, onset_status="failed")
+    by how it ended (:func:`nsrun.runner.outcome.settle_onset`)."""
+    return settle_onset(rule_onsets(run.rows, run.timing, rule, stability), run.outcome, rule)
 
 
 def unknown_onset_notes(runs: list[Run], rule: OnsetRule) -> list[str]:
     """One note per stop rule whose runs have an unknown onset under ``rule``: what to do about it."""
-    by_reason: dict[str, list[Run]] = {}
+    by_rule: dict[str, list[Run]] = {}
     for r in runs:
-        if r.onsets.get("onset_status") == "unknown":
-            by_reason.setdefault(r.outcome.reason.split(" (")[0], []).append(r)
-    return [f"{len(rs)} run(s) ended by their stop rule ({reason}) cannot tell whether {rule.metric} "
+        if r.onsets is not None and r.onsets.onset_status == UNKNOWN:
+            by_rule.setdefault(r.outcome.rule, []).append(r)
+    return [f"{len(rs)} run(s) ended by their stop rule ({text}) cannot tell whether {rule.metric} "
             f"{rule.comparison} {rule.level:g} holds for the rest of the run: onset unknown, left out of the "
             f"statistics (stop on the onset's metric at a level at least as strict); e.g. {rs[0].path}"
-            for reason, rs in by_reason.items()]
+            for text, rs in by_rule.items()]
 
 
 # ----------------------------------------------------------------------------------------------- baselines

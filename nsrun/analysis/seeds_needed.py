@@ -207,12 +207,12 @@ def run_onsets_of(runs) -> list[float]:
 
 
 def group_seeds(groups, baselines: dict, effect: float = PAPER_FEWER, seed: int = 0) -> None:
-    """Add ``stats["seeds"]`` (:class:`SeedsNeeded`) to each group compared with a baseline (``baselines``:
+    """Fill ``group.seeds`` (:class:`SeedsNeeded`) of each group compared with a baseline (``baselines``:
     group key -> baseline group; the groups' ``stats`` and runs' ``onsets`` filled in)."""
     for g in groups:
         base = baselines.get(g.key)
-        if base is not None and base is not g and g.stats.get("vs_steps"):
-            g.stats["seeds"] = seeds_needed(run_onsets_of(g.runs), run_onsets_of(base.runs), effect, seed=seed)
+        if base is not None and base is not g and g.stats.vs_steps:
+            g.seeds = seeds_needed(run_onsets_of(g.runs), run_onsets_of(base.runs), effect, seed=seed)
 
 
 def seeds_fields(s: SeedsNeeded | None) -> dict:

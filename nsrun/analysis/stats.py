@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
-from nsrun.runner.stopping import GAVE_UP, STOPPED
+from nsrun.runner.outcome import GAVE_UP, STOPPED
+from nsrun.science.onsets import FAILED, UNKNOWN, Onsets
 
 NOT_REACHED = math.inf
 MIN_SEEDS = 3  # fewer seeds per group than this: every verdict is inconclusive
@@ -24,14 +26,60 @@ def as_onset(step: int | None) -> float:
     return NOT_REACHED if step is None else float(step)
 
 
-def onset_value(onsets: dict) -> float:
+def onset_value(onsets: Onsets) -> float:
     """A run's onset step for the statistics: ``inf`` when not reached, NaN when unknown (a run its stop rule
-    ended cannot tell; :func:`nsrun.analysis.runs.settle_onset`) or failed (its loss became inf or nan), which
+    ended cannot tell; :func:`nsrun.runner.outcome.settle_onset`) or failed (its loss became inf or nan), which
     the medians leave out."""
-    return math.nan if onsets.get("onset_status") in ("unknown", "failed") else as_onset(onsets["onset_step"])
+    return math.nan if onsets.onset_status in (UNKNOWN, FAILED) else as_onset(onsets.onset_step)
 
 
-def compute_totals(runs) -> dict:
+@dataclass(frozen=True)
+class ComputeTotals:
+    """Early stopping's account of a group of runs (:func:`compute_totals`)."""
+
+    stopped: int  # runs the onset rule stopped
+    gave_up: int  # runs the give-up rule stopped
+    steps_trained: int
+    steps_spared: int
+    spared_frac: float  # steps spared / (trained + spared); NaN without steps
+    train_seconds: float
+    spared_seconds_est: float
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """A group's median onset against its baseline's (:func:`compare_ci`): ``fewer`` (1 - group / baseline) and
+    ``speedup`` (baseline / group), each with its bootstrap interval ``(low, high)``."""
+
+    fewer: float
+    speedup: float
+    fewer_ci: tuple[float, float]
+    speedup_ci: tuple[float, float]
+
+
+@dataclass(frozen=True)
+class GroupStats:
+    """A group's statistics (:func:`group_statistics`). ``steps``, ``seconds`` and ``lag`` are ``(median, low,
+    high)``; ``baseline`` the baseline group's label, ``(baseline)`` for the baseline itself, None without one;
+    ``vs_steps`` and ``vs_seconds`` the comparisons with the baseline (None for it and without one)."""
+
+    n: int
+    n_reached: int
+    n_unknown: int
+    n_failed: int
+    compute: ComputeTotals
+    steps: tuple[float, float, float]
+    seconds: tuple[float, float, float]
+    stab: float
+    n_stab: int
+    lag: tuple[float, float, float]
+    n_lag: int
+    baseline: str | None = None
+    vs_steps: Comparison | None = None
+    vs_seconds: Comparison | None = None
+
+
+def compute_totals(runs) -> ComputeTotals:
     """Early stopping's account of a group of runs (:class:`nsrun.analysis.runs.Run`): how many its stop rule
     ended (``stopped`` by the onset rule, ``gave_up``), steps trained (their last steps), steps spared
     (``train.steps`` minus the last step of each run its rule ended) and their fraction of the configured
@@ -42,10 +90,10 @@ def compute_totals(runs) -> dict:
     seconds = [r.train_seconds for r in runs]
     spared_seconds = [r.steps_spared * s / r.last_step for r, s in zip(runs, seconds, strict=True)
                       if r.steps_spared and r.last_step]
-    return {"stopped": kinds.count(STOPPED), "gave_up": kinds.count(GAVE_UP), "steps_trained": trained,
-            "steps_spared": spared, "spared_frac": spared / (trained + spared) if trained + spared else math.nan,
-            "train_seconds": float(np.nansum(seconds)) if any(map(math.isfinite, seconds)) else math.nan,
-            "spared_seconds_est": float(np.nansum(spared_seconds)) if spared_seconds else 0.0}
+    return ComputeTotals(kinds.count(STOPPED), kinds.count(GAVE_UP), trained, spared,
+                         spared / (trained + spared) if trained + spared else math.nan,
+                         float(np.nansum(seconds)) if any(map(math.isfinite, seconds)) else math.nan,
+                         float(np.nansum(spared_seconds)) if spared_seconds else 0.0)
 
 
 def median(values: Sequence[float]) -> float:
@@ -106,18 +154,17 @@ def median_ci(values: Sequence[float], n_boot: int = 10_000, confidence: float =
 
 
 def compare_ci(group: Sequence[float], baseline: Sequence[float], n_boot: int = 10_000, confidence: float = 0.95,
-               seed: int = 0) -> dict:
+               seed: int = 0) -> Comparison:
     """Fraction fewer and speedup of a group's median onset against a baseline's, with bootstrap
     intervals (the two groups resampled independently)."""
     g = [x for x in group if not math.isnan(x)]
     b = [x for x in baseline if not math.isnan(x)]
     gm, bm = median(g), median(b)
-    out = {"fewer": float(fewer_fraction(gm, bm)), "speedup": float(speedup(gm, bm))}
-    out["fewer_ci"] = bootstrap_ci([g, b], lambda x, y: fewer_fraction(median_rows(x), median_rows(y)),
-                                   n_boot, confidence, seed)
-    out["speedup_ci"] = bootstrap_ci([g, b], lambda x, y: speedup(median_rows(x), median_rows(y)),
-                                     n_boot, confidence, seed)
-    return out
+    return Comparison(float(fewer_fraction(gm, bm)), float(speedup(gm, bm)),
+                      bootstrap_ci([g, b], lambda x, y: fewer_fraction(median_rows(x), median_rows(y)),
+                                   n_boot, confidence, seed),
+                      bootstrap_ci([g, b], lambda x, y: speedup(median_rows(x), median_rows(y)),
+                                   n_boot, confidence, seed))
 
 
 def spearman(a, b) -> float:
@@ -144,34 +191,31 @@ def spearman(a, b) -> float:
 
 
 def group_statistics(groups, baselines: dict, n_boot: int, seed: int) -> None:
-    """Fill ``group.stats`` of each group (its runs' ``onsets`` filled in): median onset step and training
-    seconds with intervals, runs that reached it, runs whose onset is unknown and runs that failed (both left out
-    of the medians),
-    median stability onset, the lag, against the group's baseline (``baselines``: group key -> baseline
-    group) fewer steps / seconds and the speedups, and early stopping's account (:func:`compute_totals`)."""
+    """Fill ``group.stats`` (a :class:`GroupStats`) of each group (its runs' ``onsets`` filled in): median onset
+    step and training seconds with intervals, runs that reached it, runs whose onset is unknown and runs that
+    failed (both left out of the medians), median stability onset, the lag, against the group's baseline
+    (``baselines``: group key -> baseline group) fewer steps / seconds and the speedups, and early stopping's
+    account (:func:`compute_totals`)."""
     for i, g in enumerate(groups):
-        steps = [onset_value(r.onsets) for r in g.runs]
-        seconds = [r.onsets["onset_seconds"] for r in g.runs]
-        stab = [as_onset(r.onsets["stab_onset_step"]) for r in g.runs if r.onsets["stab_key"] is not None]
-        lags = [float(r.onsets["lag_steps"]) for r in g.runs if r.onsets["lag_steps"] is not None]
-        s = {"n": len(g.runs), "n_reached": sum(math.isfinite(x) for x in steps),
-             "n_unknown": sum(r.onsets.get("onset_status") == "unknown" for r in g.runs),
-             "n_failed": sum(r.onsets.get("onset_status") == "failed" for r in g.runs),
-             "compute": compute_totals(g.runs),
-             "steps": median_ci(steps, n_boot, seed=seed + i), "seconds": median_ci(seconds, n_boot, seed=seed + i),
-             "stab": median(stab) if stab else math.nan, "n_stab": len(stab),
-             "lag": median_ci(lags, n_boot, seed=seed + i) if lags else (math.nan,) * 3, "n_lag": len(lags),
-             "baseline": None}
+        onsets = [r.onsets for r in g.runs]
+        steps = [onset_value(o) for o in onsets]
+        seconds = [o.onset_seconds for o in onsets]
+        stab = [as_onset(o.stab_onset_step) for o in onsets if o.stab_key is not None]
+        lags = [float(o.lag_steps) for o in onsets if o.lag_steps is not None]
         base = baselines.get(g.key)
+        vs_steps = vs_seconds = None
         if base is not None and base is not g:
-            s["baseline"] = base.label
-            base_steps = [onset_value(r.onsets) for r in base.runs]
-            s["vs_steps"] = compare_ci(steps, base_steps, n_boot, seed=seed + i)
-            s["vs_seconds"] = compare_ci(seconds, [r.onsets["onset_seconds"] for r in base.runs], n_boot,
-                                         seed=seed + i)
-        elif base is g:
-            s["baseline"] = "(baseline)"
-        g.stats = s
+            vs_steps = compare_ci(steps, [onset_value(r.onsets) for r in base.runs], n_boot, seed=seed + i)
+            vs_seconds = compare_ci(seconds, [r.onsets.onset_seconds for r in base.runs], n_boot, seed=seed + i)
+        g.stats = GroupStats(
+            n=len(g.runs), n_reached=sum(math.isfinite(x) for x in steps),
+            n_unknown=sum(o.onset_status == UNKNOWN for o in onsets),
+            n_failed=sum(o.onset_status == FAILED for o in onsets), compute=compute_totals(g.runs),
+            steps=median_ci(steps, n_boot, seed=seed + i), seconds=median_ci(seconds, n_boot, seed=seed + i),
+            stab=median(stab) if stab else math.nan, n_stab=len(stab),
+            lag=median_ci(lags, n_boot, seed=seed + i) if lags else (math.nan,) * 3, n_lag=len(lags),
+            baseline=None if base is None else "(baseline)" if base is g else base.label,
+            vs_steps=vs_steps, vs_seconds=vs_seconds)
 
 
 # ----------------------------------------------------------------------------------------------- verdicts

@@ -59,13 +59,12 @@ def cost_point(cell: Cell, mr: MapRuns) -> CostPoint:
     s, base = cell.stats[mr.spec.rule.level], mr.baseline
     price = step_price(mr.step_seconds, cell.label, cell.runs[0])
     base_price = step_price(mr.step_seconds, base.label, base.runs[0]) if base is not None else None
-    vs_steps, vs_seconds = s.get("vs_steps"), s.get("vs_seconds")
+    vs_steps, vs_seconds = s.vs_steps, s.vs_seconds
     return CostPoint(
-        map=mr.spec.name, label=cell.label, values=dict(cell.values), n=s["n"], n_reached=s["n_reached"],
-        steps=tuple(s["steps"]), cost=price / base_price if price and base_price else math.nan,
-        seconds=tuple(s["seconds"]),
-        fewer_steps=(vs_steps["fewer"], *vs_steps["fewer_ci"]) if vs_steps else NAN3,
-        speedup=(vs_seconds["speedup"], *vs_seconds["speedup_ci"]) if vs_seconds else NAN3,
+        map=mr.spec.name, label=cell.label, values=dict(cell.values), n=s.n, n_reached=s.n_reached,
+        steps=s.steps, cost=price / base_price if price and base_price else math.nan, seconds=s.seconds,
+        fewer_steps=(vs_steps.fewer, *vs_steps.fewer_ci) if vs_steps else NAN3,
+        speedup=(vs_seconds.speedup, *vs_seconds.speedup_ci) if vs_seconds else NAN3,
         is_baseline=cell is base)
 
 

@@ -9,8 +9,8 @@ uninterrupted run on CPU: data order is a pure function of (seed, epoch), and ev
 A replica whose training loss becomes inf or nan fails: the loop notices at its next evaluation, checkpoint or
 signal (the first such step is tracked on the device, so no step waits for it), or at an evaluation whose
 train_loss or val_loss is not finite, logs no row and writes no checkpoint from then on, and marks it DONE with
-the outcome ``{"kind": "failed", "reason": "non-finite loss", "loss": "nan", "step": N}`` (N: the first step
-whose loss was not finite); the other replicas train on.
+a ``failed`` outcome (:func:`nsrun.runner.outcome.failure`: the first step whose loss was not finite, and the
+loss: nan, inf or -inf); the other replicas train on.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import torch
 
 from nsrun.runner.checkpoint import rng_state, set_rng_state
-from nsrun.runner.rundir import FAILED, failure_text
+from nsrun.runner.outcome import RunOutcome, failure
 from nsrun.runner.signals import STOP_SIGNALS, note, received, signal_name
 
 log = logging.getLogger("nsrun")
@@ -58,7 +58,7 @@ class LoopState:
     clock: dict = field(default_factory=lambda: {"train": 0.0, "eval": 0.0})
     run_ids: list = field(default_factory=list)
     last_rows: list = field(default_factory=list)
-    stopped: list = field(default_factory=list)  # per replica: why its stop rule ended it (or it failed), or None
+    stopped: list = field(default_factory=list)  # per replica: the RunOutcome that ended it early, or None
 
 
 class NonFiniteLoss:
@@ -77,12 +77,11 @@ class NonFiniteLoss:
         self.first_step = torch.where(new, step, self.first_step)
         self.value = torch.where(new, losses, self.value)
 
-    def read(self, k: int) -> dict | None:
+    def read(self, k: int) -> RunOutcome | None:
         """Replica k's outcome once its loss was not finite, else None."""
         if self.first_step is None or int(self.first_step[k]) < 0:
             return None
-        return {"kind": FAILED, "reason": "non-finite loss", "loss": _kind(float(self.value[k])),
-                "step": int(self.first_step[k])}
+        return failure(int(self.first_step[k]), _kind(float(self.value[k])))
 
 
 def _kind(value: float) -> str:
@@ -188,7 +187,7 @@ def train_loop(replicas, dirs: list, trackers: list, cadence: Cadence, state: Lo
     """Train ``replicas`` from ``state.step`` to ``cadence.steps``, writing each replica's metrics, timing and
     checkpoints into its run directory (``dirs[k]``, a RunDir) and its tracker; returns the last rows.
     ``stoppers[k]`` (a StopTracker or None) may end replica k early: it is then checkpointed and marked DONE
-    with the reason at that step, and the loop ends when every replica has stopped."""
+    with its outcome at that step, and the loop ends when every replica has stopped."""
     K = len(dirs)
     stoppers = stoppers or [None] * K
     state.stopped = state.stopped or [None] * K
@@ -205,16 +204,16 @@ def train_loop(replicas, dirs: list, trackers: list, cadence: Cadence, state: Lo
             if not active(k):
                 continue
             if bad := [row[key] for key in ("train_loss", "val_loss") if not math.isfinite(row.get(key, 0.0))]:
-                fail(k, step, {"kind": FAILED, "reason": "non-finite loss", "loss": _kind(bad[0]), "step": step})
+                fail(k, step, failure(step, _kind(bad[0])))
                 continue
             dirs[k].metrics.append(row)
             timing = {"step": step, "train_seconds": state.clock["train"], "eval_seconds": state.clock["eval"]}
             dirs[k].timing.append(timing if K == 1 else {**timing, "parallel_seeds": K})
             trackers[k].log(row, step)
             state.last_rows[k] = row
-            if stoppers[k] is not None and (reason := stoppers[k].update(row)):
+            if stoppers[k] is not None and (outcome := stoppers[k].update(row)):
                 newly_stopped.append(k)
-                state.stopped[k] = reason
+                state.stopped[k] = outcome
         progress.show(step, [r for k, r in enumerate(rows) if active(k) or k in newly_stopped])
         return newly_stopped
 
@@ -228,10 +227,10 @@ def train_loop(replicas, dirs: list, trackers: list, cadence: Cadence, state: Lo
                                          "run_id": state.run_ids[k], "last_row": state.last_rows[k],
                                          "threads": torch.get_num_threads()})
 
-    def fail(k: int, step: int, outcome: dict) -> None:
-        state.stopped[k] = f"{FAILED}: {failure_text(outcome)}"
-        dirs[k].mark_done(outcome["step"], state.stopped[k], outcome)
-        log.info("%s: %s; stopped at step %d", dirs[k].path, failure_text(outcome), step)
+    def fail(k: int, step: int, outcome: RunOutcome) -> None:
+        state.stopped[k] = outcome
+        dirs[k].mark_done(outcome.step, outcome)
+        log.info("%s: %s; stopped at step %d", dirs[k].path, outcome.text, step)
 
     def fail_non_finite(step: int) -> None:
         for k in range(K):
@@ -242,7 +241,7 @@ def train_loop(replicas, dirs: list, trackers: list, cadence: Cadence, state: Lo
         do_checkpoint(step, which)
         for k in which:
             dirs[k].mark_done(step, state.stopped[k])
-            log.info("%s: %s at step %d", dirs[k].path, state.stopped[k], step)
+            log.info("%s: %s at step %d", dirs[k].path, state.stopped[k].text, step)
 
     progress = Progress(cadence.progress, cadence.steps, state.step)
     non_finite = NonFiniteLoss()

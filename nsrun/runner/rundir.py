@@ -7,8 +7,9 @@ RUN_DIR/
   metrics.jsonl           one row per eval step: the same bytes for the same config and seed (on CPU)
   timing.jsonl            wall-clock seconds per eval step (apart, so that metrics stay bit-identical)
   checkpoints/last.pt     the newest checkpoint; previous.pt the one before it (a fallback if last is torn)
-  DONE                    the run has ended: first line its last step, second line why it ended, third line
-                          (a run that failed) its outcome as JSON: {"kind": "failed", "reason": ..., "step": N}
+  DONE                    the run has ended: first line its last step; for a run that ended early, second line
+                          why in words, third line its outcome as JSON (nsrun/runner/outcome.py), e.g.
+                          {"kind": "failed", "step": N, "text": ..., "reason": "non-finite loss", "loss": "nan"}
   .lock                   held (flock) by the one process that writes the run; released when it exits
   runtime.jsonl           one row per start: host, pid, device, threads and the thread policy used
   .hydra/                 Hydra's record of the command, written only once the run may proceed
@@ -33,6 +34,7 @@ from pathlib import Path
 
 from nsrun.runner.errors import StorageError, UsageError, writing
 from nsrun.runner.jsonl import JsonlLog, jsonl_line, read_jsonl  # noqa: F401 (read_jsonl: the one reader)
+from nsrun.runner.outcome import DoneInfo, RunOutcome, legacy_outcome
 
 log = logging.getLogger("nsrun")
 
@@ -46,7 +48,6 @@ PREVIOUS_CHECKPOINT = "previous.pt"
 LOCK_FILE = ".lock"
 RUNTIME_FILE = "runtime.jsonl"
 HYDRA_DIR = ".hydra"
-FAILED = "failed"  # the outcome kind of a run whose training failed (a non-finite loss)
 SKIP_DIRS = frozenset({"wandb", HYDRA_DIR, CHECKPOINT_DIR, "compare", "__pycache__", ".git"})
 
 # keys that may differ between a run and its resumption without changing its metrics
@@ -115,6 +116,7 @@ def first_difference(a, b, prefix: str = "") -> str:
 
 # -- the run directory ---------------------------------------------------------------------------------------
 
+
 class RunDir:
     """Paths and the read side of a run directory (no lock needed to read)."""
 
@@ -158,47 +160,58 @@ class RunDir:
         threads = (ckpt or {}).get("threads", rows[-1].get("threads") if rows else None)
         return threads if isinstance(threads, int) and threads >= 1 else None
 
-    def outcome(self) -> dict | None:
-        """The outcome DONE records as data (third line, JSON), e.g. ``{"kind": "failed", "reason": "non-finite
-        loss", "loss": "nan", "step": 37}``; None where it records none (a run that trained to its end or that its
-        stop rule ended, and every run directory written before outcomes were recorded)."""
-        lines = self.done_path.read_text().splitlines() if self.done_path.exists() else []
-        try:
-            outcome = json.loads(lines[2]) if len(lines) > 2 else None
-        except json.JSONDecodeError:
-            return None
-        return outcome if isinstance(outcome, dict) and "kind" in outcome else None
+    def outcome(self) -> RunOutcome | None:
+        """How the run ended early (:class:`nsrun.runner.outcome.RunOutcome`); None while it runs or when it
+        trained to its last step."""
+        done = self.done_info()
+        return done.outcome if done is not None else None
 
-    def failure(self) -> dict | None:
-        """The outcome of a run that failed (``kind`` failed), else None."""
+    def failure(self) -> RunOutcome | None:
+        """The outcome of a run whose training failed, else None."""
         outcome = self.outcome()
-        return outcome if outcome is not None and outcome["kind"] == FAILED else None
+        return outcome if outcome is not None and outcome.failed else None
 
     def log_damage(self) -> str | None:
         """Why the metrics log of an ended run is damaged: rows missing up to the step DONE names (a last row torn
         by a crash or a full disk) or a torn line; None if it is whole. A rerun restores the row from the
         checkpoint."""
         info = self.done_info()
-        if info is None or info["step"] is None or self.failure() is not None:
+        if info is None or info.step is None or (info.outcome is not None and info.outcome.failed):
             return None
         lines = self.metrics_path.read_text().split("\n") if self.metrics_path.exists() else []
         rows = read_jsonl(self.metrics_path)
         torn = sum(1 for ln in lines if ln.strip()) - len(rows)
         torn_text = f"{torn} torn line{'s' if torn > 1 else ''}"
         last = rows[-1].get("step") if rows else None
-        if not isinstance(last, int) or last < info["step"]:
+        if not isinstance(last, int) or last < info.step:
             return (f"metrics.jsonl {'ends at step ' + str(last) if rows else 'holds no row'} but DONE says step "
-                    f"{info['step']}" + (f" ({torn_text})" if torn else ""))
+                    f"{info.step}" + (f" ({torn_text})" if torn else ""))
         return f"metrics.jsonl has {torn_text}" if torn else None
 
-    def done_info(self) -> dict | None:
-        """``{"step": last step, "reason": why it ended or None}`` once the run is complete, else None."""
+    def done_info(self) -> DoneInfo | None:
+        """What DONE records once the run is complete (its last step and outcome), else None. A DONE without the
+        outcome's JSON line (written before outcomes were data) is read from its prose
+        (:func:`nsrun.runner.outcome.legacy_outcome`, with the run's saved ``stop`` config)."""
         try:
             lines = self.done_path.read_text().splitlines()
         except FileNotFoundError:
             return None
         step = int(lines[0]) if lines and lines[0].strip().lstrip("-").isdigit() else None
-        return {"step": step, "reason": lines[1].strip() if len(lines) > 1 and lines[1].strip() else None}
+        text = lines[1].strip() if len(lines) > 1 else ""
+        try:
+            outcome = RunOutcome.from_json(json.loads(lines[2])) if len(lines) > 2 else None
+        except json.JSONDecodeError:
+            outcome = None
+        return DoneInfo(step, outcome or (legacy_outcome(step, text, self._saved_stop()) if text else None))
+
+    def _saved_stop(self) -> dict | None:
+        import yaml
+
+        try:
+            config = self.read_config()
+        except (OSError, yaml.YAMLError):
+            return None
+        return config.get("stop") if isinstance(config, dict) else None
 
     def is_locked(self) -> bool:
         """Whether a process holds the writer lock now (probed without taking it for more than an instant)."""
@@ -265,10 +278,9 @@ class RunDir:
                **runtime}
         JsonlLog(self.path / RUNTIME_FILE).append(row)
 
-    def mark_done(self, step: int, reason: str | None = None, outcome: dict | None = None) -> None:
-        """Write DONE: ``step``, then ``reason`` (prose, for people), then ``outcome`` (JSON, for readers)."""
-        text = f"{step}\n" + (f"{reason or ''}\n" if reason or outcome else "")
-        _atomic_write(self.done_path, text + (json.dumps(outcome) + "\n" if outcome else ""))
+    def mark_done(self, step: int, outcome: RunOutcome | None = None) -> None:
+        """Write DONE: ``step``, then for a run that ended early its outcome in words (for people) and as JSON."""
+        _atomic_write(self.done_path, f"{step}\n" + (f"{outcome.text}\n{outcome.to_json()}\n" if outcome else ""))
 
     def unmark_done(self) -> None:
         self.done_path.unlink(missing_ok=True)
@@ -418,11 +430,6 @@ def _atomic_write(path: Path, text: str) -> None:
     except StorageError:
         tmp.unlink(missing_ok=True)
         raise
-
-
-def failure_text(outcome: dict) -> str:
-    """``loss is nan at step 37``: a failed run's outcome (:meth:`RunDir.failure`) in words."""
-    return f"loss is {outcome.get('loss', 'not finite')} at step {outcome.get('step', '?')}"
 
 
 def find_run_dirs(paths, include_unfinished: bool = False) -> list[RunDir]:

@@ -9,7 +9,7 @@
   ``give_up_min_delta`` for ``give_up_patience`` steps: a hopeless run counts as "not reached".
 
 A rule is a pure function of the metrics rows it has seen, so a resumed run re-reads its rows and stops
-exactly where an uninterrupted one would.
+exactly where an uninterrupted one would. Why it stopped is a :class:`nsrun.runner.outcome.RunOutcome`.
 """
 
 from __future__ import annotations
@@ -17,8 +17,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-STOPPED = "stopped"
-GAVE_UP = "gave up"
+from nsrun.runner.outcome import GAVE_UP, STOPPED, RunOutcome
 
 
 @dataclass(frozen=True)
@@ -39,7 +38,8 @@ class StopRule:
 
 
 class StopTracker:
-    """Feeds one run's metrics rows to a :class:`StopRule`; ``update(row)`` returns why to stop, or None."""
+    """Feeds one run's metrics rows to a :class:`StopRule`; ``update(row)`` returns the outcome that ends the run
+    at that row, or None."""
 
     def __init__(self, rule: StopRule):
         self.rule = rule
@@ -47,7 +47,7 @@ class StopTracker:
         self.best: float | None = None
         self.best_step: int | None = None
 
-    def update(self, row: dict) -> str | None:
+    def update(self, row: dict) -> RunOutcome | None:
         rule, step = self.rule, int(row["step"])
         value = row.get(rule.metric)
         if value is None or not isinstance(value, (int, float)) or math.isnan(value):
@@ -56,7 +56,8 @@ class StopTracker:
         if rule.past(value):
             self.since = step if self.since is None else self.since
             if step - self.since >= rule.patience:
-                return f"{STOPPED}: {rule.describe()} (past the level since step {self.since})"
+                return RunOutcome(STOPPED, step, f"{STOPPED}: {rule.describe()} (past the level since step "
+                                  f"{self.since})", rule.metric, rule.direction, rule.level, self.since)
         else:
             self.since = None
         better = self.best is None or (value - self.best > rule.give_up_min_delta if rule.direction == "above"
@@ -64,29 +65,14 @@ class StopTracker:
         if better:
             self.best, self.best_step = value, step
         elif rule.give_up_patience is not None and step - self.best_step >= rule.give_up_patience:
-            return (f"{GAVE_UP}: best {rule.metric} {self.best:.4g} at step {self.best_step}, no improvement for "
-                    f"{rule.give_up_patience} steps")
+            return RunOutcome(GAVE_UP, step, f"{GAVE_UP}: best {rule.metric} {self.best:.4g} at step "
+                              f"{self.best_step}, no improvement for {rule.give_up_patience} steps", rule.metric,
+                              rule.direction, rule.level, self.best_step)
         return None
 
-    def replay(self, rows: list[dict]) -> str | None:
-        """Feed the rows a resumed run already logged; the reason if the run should already have stopped."""
-        reason = None
+    def replay(self, rows: list[dict]) -> RunOutcome | None:
+        """Feed the rows a resumed run already logged; the outcome if the run should already have stopped."""
+        outcome = None
         for row in rows:
-            reason = self.update(row) or reason
-        return reason
-
-
-def stopped_by_rule(reason: str | None) -> bool:
-    """Whether a DONE reason says the run ended by its stop rule (it is then complete whatever train.steps)."""
-    return bool(reason) and (reason.startswith(STOPPED) or reason.startswith(GAVE_UP))
-
-
-def onset_from_reason(reason: str | None) -> bool | None:
-    """True for a run stopped by the onset rule, False for one that gave up, None otherwise."""
-    if not reason:
-        return None
-    if reason.startswith(STOPPED):
-        return True
-    if reason.startswith(GAVE_UP):
-        return False
-    return None
+            outcome = self.update(row) or outcome
+        return outcome

@@ -29,29 +29,28 @@ class NullLogger:
         pass
 
 
-def onset_summary(run_dir: Path, stop_rule=None) -> dict:
-    """The run's onsets read back from its local logs, for a tracker's run summary (keys ``onset/...``). A run
-    that its stop rule (``stop_rule``, a StopRule) ended has no onset at a level stricter than the rule's
-    (unknown: None), and one that gave up has none at all."""
+def onset_summary(run_dir: Path) -> dict:
+    """The run's onsets read back from its local logs, for a tracker's run summary (keys ``onset/...``): at each
+    of :data:`SUMMARY_THRESHOLDS` of val_acc the onset step and seconds (None unless reached) and its status,
+    reached | not reached | unknown | failed, as compare says it (:func:`nsrun.runner.outcome.settle_onset`: a
+    run its stop rule ended at val_acc >= 0.95 has an unknown 0.99 onset, one that gave up has not reached it)."""
+    from nsrun.runner.outcome import settle_onset
     from nsrun.runner.rundir import RunDir
-    from nsrun.runner.stopping import onset_from_reason
-    from nsrun.science.onsets import run_onsets
+    from nsrun.science.onsets import OnsetRule, run_onsets
 
     d = RunDir(run_dir)
     rows, timing, info = d.read_metrics(), d.read_timing(), d.done_info()
     if not rows:
         return {}
-    outcome = onset_from_reason(info["reason"]) if info else None  # True: onset rule, False: gave up
     out = {"train_seconds": timing[-1].get("train_seconds")} if timing else {}
     for threshold in SUMMARY_THRESHOLDS:
         name = f"val_acc{round(threshold * 100)}"
-        onsets = run_onsets(rows, timing, threshold=threshold)
-        if outcome is False or (outcome and stop_rule is not None and not (
-                stop_rule.metric == "val_acc" and stop_rule.direction == "above" and stop_rule.level >= threshold)):
-            onsets = {**onsets, "onset_step": None, "onset_seconds": math.inf}
-        out[f"onset/{name}"] = onsets["onset_step"]
-        out[f"onset/{name}_seconds"] = onsets["onset_seconds"] if math.isfinite(onsets["onset_seconds"]) else None
-        if onsets["stab_key"] is not None:
-            out["onset/stab_fall"] = onsets["stab_onset_step"]
-            out[f"onset/stab_lag_{name}"] = onsets["lag_steps"]
+        onsets = settle_onset(run_onsets(rows, timing, threshold=threshold), info.outcome if info else None,
+                              OnsetRule("val_acc", threshold))
+        out[f"onset/{name}"] = onsets.onset_step
+        out[f"onset/{name}_seconds"] = onsets.onset_seconds if math.isfinite(onsets.onset_seconds) else None
+        out[f"onset/{name}_status"] = onsets.onset_status
+        if onsets.stab_key is not None:
+            out["onset/stab_fall"] = onsets.stab_onset_step
+            out[f"onset/stab_lag_{name}"] = onsets.lag_steps
     return out

@@ -19,8 +19,9 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from nsrun.runner.config import build_logger, describe_reg, preflight, stop_rule, validate
 from nsrun.runner.errors import TrainingError
 from nsrun.runner.loop import Cadence, Interrupted, LoopState, restore, train_loop
-from nsrun.runner.rundir import RunDir, failure_text
-from nsrun.runner.stopping import StopTracker, stopped_by_rule
+from nsrun.runner.outcome import settle_onset
+from nsrun.runner.rundir import RunDir
+from nsrun.runner.stopping import StopTracker
 
 log = logging.getLogger("nsrun")
 
@@ -113,7 +114,7 @@ def _raise_failures(dirs: list[RunDir]) -> None:
     """TrainingError naming each run directory whose training failed (DONE records the outcome)."""
     failed = [(d, f) for d in dirs if (f := d.failure()) is not None]
     if failed:
-        runs = "; ".join(f"{d.path}: training failed: {failure_text(f)}" for d, f in failed)
+        runs = "; ".join(f"{d.path}: training {f.text}" for d, f in failed)
         raise TrainingError(f"{runs} (recorded in DONE; a rerun does nothing: try other settings in a new "
                             "hydra.run.dir)")
 
@@ -121,8 +122,7 @@ def _raise_failures(dirs: list[RunDir]) -> None:
 def _ended(d: RunDir) -> bool:
     """Whether the run ended early, by its stop rule or by failing (then it is complete, whatever
     ``train.steps`` says now)."""
-    info = d.done_info()
-    return info is not None and (stopped_by_rule(info["reason"]) or d.failure() is not None)
+    return d.outcome() is not None
 
 
 def _finished(d: RunDir, ckpt: dict | None, steps: int) -> bool:
@@ -148,7 +148,7 @@ def _train_locked(cfgs: list[DictConfig], dirs: list[RunDir], ckpts: list | None
             if d.log_damage() is not None:
                 log.info("%s: %s", d.path, d.log_damage())
                 _restore_logs(d, c, len(dirs))
-            reason = d.done_info()["reason"]
+            reason = d.done_info().reason
             log.info("run in %s is already complete (step %d%s); nothing to do", d.path, c["step"],
                      f", {reason}" if reason else "")
             rows.append(c.get("last_row", {}))
@@ -253,17 +253,22 @@ def _catch_up(cfgs: list[DictConfig], dirs: list[RunDir]) -> None:
 
 
 def run_objective(cfg: DictConfig, run_dir) -> float | None:
-    """What a hyperparameter search minimises (``conf/hparams_search/``): with a stop rule, the step from which
-    the run's metric stayed past the level (its onset) when the rule stopped it, else ``train.steps +
+    """What a hyperparameter search minimises (``conf/hparams_search/``): with a stop rule, the run's onset under
+    that rule's metric, direction and level (the step from which the metric stayed past the level for the rest
+    of the run, settled by how the run ended: :func:`nsrun.runner.outcome.settle_onset`; for a run the rule
+    stopped, the step where the stopping stretch began) when it is known and reached, else ``train.steps +
     stop.unreached_penalty``; None without a stop rule or with parallel seeds."""
+    from nsrun.science.onsets import Onsets, sustained_onset
+
     rule = stop_rule(cfg)
     if rule is None or cfg.train.parallel_seeds > 1:
         return None
     d = RunDir(run_dir)
-    info = d.done_info()
-    if info is not None and info["reason"] and info["reason"].startswith("stopped"):
-        tracker = StopTracker(rule)
-        for row in d.read_metrics():
-            if tracker.update(row):
-                return float(tracker.since)
+    info, rows = d.done_info(), d.read_metrics()
+    if info is not None:
+        onset = sustained_onset([r["step"] for r in rows], [r.get(rule.metric) for r in rows], rule.level,
+                                rule.direction == "above")
+        settled = settle_onset(Onsets(onset), info.outcome, rule)
+        if settled.onset_step is not None:
+            return float(settled.onset_step)
     return float(cfg.train.steps + cfg.stop.unreached_penalty)

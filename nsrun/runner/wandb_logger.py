@@ -69,8 +69,8 @@ def hydra_record(run_dir: Path) -> tuple[str | None, list[str]]:
 class WandbLogger:
     """Mirrors each metrics row to a wandb run; never raises (a wandb failure disables it, once)."""
 
-    def __init__(self, cfg, run_dir: Path, run_id: str | None = None, stop_rule=None):
-        self.run_dir, self.stop_rule, self.run = Path(run_dir), stop_rule, None
+    def __init__(self, cfg, run_dir: Path, run_id: str | None = None):
+        self.run_dir, self.run = Path(run_dir), None
         try:
             self.run = self._init(cfg, run_id)
         except Exception as e:
@@ -133,7 +133,7 @@ class WandbLogger:
         from nsrun.runner.tracking import onset_summary
 
         self._call("summary", lambda run: run.summary.update(
-            {"final_step": values.get("step"), **onset_summary(self.run_dir, self.stop_rule)}))
+            {"final_step": values.get("step"), **onset_summary(self.run_dir)}))
 
     def finish(self, exit_code: int = 0) -> None:
         run, self.run = self.run, None

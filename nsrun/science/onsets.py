@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -46,6 +46,11 @@ class OnsetRule:
     def comparison(self) -> str:
         return ">=" if self.metric == "val_acc" else "<="
 
+    @property
+    def direction(self) -> str:
+        """``above`` (val_acc stays >= the level) or ``below`` (val_loss stays <= it)."""
+        return "above" if self.metric == "val_acc" else "below"
+
     def describe(self) -> str:
         return f"{self.metric} {self.comparison} {self.level:g} for the rest of the run"
 
@@ -55,6 +60,33 @@ class OnsetRule:
         if self.stability_level is not None:
             return f"{key}: first step <= {self.stability_level:g}"
         return f"{key}: end of the steepest fall" + (f" (moving average {self.window})" if self.window > 1 else "")
+
+
+REACHED, NOT_REACHED, UNKNOWN, FAILED = "reached", "not reached", "unknown", "failed"
+
+
+@dataclass(frozen=True)
+class Onsets:
+    """The onsets of one run: ``onset_step`` (None: not reached), ``onset_seconds`` (cumulative training seconds
+    at that step; inf: not reached, NaN: no timing or no onset to time), the stability metric ``stab_key`` and
+    its onset ``stab_onset_step``, ``lag_steps`` (stability onset minus onset; None unless both exist) and
+    ``onset_status``: reached | not reached (what the rows say), or, once settled by how the run ended
+    (:func:`nsrun.runner.outcome.settle_onset`), unknown | failed."""
+
+    onset_step: int | None
+    onset_seconds: float = math.nan
+    stab_key: str | None = None
+    stab_onset_step: int | None = None
+    lag_steps: int | None = None
+    onset_status: str = ""
+
+    def __post_init__(self):
+        if not self.onset_status:
+            object.__setattr__(self, "onset_status", REACHED if self.onset_step is not None else NOT_REACHED)
+
+    def without_onset(self, status: str, seconds: float) -> Onsets:
+        """No onset (and so no lag), with ``status`` and ``seconds`` (inf: not reached, NaN: unknown or failed)."""
+        return replace(self, onset_step=None, onset_seconds=seconds, lag_steps=None, onset_status=status)
 
 
 def _finite(v) -> bool:
@@ -145,12 +177,9 @@ def curve(rows: Sequence[dict], key: str) -> tuple[list[int], list[float]]:
 
 def run_onsets(rows: Sequence[dict], timing: Sequence[dict] = (), threshold: float = 0.95,
                target_loss: float | None = None, stability: str | None = None,
-               stability_level: float | None = None, window: int = 1) -> dict:
-    """The onsets of one run from its ``metrics.jsonl`` rows (and ``timing.jsonl`` rows for seconds).
-
-    Returns ``onset_step`` (None: not reached), ``onset_seconds`` (cumulative training seconds at that
-    step; inf: not reached, NaN: no timing), ``stab_key``, ``stab_onset_step`` and ``lag_steps``
-    (stability onset minus onset; None unless both exist)."""
+               stability_level: float | None = None, window: int = 1) -> Onsets:
+    """The :class:`Onsets` of one run from its ``metrics.jsonl`` rows (and ``timing.jsonl`` rows for seconds):
+    the accuracy onset at ``threshold``, or the loss onset at ``target_loss`` when given."""
     steps = [r["step"] for r in rows]
     if target_loss is not None:
         onset = loss_onset(steps, [r.get("val_loss") for r in rows], target_loss)
@@ -162,15 +191,14 @@ def run_onsets(rows: Sequence[dict], timing: Sequence[dict] = (), threshold: flo
     if key is not None and any(key in r for r in rows):
         stab_onset = stability_onset(steps, [r.get(key) for r in rows], stability_level, window)
     lag = stab_onset - onset if stab_onset is not None and onset is not None else None
-    return {"onset_step": onset, "onset_seconds": seconds, "stab_key": key, "stab_onset_step": stab_onset,
-            "lag_steps": lag}
+    return Onsets(onset, seconds, key, stab_onset, lag)
 
 
-def rule_onsets(rows: Sequence[dict], timing: Sequence[dict], rule: OnsetRule, stability: str | None) -> dict:
+def rule_onsets(rows: Sequence[dict], timing: Sequence[dict], rule: OnsetRule, stability: str | None) -> Onsets:
     """:func:`run_onsets` under ``rule``, with ``stability`` the stability metric of the whole comparison
     (None, or a key this run does not log: no stability onset and no lag)."""
     target = rule.level if rule.metric == "val_loss" else None
     onsets = run_onsets(rows, timing, rule.level, target, stability, rule.stability_level, rule.window)
     if stability is None or not any(stability in row for row in rows):
-        onsets.update(stab_key=None, stab_onset_step=None, lag_steps=None)
+        return replace(onsets, stab_key=None, stab_onset_step=None, lag_steps=None)
     return onsets

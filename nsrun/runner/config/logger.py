@@ -56,10 +56,9 @@ class WandbLoggerConfig:
             raise ConfigError("logger.tags", f"must be a list of strings, got {self.tags!r}")
 
     def build(self, cfg, run_dir: Path, run_id: str | None):
-        from nsrun.runner.config.stop import stop_rule
         from nsrun.runner.wandb_logger import WandbLogger
 
-        return WandbLogger(cfg, run_dir, run_id, stop_rule=stop_rule(cfg) if "stop" in cfg else None)
+        return WandbLogger(cfg, run_dir, run_id)
 
 
 def build_logger(cfg, run_dir: Path, run_id: str | None = None):
