@@ -75,7 +75,7 @@ BAD = [
     (["model.activation=tanh"], "model.activation", "relu"),
     (["eval.n_examples=0"], "eval.n_examples", ">= 1 or null"),
     (["stability.sensitivity_positions=0"], "stability.sensitivity_positions", ">= 1 or null"),
-    (["task=wikitext2", "task.eval_examples=-5"], "task.eval_examples", ">= 1 or null"),
+    (["task=wikitext2", "eval.n_examples=-5"], "eval.n_examples", ">= 1 or null"),
 ]
 
 
@@ -134,6 +134,7 @@ REFUSED = [
                    "reg, seed, stability, stop, task, train"),
     (["+train.step=500"], "train.step: unknown key (did you mean train.steps?); allowed keys under 'train': steps,"),
     (["train.step=500"], "train.step: unknown key (did you mean train.steps?)"),
+    (["task=parity", "task.steps=7"], "task.steps: unknown key; allowed keys under 'task': name, n_bits,"),
 ]
 
 
@@ -151,8 +152,33 @@ def test_cfg_job_shows_resolved_values(tmp_path):
     res = run_cli(["--cfg", "job", "task=parity", "task.n_bits=12"], cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     assert "${" not in res.stdout and "  n_bits: 12\n" in res.stdout.split("\ntask:\n")[1]
-    train = res.stdout.split("\ntrain:\n")[1]
+    train = ("\n" + res.stdout).split("\ntrain:\n")[1]
     assert "  steps: 10000\n" in train and "  batch_size: 100\n" in train and "  eval_every: 250\n" in train
+
+
+COMPOSED = [  # overrides -> the values they compose to: a task file sets train.*, the command line wins
+    ([], {"train.steps": 20000, "train.batch_size": None, "stability.n_examples": 2048, "optim.lr": 1e-3}),
+    (["task=parity"], {"train.steps": 10000, "train.batch_size": 100, "train.eval_every": 250,
+                       "stability.n_examples": 256, "stability.sensitivity_positions": 4, "model.name": "parity",
+                       "optim.lr": 3e-3, "reg.gamma": 0.05}),
+    (["task=parity", "train.steps=7", "model=tiny", "optim.lr=0.01", "reg.gamma=0.5"],
+     {"train.steps": 7, "train.batch_size": 100, "model.name": "tiny", "optim.lr": 0.01, "reg.gamma": 0.5}),
+    (["task=parity", "reg=weight_decay"], {"optim.weight_decay": 3.0, "train.steps": 10000}),
+    (["task=wikitext2"], {"train.steps": 5000, "eval.n_examples": 512, "stability.n_examples": 64}),
+    (["+experiment=parity_n40"], {"train.steps": 6000, "train.eval_every": 50, "stability.n_examples": 500,
+                                  "stability.sensitivity_positions": 4}),
+    (["+experiment=modadd_quick"], {"train.steps": 8000, "stability.n_examples": None, "model.name": "small"}),
+    (["+experiment=modadd_quick", "train.steps=9"], {"train.steps": 9}),
+]
+
+
+@pytest.mark.parametrize("overrides,values", COMPOSED, ids=[" ".join(c[0]) or "default" for c in COMPOSED])
+def test_task_files_set_other_sections_and_the_command_line_wins(overrides, values):
+    from omegaconf import OmegaConf
+
+    cfg = compose_cfg(overrides)
+    validate(cfg)
+    assert {key: OmegaConf.select(cfg, key) for key in values} == values
 
 
 def test_help_lists_nsruns_groups_and_the_keys_of_each_reg_option(tmp_path):
@@ -167,6 +193,19 @@ def test_help_lists_nsruns_groups_and_the_keys_of_each_reg_option(tmp_path):
     assert "stability (chosen): " in text and "keys: reg.rho reg.gamma reg.S reg.noise" in text
     assert "none: Plain cross-entropy: the baseline keys: none" in text
     assert "grokfast: " in text and "keys: reg.alpha reg.lamb" in text
+
+
+def test_runs_from_before_task_files_set_train_keys_still_match():
+    """Earlier configs carried a task file's values of train.* as task.steps etc.: the same run."""
+    from omegaconf import OmegaConf
+
+    from nsrun.runner.rundir import science_config
+
+    new = OmegaConf.to_container(compose_cfg(["task=parity"]), resolve=True)
+    old = {**new, "task": {**new["task"], "batch_size": 100, "steps": 10000, "eval_every": 250,
+                           "stability_examples": 256, "sensitivity_positions": 4}}
+    assert science_config(old) == science_config(new)
+    assert science_config(old) != science_config({**new, "train": {**new["train"], "batch_size": 50}})
 
 
 def test_runs_from_before_task_resample_count_as_content_and_only_modadd_runs_gain_it():

@@ -28,7 +28,6 @@ from nsrun.runner.errors import ConfigError
 OPTIONS: dict[str, dict[str, type]] = {}  # group -> option name -> schema
 SECTIONS: dict[str, type] = {}  # section without options -> schema
 GROUPS: dict[str, str] = {}  # group or section -> one line saying what it configures
-HINTS: dict[str, str] = {}  # key -> what to set instead, for a key that a schema does not have
 TOP_LEVEL_KEYS = ("seed", "experiment")  # besides the groups and sections; `experiment` is analysis metadata
 TYPE_WORDS = {"Integer": "an integer", "Float": "a number", "Boolean": "true or false", "String": "a string"}
 
@@ -93,8 +92,6 @@ def unknown_key(key: str, cfg) -> ConfigError:
         allowed = sorted([*TOP_LEVEL_KEYS, *groups()])
         return ConfigError(key, f"unknown key{_did_you_mean(key, allowed, '')}{_allowed(allowed, 'at the top level')}")
     leaf = rest.split(".")[0]
-    if f"{group}.{leaf}" in HINTS:
-        return ConfigError(f"{group}.{leaf}", HINTS[f"{group}.{leaf}"])
     selected = cfg[group].get("name") if cfg is not None and isinstance(cfg.get(group), DictConfig) else None
     if group in SECTIONS:
         allowed = field_names(SECTIONS[group])
