@@ -195,6 +195,27 @@ def test_help_lists_nsruns_groups_and_the_keys_of_each_reg_option(tmp_path):
     assert "grokfast: " in text and "keys: reg.alpha reg.lamb" in text
 
 
+@pytest.mark.parametrize("key,value,message", [
+    ("train.steps", "ten", "train.steps: must be an integer, got 'ten'"),
+    ("train.deterministic", "maybe", "train.deterministic: must be true or false, got 'maybe'"),
+    ("stability.rhos", [0.5, "x"], "stability.rhos: must be a number, got 'x'"),
+    ("stability.rhos", [0.5, 2.0], "stability.rhos: must be a non-empty list of numbers in [0, 1]"),
+    ("stability.n_repeats", 0, "stability.n_repeats: must be an integer >= 1, got 0"),
+])
+def test_a_plain_config_is_typed_by_the_schema_like_a_composed_one(key, value, message):
+    """A run directory's resolved config has no schema attached: section() types it as Hydra would."""
+    from omegaconf import OmegaConf
+
+    from nsrun.runner.config import section
+    from nsrun.runner.errors import ConfigError
+
+    plain = OmegaConf.create(OmegaConf.to_container(compose_cfg(), resolve=True))
+    OmegaConf.update(plain, key, value)
+    with pytest.raises(ConfigError) as refused:
+        section(plain, key.split(".")[0])
+    assert str(refused.value).startswith(message)
+
+
 def test_runs_from_before_task_files_set_train_keys_still_match():
     """Earlier configs carried a task file's values of train.* as task.steps etc.: the same run."""
     from omegaconf import OmegaConf

@@ -85,8 +85,8 @@ def _plain(config) -> dict:
 
 def science_config(config, drop: tuple[str, ...] = ()) -> dict:
     """The resolved config without the keys that do not change a run's metrics (:data:`NON_SCIENCE_KEYS`,
-    :data:`COPIED_KEYS` and ``drop``), with :data:`ADDED_KEYS` (and :data:`ADDED_OPTION_KEYS` in their option's section) filled in where
-    missing and :data:`NO_EFFECT_KEYS` removed."""
+    :data:`COPIED_KEYS` and ``drop``), with :data:`ADDED_KEYS` (and :data:`ADDED_OPTION_KEYS` in their option's
+    section) filled in where missing and :data:`NO_EFFECT_KEYS` removed."""
     d = _plain(config)
     for key in (*NON_SCIENCE_KEYS, *COPIED_KEYS, *drop):
         node, leaf = _parent(d, key)

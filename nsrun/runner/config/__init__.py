@@ -66,7 +66,7 @@ def validate(cfg) -> None:
     for key in cfg:
         if key not in TOP_LEVEL_KEYS and key not in OPTIONS and key not in SECTIONS:
             raise unknown_key(str(key), cfg)
-    check_int("seed", cfg.get("seed"), 0)
+    check_int("seed", cfg.get("seed"), 0, typed=False)
     sections = {group: section(cfg, group) for group in groups()}
     check_schedule_used(sections["reg"], sections["noise"])
     check_exact_task(sections["stability"], sections["task"])
