@@ -19,7 +19,7 @@ import os
 from pathlib import Path
 
 # every group module registers its schema on import
-from nsrun.runner.config import logger, model, noise, optim, reg, run, stop, task  # noqa: F401
+from nsrun.runner.config import experiment, logger, model, noise, optim, reg, run, stop, task  # noqa: F401
 from nsrun.runner.config.checks import (
     DEVICE_RE,
     check_int,
