@@ -229,6 +229,18 @@ def test_runs_from_before_task_files_set_train_keys_still_match():
     assert science_config(old) != science_config({**new, "train": {**new["train"], "batch_size": 50}})
 
 
+def test_stability_settings_without_logging_do_not_change_the_science_key():
+    from omegaconf import OmegaConf
+
+    from nsrun.runner.rundir import science_config
+
+    off = OmegaConf.to_container(compose_cfg(["stability.enabled=false"]), resolve=True)
+    other = {**off, "stability": {**off["stability"], "rhos": [0.5], "sensitivity": False}}
+    assert science_config(off) == science_config(other)
+    on = {**other, "stability": {**other["stability"], "enabled": True}}
+    assert science_config(on) != science_config({**on, "stability": {**on["stability"], "rhos": [0.9]}})
+
+
 def test_runs_from_before_task_resample_count_as_content_and_only_modadd_runs_gain_it():
     from omegaconf import OmegaConf
 

@@ -86,7 +86,8 @@ def _plain(config) -> dict:
 def science_config(config, drop: tuple[str, ...] = ()) -> dict:
     """The resolved config without the keys that do not change a run's metrics (:data:`NON_SCIENCE_KEYS`,
     :data:`COPIED_KEYS` and ``drop``), with :data:`ADDED_KEYS` (and :data:`ADDED_OPTION_KEYS` in their option's
-    section) filled in where missing and :data:`NO_EFFECT_KEYS` removed."""
+    section) filled in where missing and :data:`NO_EFFECT_KEYS` removed (and every ``stability`` key but
+    ``enabled`` when it is false)."""
     d = _plain(config)
     for key in (*NON_SCIENCE_KEYS, *COPIED_KEYS, *drop):
         node, leaf = _parent(d, key)
@@ -104,6 +105,8 @@ def science_config(config, drop: tuple[str, ...] = ()) -> dict:
     if isinstance(reg, dict):
         for key in NO_EFFECT_KEYS.get(reg.get("name"), ()):
             reg.pop(key, None)
+    if isinstance(d.get("stability"), dict) and d["stability"].get("enabled") is False:
+        d["stability"] = {"enabled": False}  # no stability logged: its settings change nothing
     return d
 
 
