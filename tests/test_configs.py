@@ -134,6 +134,10 @@ REFUSED = [
                    "reg, seed, stability, stop, task, train"),
     (["+train.step=500"], "train.step: unknown key (did you mean train.steps?); allowed keys under 'train': steps,"),
     (["train.step=500"], "train.step: unknown key (did you mean train.steps?)"),
+    (["+experiment=parity_quick", "+experiment.titel=x"], "experiment.titel: unknown key; allowed keys there: name, "
+                                                            "title,"),
+    (["+experiment=map_modadd_tiny", "+experiment.map.titel=x"], "experiment.map.titel: unknown key"),
+    (["+experiment=parity_quick", "experiment.figure=two"], "experiment.figure: must be an integer, got 'two'"),
     (["task=parity", "task.steps=7"], "task.steps: unknown key; allowed keys under 'task': name, n_bits,"),
 ]
 

@@ -29,6 +29,7 @@ from nsrun.runner.config.checks import (
     require_number,
     select,
 )
+from nsrun.runner.config.experiment import check_experiment
 from nsrun.runner.config.logger import build_logger
 from nsrun.runner.config.model import build_model
 from nsrun.runner.config.noise import build_schedule
@@ -67,6 +68,7 @@ def validate(cfg) -> None:
         if key not in TOP_LEVEL_KEYS and key not in OPTIONS and key not in SECTIONS:
             raise unknown_key(str(key), cfg)
     check_int("seed", cfg.get("seed"), 0, typed=False)
+    check_experiment(cfg)
     sections = {group: section(cfg, group) for group in groups()}
     check_schedule_used(sections["reg"], sections["noise"])
     check_exact_task(sections["stability"], sections["task"])

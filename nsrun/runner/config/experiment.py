@@ -5,11 +5,15 @@ mistyped key is refused when the experiment is composed; the analysis checks the
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, OmegaConf
+from omegaconf.errors import ConfigKeyError, ValidationError
+
+from nsrun.runner.config.schema import type_error
+from nsrun.runner.errors import ConfigError
 
 
 @dataclass
@@ -102,3 +106,17 @@ class Experiment:
 
 
 ConfigStore.instance().store(group="schema", name="experiment", node=Experiment)
+
+
+def check_experiment(cfg) -> None:
+    """The ``experiment`` block, if any, against its schema: also a key added with ``+experiment.KEY=...``,
+    which Hydra adds past the schema."""
+    if cfg.get("experiment") is None:
+        return
+    try:
+        OmegaConf.merge(OmegaConf.structured(Experiment), OmegaConf.to_container(cfg.experiment, resolve=True))
+    except ConfigKeyError as e:
+        known = ", ".join(f.name for f in fields(e.object_type)) if is_dataclass(e.object_type) else ""
+        raise ConfigError(f"experiment.{e.full_key}", f"unknown key; allowed keys there: {known}") from None
+    except ValidationError as e:
+        raise type_error(f"experiment.{e.full_key}", e) from None
