@@ -75,7 +75,7 @@ BAD = [
     (["model.activation=tanh"], "model.activation", "relu"),
     (["eval.n_examples=0"], "eval.n_examples", ">= 1 or null"),
     (["stability.sensitivity_positions=0"], "stability.sensitivity_positions", ">= 1 or null"),
-    (["task=wikitext2", "task.eval_examples=-5"], "task.eval_examples", ">= 1 or null"),
+    (["task=wikitext2", "eval.n_examples=-5"], "eval.n_examples", ">= 1 or null"),
 ]
 
 
@@ -134,6 +134,11 @@ REFUSED = [
                    "reg, seed, stability, stop, task, train"),
     (["+train.step=500"], "train.step: unknown key (did you mean train.steps?); allowed keys under 'train': steps,"),
     (["train.step=500"], "train.step: unknown key (did you mean train.steps?)"),
+    (["+experiment=parity_quick", "+experiment.titel=x"], "experiment.titel: unknown key; allowed keys there: name, "
+                                                            "title,"),
+    (["+experiment=map_modadd_tiny", "+experiment.map.titel=x"], "experiment.map.titel: unknown key"),
+    (["+experiment=parity_quick", "experiment.figure=two"], "experiment.figure: must be an integer, got 'two'"),
+    (["task=parity", "task.steps=7"], "task.steps: unknown key; allowed keys under 'task': name, n_bits,"),
 ]
 
 
@@ -151,8 +156,33 @@ def test_cfg_job_shows_resolved_values(tmp_path):
     res = run_cli(["--cfg", "job", "task=parity", "task.n_bits=12"], cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     assert "${" not in res.stdout and "  n_bits: 12\n" in res.stdout.split("\ntask:\n")[1]
-    train = res.stdout.split("\ntrain:\n")[1]
+    train = ("\n" + res.stdout).split("\ntrain:\n")[1]
     assert "  steps: 10000\n" in train and "  batch_size: 100\n" in train and "  eval_every: 250\n" in train
+
+
+COMPOSED = [  # overrides -> the values they compose to: a task file sets train.*, the command line wins
+    ([], {"train.steps": 20000, "train.batch_size": None, "stability.n_examples": 2048, "optim.lr": 1e-3}),
+    (["task=parity"], {"train.steps": 10000, "train.batch_size": 100, "train.eval_every": 250,
+                       "stability.n_examples": 256, "stability.sensitivity_positions": 4, "model.name": "parity",
+                       "optim.lr": 3e-3, "reg.gamma": 0.05}),
+    (["task=parity", "train.steps=7", "model=tiny", "optim.lr=0.01", "reg.gamma=0.5"],
+     {"train.steps": 7, "train.batch_size": 100, "model.name": "tiny", "optim.lr": 0.01, "reg.gamma": 0.5}),
+    (["task=parity", "reg=weight_decay"], {"optim.weight_decay": 3.0, "train.steps": 10000}),
+    (["task=wikitext2"], {"train.steps": 5000, "eval.n_examples": 512, "stability.n_examples": 64}),
+    (["+experiment=parity_n40"], {"train.steps": 6000, "train.eval_every": 50, "stability.n_examples": 500,
+                                  "stability.sensitivity_positions": 4}),
+    (["+experiment=modadd_quick"], {"train.steps": 8000, "stability.n_examples": None, "model.name": "small"}),
+    (["+experiment=modadd_quick", "train.steps=9"], {"train.steps": 9}),
+]
+
+
+@pytest.mark.parametrize("overrides,values", COMPOSED, ids=[" ".join(c[0]) or "default" for c in COMPOSED])
+def test_task_files_set_other_sections_and_the_command_line_wins(overrides, values):
+    from omegaconf import OmegaConf
+
+    cfg = compose_cfg(overrides)
+    validate(cfg)
+    assert {key: OmegaConf.select(cfg, key) for key in values} == values
 
 
 def test_help_lists_nsruns_groups_and_the_keys_of_each_reg_option(tmp_path):
@@ -167,6 +197,52 @@ def test_help_lists_nsruns_groups_and_the_keys_of_each_reg_option(tmp_path):
     assert "stability (chosen): " in text and "keys: reg.rho reg.gamma reg.S reg.noise" in text
     assert "none: Plain cross-entropy: the baseline keys: none" in text
     assert "grokfast: " in text and "keys: reg.alpha reg.lamb" in text
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("train.steps", "ten", "train.steps: must be an integer, got 'ten'"),
+    ("train.deterministic", "maybe", "train.deterministic: must be true or false, got 'maybe'"),
+    ("stability.rhos", [0.5, "x"], "stability.rhos: must be a number, got 'x'"),
+    ("stability.rhos", [0.5, 2.0], "stability.rhos: must be a non-empty list of numbers in [0, 1]"),
+    ("stability.n_repeats", 0, "stability.n_repeats: must be an integer >= 1, got 0"),
+])
+def test_a_plain_config_is_typed_by_the_schema_like_a_composed_one(key, value, message):
+    """A run directory's resolved config has no schema attached: section() types it as Hydra would."""
+    from omegaconf import OmegaConf
+
+    from nsrun.runner.config import section
+    from nsrun.runner.errors import ConfigError
+
+    plain = OmegaConf.create(OmegaConf.to_container(compose_cfg(), resolve=True))
+    OmegaConf.update(plain, key, value)
+    with pytest.raises(ConfigError) as refused:
+        section(plain, key.split(".")[0])
+    assert str(refused.value).startswith(message)
+
+
+def test_runs_from_before_task_files_set_train_keys_still_match():
+    """Earlier configs carried a task file's values of train.* as task.steps etc.: the same run."""
+    from omegaconf import OmegaConf
+
+    from nsrun.runner.rundir import science_config
+
+    new = OmegaConf.to_container(compose_cfg(["task=parity"]), resolve=True)
+    old = {**new, "task": {**new["task"], "batch_size": 100, "steps": 10000, "eval_every": 250,
+                           "stability_examples": 256, "sensitivity_positions": 4}}
+    assert science_config(old) == science_config(new)
+    assert science_config(old) != science_config({**new, "train": {**new["train"], "batch_size": 50}})
+
+
+def test_stability_settings_without_logging_do_not_change_the_science_key():
+    from omegaconf import OmegaConf
+
+    from nsrun.runner.rundir import science_config
+
+    off = OmegaConf.to_container(compose_cfg(["stability.enabled=false"]), resolve=True)
+    other = {**off, "stability": {**off["stability"], "rhos": [0.5], "sensitivity": False}}
+    assert science_config(off) == science_config(other)
+    on = {**other, "stability": {**other["stability"], "enabled": True}}
+    assert science_config(on) != science_config({**on, "stability": {**on["stability"], "rhos": [0.9]}})
 
 
 def test_runs_from_before_task_resample_count_as_content_and_only_modadd_runs_gain_it():

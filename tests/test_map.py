@@ -63,6 +63,23 @@ def test_every_arm_of_every_map_composes_into_a_valid_job(name):
     assert cfg.stop.give_up_patience is None
 
 
+@pytest.mark.parametrize("anchor,typo,key", [
+    ("  map:\n", "    overides: {seed: [0]}\n", "overides"),  # a misspelt key of the map
+    ("experiment:\n", "  stability_window: three\n", "stability_window"),  # a mistyped value
+])
+def test_a_typo_in_a_maps_metadata_is_refused_naming_the_key(tmp_path, anchor, typo, key):
+    import shutil
+
+    from hydra.errors import ConfigCompositionException
+
+    conf = shutil.copytree(CONF, tmp_path / "conf")
+    path = conf / "experiment" / "map_modadd_tiny.yaml"
+    path.write_text(path.read_text().replace(anchor, anchor + typo, 1))
+    with pytest.raises(ConfigCompositionException) as refused:
+        load_map("map_modadd_tiny", conf)
+    assert key in str(refused.value.__cause__ or refused.value)
+
+
 def test_the_quick_map_is_the_issue_s_grid_on_the_quick_regime():
     spec = load_map("map_modadd_quick", CONF)
     quick = compose_cfg(["+experiment=modadd_quick"])

@@ -23,6 +23,10 @@ def test_the_search_composes_to_the_quick_modadd_regime():
     assert (cfg.optim.lr, cfg.optim.warmup_steps, cfg.train.steps, cfg.train.batch_size) == (1e-3, 0, 12000, None)
     assert (cfg.reg.name, cfg.stop.name, cfg.stop.level, cfg.stop.patience, cfg.stop.unreached_penalty) == (
         "stability", "onset", 0.95, 3000, 3000)  # the map's horizon and stop rule
+    the_map = compose_cfg(["+experiment=map_modadd_quick"])
+    for key in ("task", "model", "optim", "train.steps", "train.eval_every", "stop.patience"):  # composed, not restated
+        assert OmegaConf.select(cfg, key) == OmegaConf.select(the_map, key), key
+    assert not cfg.stability.enabled
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         hydra_cfg = compose("config", overrides=["hparams_search=modadd_optuna"], return_hydra_config=True).hydra

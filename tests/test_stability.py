@@ -7,15 +7,13 @@ import math
 import pytest
 import torch
 
-from nsrun.science.stability import (
+from nsrun.science.stability import theory
+from nsrun.science.stability.estimators import (
     average_sensitivity,
-    gaussian_noise,
     gaussian_stability,
     noise_stability,
-    resample_positions,
-    theory,
-    token_noise,
 )
+from nsrun.science.stability.noise import gaussian_noise, resample_positions, token_noise
 
 
 def gen(seed=0):

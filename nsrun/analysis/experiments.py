@@ -120,34 +120,34 @@ def compose(conf_dir: Path | None, overrides: list[str], hydra_config: bool = Fa
 
 
 def from_config(stem: str, cfg) -> Experiment:
-    """The :class:`Experiment` of a composed ``+experiment=STEM`` config (with its hydra node)."""
+    """The :class:`Experiment` of a composed ``+experiment=STEM`` config (with its hydra node); its ``experiment``
+    block is typed by its schema (nsrun/runner/config/experiment.py), its values are checked here."""
+    from dataclasses import asdict
+
     from omegaconf import OmegaConf
 
-    meta = OmegaConf.to_container(cfg.experiment, resolve=True)
     where = f"conf/experiment/{stem}.yaml: experiment"
-    try:
-        groups = {arm: GroupStyle(g["role"], g["label"], g["colour"], tuple((g.get("match") or {}).items()))
-                  for arm, g in meta["groups"].items()}
-        bad = [arm for arm, g in groups.items() if g.role not in ROLES]
-        if bad:
-            raise ValueError(f"{where}.groups.{bad[0]}.role must be one of {', '.join(ROLES)}")
-        unknown = [c for c in meta.get("claims", ()) if c not in CLAIMS]
-        if unknown:
-            raise ValueError(f"{where}.claims: unknown claim {unknown[0]!r}; allowed: {', '.join(CLAIMS)}")
-        level, factors = onset_level(meta["onset"]["level"], where)
-        reach = meta["onset"].get("reach", "sustained")
-        if reach not in REACH:
-            raise ValueError(f"{where}.onset.reach must be one of {', '.join(REACH)}, got {reach!r}")
-        exp = Experiment(
-            name=meta["name"], config=stem, quick=bool(meta.get("quick", False)), figure=int(meta["figure"]),
-            title=meta["title"], onset_metric=meta["onset"]["metric"], onset_level=level,
-            stability_window=int(meta.get("stability_window", 1)), groups=groups,
-            paper=meta["paper"]["result"], paper_fewer_steps=meta["paper"].get("fewer_steps"),
-            claims=tuple(meta.get("claims", ())), sweep_dir=Path(cfg.hydra.sweep.dir),
-            text_subset=meta.get("text_subset"), onset_reach=reach, baseline_factors=factors,
-            sweeps=tuple(meta.get("sweeps") or ()))
-    except (KeyError, TypeError) as e:
-        raise ValueError(f"conf/experiment/{stem}.yaml: experiment metadata incomplete ({e!r} missing)") from None
+    meta = OmegaConf.to_object(cfg.experiment)
+    for key in ("figure", "paper"):
+        if getattr(meta, key) is None:
+            raise ValueError(f"{where}.{key} is missing (an experiment of the paper needs it)")
+    bad = [arm for arm, g in meta.groups.items() if g.role not in ROLES]
+    if not meta.groups or bad:
+        raise ValueError(f"{where}.groups{f'.{bad[0]}.role' if bad else ''} must name arms whose role is one of "
+                         f"{', '.join(ROLES)}")
+    unknown = [c for c in meta.claims if c not in CLAIMS]
+    if unknown:
+        raise ValueError(f"{where}.claims: unknown claim {unknown[0]!r}; allowed: {', '.join(CLAIMS)}")
+    level, factors = onset_level(meta.onset.level, where)
+    if meta.onset.reach not in REACH:
+        raise ValueError(f"{where}.onset.reach must be one of {', '.join(REACH)}, got {meta.onset.reach!r}")
+    exp = Experiment(
+        name=meta.name, config=stem, quick=meta.quick, figure=meta.figure, title=meta.title,
+        onset_metric=meta.onset.metric, onset_level=level, stability_window=meta.stability_window,
+        groups={arm: GroupStyle(g.role, g.label, g.colour, tuple(g.match.items())) for arm, g in meta.groups.items()},
+        paper=meta.paper.result, paper_fewer_steps=meta.paper.fewer_steps, claims=tuple(meta.claims),
+        sweep_dir=Path(cfg.hydra.sweep.dir), text_subset=asdict(meta.text_subset) if meta.text_subset else None,
+        onset_reach=meta.onset.reach, baseline_factors=factors, sweeps=tuple(meta.sweeps))
     try:
         exp.rule  # noqa: B018  (checks the onset metric)
     except ValueError as e:
@@ -176,7 +176,7 @@ def load_experiments(conf_dir: Path | None, quick: bool) -> dict[str, Experiment
     found = {}
     for path in sorted(Path(conf_dir or CONF_DIR, "experiment").glob("*.yaml")):
         cfg = compose(conf_dir, [f"+experiment={path.stem}"], hydra_config=True)
-        if cfg.get("experiment") is None or "map" in cfg.experiment:
+        if cfg.get("experiment") is None or cfg.experiment.map is not None:
             continue
         exp = from_config(path.stem, cfg)
         if exp.quick == quick:

@@ -114,33 +114,25 @@ class MapSpec:
 
 def spec_from_config(stem: str, cfg, root: Path | None = None) -> MapSpec:
     """The :class:`MapSpec` of a composed ``+experiment=STEM`` config; ``root`` replaces ``experiment.map.root``'s
-    parent (``--root R``: the sweeps go to ``R/NAME``). A bad spec raises ValueError naming the file and key."""
+    parent (``--root R``: the sweeps go to ``R/NAME``). Its ``experiment`` block is typed by its schema
+    (nsrun/runner/config/experiment.py); a bad value raises ValueError naming the file and key."""
     from omegaconf import OmegaConf
 
     where = f"conf/experiment/{stem}.yaml: experiment.map"
-    meta = OmegaConf.to_container(cfg.experiment, resolve=True)
-    m = meta.get("map")
-    if not isinstance(m, dict):
+    meta = OmegaConf.to_object(cfg.experiment)
+    m = meta.map
+    if m is None:
         raise ValueError(f"conf/experiment/{stem}.yaml: no experiment.map (not a map)")
-    try:
-        grid = None
-        if m.get("grid"):
-            grid = Grid(*(Axis(m["grid"][a]["key"], tuple(m["grid"][a]["values"])) for a in ("panel", "rows", "cols")))
-        arms = tuple(Arm(a["name"], a["sweep"], a["role"], dict(a.get("overrides") or {}), a.get("cell"),
-                         a.get("best_from")) for a in m["arms"])
-        optuna = m.get("optuna") or {}
-        rule = OnsetRule(meta["onset"]["metric"], float(meta["onset"]["level"]))
-        spec = MapSpec(
-            name=meta["name"], config=stem, title=meta.get("title", meta["name"]), rule=rule,
-            also_levels=tuple(float(x) for x in m.get("also_levels") or ()),
-            root=(root / meta["name"]) if root is not None else Path(m["root"]),
-            paper_cell=dict(m.get("paper_cell") or {}), grid=grid, arms=arms,
-            optuna_dir=Path(optuna["dir"]) if optuna.get("dir") else None,
-            confirm_seeds=tuple(optuna.get("confirm_seeds") or ()),
-            regime={k: OmegaConf.to_container(cfg[k], resolve=True) for k in REGIME_KEYS},
-            reg_overrides=dict(m.get("reg_overrides") or {}))
-    except (KeyError, TypeError) as e:
-        raise ValueError(f"{where}: incomplete ({e!r} missing)") from None
+    grid = Grid(*(Axis(a.key, tuple(a.values)) for a in (m.grid.panel, m.grid.rows, m.grid.cols))) if m.grid else None
+    arms = tuple(Arm(a.name, a.sweep, a.role, dict(a.overrides), a.cell, a.best_from) for a in m.arms)
+    spec = MapSpec(
+        name=meta.name, config=stem, title=meta.title, rule=OnsetRule(meta.onset.metric, float(meta.onset.level)),
+        also_levels=tuple(m.also_levels), root=(root / meta.name) if root is not None else Path(m.root),
+        paper_cell=dict(m.paper_cell), grid=grid, arms=arms,
+        optuna_dir=Path(m.optuna.dir) if m.optuna else None,
+        confirm_seeds=tuple(m.optuna.confirm_seeds) if m.optuna else (),
+        regime={k: OmegaConf.to_container(cfg[k], resolve=True) for k in REGIME_KEYS},
+        reg_overrides=dict(m.reg_overrides))
     for a in arms:
         if a.role not in ROLES:
             raise ValueError(f"{where}.arms.{a.name}.role must be one of {', '.join(ROLES)}, got {a.role!r}")

@@ -55,8 +55,11 @@ NON_SCIENCE_KEYS = ("train.steps", "train.device", "train.threads", "train.progr
                     "train.compile", "eval.batch_size", "logger", "stop", "experiment")
 # keys added after runs were made, with the value that reproduces what runs made before them did: a saved
 # config without such a key counts as having that value, so old run dirs still skip and resume
-ADDED_KEYS = {"eval.n_examples": None, "stability.sensitivity_positions": None, "task.eval_examples": None,
-              "task.stability_examples": None, "task.sensitivity_positions": None, "stability.exact": False}
+ADDED_KEYS = {"eval.n_examples": None, "stability.sensitivity_positions": None, "stability.exact": False}
+# keys that earlier configs carried as copies of others (a task file's values of train.*, eval.* and
+# stability.*, which the run used through those keys): dropped before comparing
+COPIED_KEYS = ("task.batch_size", "task.steps", "task.eval_every", "task.eval_examples", "task.stability_examples",
+               "task.sensitivity_positions")
 # the same for a key of one option only (its section's name): key -> (option, value)
 ADDED_OPTION_KEYS = {"task.resample": ("modadd", "content"), "reg.every_k_steps": ("stability", 1)}
 # keys that earlier configs carried where they had no effect (reg.rho/gamma of a run without the stability
@@ -82,11 +85,12 @@ def _plain(config) -> dict:
 
 
 def science_config(config, drop: tuple[str, ...] = ()) -> dict:
-    """The resolved config without the keys that do not change a run's metrics (:data:`NON_SCIENCE_KEYS` and
-    ``drop``), with :data:`ADDED_KEYS` (and :data:`ADDED_OPTION_KEYS` in their option's section) filled in where
-    missing and :data:`NO_EFFECT_KEYS` removed."""
+    """The resolved config without the keys that do not change a run's metrics (:data:`NON_SCIENCE_KEYS`,
+    :data:`COPIED_KEYS` and ``drop``), with :data:`ADDED_KEYS` (and :data:`ADDED_OPTION_KEYS` in their option's
+    section) filled in where missing and :data:`NO_EFFECT_KEYS` removed (and every ``stability`` key but
+    ``enabled`` when it is false)."""
     d = _plain(config)
-    for key in (*NON_SCIENCE_KEYS, *drop):
+    for key in (*NON_SCIENCE_KEYS, *COPIED_KEYS, *drop):
         node, leaf = _parent(d, key)
         if node is not None:
             node.pop(leaf, None)
@@ -102,6 +106,8 @@ def science_config(config, drop: tuple[str, ...] = ()) -> dict:
     if isinstance(reg, dict):
         for key in NO_EFFECT_KEYS.get(reg.get("name"), ()):
             reg.pop(key, None)
+    if isinstance(d.get("stability"), dict) and d["stability"].get("enabled") is False:
+        d["stability"] = {"enabled": False}  # no stability logged: its settings change nothing
     return d
 
 

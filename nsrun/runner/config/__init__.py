@@ -19,7 +19,7 @@ import os
 from pathlib import Path
 
 # every group module registers its schema on import
-from nsrun.runner.config import logger, model, noise, optim, reg, run, stop, task  # noqa: F401
+from nsrun.runner.config import experiment, logger, model, noise, optim, reg, run, stop, task  # noqa: F401
 from nsrun.runner.config.checks import (
     DEVICE_RE,
     check_int,
@@ -29,6 +29,7 @@ from nsrun.runner.config.checks import (
     require_number,
     select,
 )
+from nsrun.runner.config.experiment import check_experiment
 from nsrun.runner.config.logger import build_logger
 from nsrun.runner.config.model import build_model
 from nsrun.runner.config.noise import build_schedule
@@ -66,7 +67,8 @@ def validate(cfg) -> None:
     for key in cfg:
         if key not in TOP_LEVEL_KEYS and key not in OPTIONS and key not in SECTIONS:
             raise unknown_key(str(key), cfg)
-    check_int("seed", cfg.get("seed"), 0)
+    check_int("seed", cfg.get("seed"), 0, typed=False)
+    check_experiment(cfg)
     sections = {group: section(cfg, group) for group in groups()}
     check_schedule_used(sections["reg"], sections["noise"])
     check_exact_task(sections["stability"], sections["task"])

@@ -1,7 +1,8 @@
 """Range checks on plain values, each raising :class:`ConfigError` that names the key and what is allowed.
 
-The schema (one module per config group) calls the ``check_*`` functions on the fields of its dataclasses;
-``require_*`` run the same checks on a key of a config that has no schema (nsrun-influence's settings).
+The schema (one module per config group) calls the ``check_*`` functions on the fields of its dataclasses,
+whose types OmegaConf has already enforced (:func:`nsrun.runner.config.schema.section`); ``require_*`` check
+the type too, for a key of a config that has no schema (nsrun-influence's settings).
 """
 
 from __future__ import annotations
@@ -23,24 +24,21 @@ def is_number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
-def is_list(v) -> bool:
-    return hasattr(v, "__len__") and not isinstance(v, (str, dict, DictConfig))
-
-
-def check_int(key: str, v, minimum: int | None = None, optional: bool = False) -> None:
+def check_int(key: str, v, minimum: int | None = None, optional: bool = False, typed: bool = True) -> None:
+    """``v >= minimum`` (or None where ``optional``); ``typed=False``: also that ``v`` is an integer."""
     if v is None and optional:
         return
-    if not is_int(v) or (minimum is not None and v < minimum):
+    if v is None or not (typed or is_int(v)) or (minimum is not None and v < minimum):
         bound = f" >= {minimum}" if minimum is not None else ""
-        none = " or null" if optional else ""
-        raise ConfigError(key, f"must be an integer{bound}{none}, got {v!r}")
+        raise ConfigError(key, f"must be an integer{bound}{' or null' if optional else ''}, got {v!r}")
 
 
 def check_number(key: str, v, low: float | None = None, high: float | None = None, low_open: bool = False,
-                 high_open: bool = False, optional: bool = False) -> None:
+                 high_open: bool = False, optional: bool = False, typed: bool = True) -> None:
+    """``v`` in the interval (or None where ``optional``); ``typed=False``: also that ``v`` is a number."""
     if v is None and optional:
         return
-    ok = is_number(v)
+    ok = v is not None and (typed or is_number(v))
     if ok and low is not None:
         ok = v > low if low_open else v >= low
     if ok and high is not None:
@@ -57,22 +55,9 @@ def check_choice(key: str, v, choices) -> None:
         raise ConfigError(key, f"must be one of {', '.join(map(str, choices))}, got {v!r}")
 
 
-def check_bool(key: str, v) -> None:
-    if not isinstance(v, bool):
-        raise ConfigError(key, f"must be true or false, got {v!r}")
-
-
-def check_str(key: str, v, optional: bool = False) -> None:
-    if v is None and optional:
-        return
-    if not isinstance(v, str) or not v:
-        raise ConfigError(key, f"must be a non-empty string{' or null' if optional else ''}, got {v!r}")
-
-
-def check_subset(key: str, values, allowed) -> None:
-    """A list whose every entry is one of ``allowed``."""
-    if not is_list(values) or not all(v in allowed for v in values):
-        raise ConfigError(key, f"must be a list drawn from {', '.join(allowed)}, got {values!r}")
+def check_str(key: str, v) -> None:
+    if not v:
+        raise ConfigError(key, f"must be a non-empty string, got {v!r}")
 
 
 def select(cfg, key: str):
@@ -85,12 +70,12 @@ def select(cfg, key: str):
 
 
 def require_int(cfg, key: str, minimum: int | None = None, optional: bool = False) -> None:
-    check_int(key, select(cfg, key), minimum, optional)
+    check_int(key, select(cfg, key), minimum, optional, typed=False)
 
 
 def require_number(cfg, key: str, low: float | None = None, high: float | None = None, low_open: bool = False,
                    high_open: bool = False, optional: bool = False) -> None:
-    check_number(key, select(cfg, key), low, high, low_open, high_open, optional)
+    check_number(key, select(cfg, key), low, high, low_open, high_open, optional, typed=False)
 
 
 def require_choice(cfg, key: str, choices) -> None:
@@ -98,4 +83,5 @@ def require_choice(cfg, key: str, choices) -> None:
 
 
 def require_bool(cfg, key: str) -> None:
-    check_bool(key, select(cfg, key))
+    if not isinstance(select(cfg, key), bool):
+        raise ConfigError(key, f"must be true or false, got {select(cfg, key)!r}")

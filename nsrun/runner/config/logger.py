@@ -7,7 +7,7 @@ from pathlib import Path
 
 from omegaconf import MISSING
 
-from nsrun.runner.config.checks import check_number, is_list
+from nsrun.runner.config.checks import check_number
 from nsrun.runner.config.schema import describe, option, section
 from nsrun.runner.errors import ConfigError
 
@@ -47,13 +47,7 @@ class WandbLoggerConfig:
     def check(self) -> None:
         if self.mode not in WANDB_MODES:
             raise ConfigError("logger.mode", f"must be null, online, offline or disabled, got {self.mode!r}")
-        for key in ("project", "entity", "group", "job_type", "dir"):
-            value = getattr(self, key)
-            if value is not None and not isinstance(value, str):
-                raise ConfigError(f"logger.{key}", f"must be a string or null, got {value!r}")
         check_number("logger.timeout", self.timeout, 0, low_open=True)
-        if not is_list(self.tags) or not all(isinstance(t, str) for t in self.tags):
-            raise ConfigError("logger.tags", f"must be a list of strings, got {self.tags!r}")
 
     def build(self, cfg, run_dir: Path, run_id: str | None):
         from nsrun.runner.wandb_logger import WandbLogger

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from omegaconf import MISSING
 
-from nsrun.runner.config.checks import check_bool, check_choice, check_int, check_number
+from nsrun.runner.config.checks import check_choice, check_int, check_number
 from nsrun.runner.config.schema import describe, option, section
 from nsrun.runner.errors import ConfigError
 
@@ -36,7 +36,6 @@ class TransformerConfig:
         if self.d_model % self.n_heads:
             raise ConfigError("model.n_heads", f"must divide model.d_model={self.d_model}, got {self.n_heads}")
         check_choice("model.activation", self.activation, tuple(ACTIVATIONS))
-        check_bool("model.layer_norm", self.layer_norm)
         check_choice("model.pos_emb", self.pos_emb, POS_EMBS)
         check_number("model.init_std", self.init_std, 0, low_open=True)
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from omegaconf import MISSING
 
-from nsrun.runner.config.checks import check_int, check_number, is_int, is_list, is_number
+from nsrun.runner.config.checks import check_int, check_number
 from nsrun.runner.config.schema import describe, option, section
 from nsrun.runner.errors import ConfigError
 
@@ -68,9 +68,7 @@ class CosineNoise(_Schedule):
 def _check_values(key: str, values, length: int, low: float, high: float | None) -> None:
     if values is None:
         return
-    ok = is_list(values) and len(values) == length and all(
-        is_number(v) and v >= low and (high is None or v <= high) for v in values)
-    if not ok:
+    if len(values) != length or not all(v >= low and (high is None or v <= high) for v in values):
         rng = f"in [{low}, {high if high is not None else 'inf'}]"
         raise ConfigError(key, f"must be null or a list of {length} numbers {rng} (one per milestone), got {values!r}")
 
@@ -87,7 +85,7 @@ class StepNoise(_Schedule):
 
     def check(self) -> None:
         m = self.milestones
-        if not is_list(m) or not m or not all(is_int(s) and s >= 0 for s in m) or list(m) != sorted(set(m)):
+        if not m or m[0] < 0 or list(m) != sorted(set(m)):
             raise ConfigError("noise.milestones", f"must be a non-empty increasing list of steps >= 0, got {m!r}")
         _check_values("noise.rho_values", self.rho_values, len(m), 0, 1)
         _check_values("noise.gamma_values", self.gamma_values, len(m), 0, None)

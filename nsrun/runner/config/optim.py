@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from omegaconf import MISSING
 
-from nsrun.runner.config.checks import check_int, check_number, is_list, is_number
+from nsrun.runner.config.checks import check_int, check_number
 from nsrun.runner.config.schema import describe, option, section
 from nsrun.runner.errors import ConfigError
 
@@ -29,7 +29,7 @@ class AdamWConfig:
     def check(self) -> None:
         check_number("optim.lr", self.lr, 0, low_open=True)
         betas = self.betas
-        if not is_list(betas) or len(betas) != 2 or not all(is_number(b) and 0 <= b < 1 for b in betas):
+        if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
             raise ConfigError("optim.betas", f"must be two numbers in [0, 1), got {betas!r}")
         check_number("optim.eps", self.eps, 0, low_open=True)
         check_number("optim.weight_decay", self.weight_decay, 0)

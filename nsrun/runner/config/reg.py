@@ -12,7 +12,7 @@ from pathlib import Path
 
 from omegaconf import MISSING, OmegaConf
 
-from nsrun.runner.config.checks import check_bool, check_choice, check_int, check_number
+from nsrun.runner.config.checks import check_choice, check_int, check_number
 from nsrun.runner.config.schema import OPTIONS, KeyWithoutEffect, describe, option, section
 from nsrun.runner.errors import ConfigError
 
@@ -57,10 +57,8 @@ class StabilityReg:
 
         check_number("reg.rho", self.rho, 0, 1)
         check_number("reg.gamma", self.gamma, 0)
-        check_int("reg.S", self.S, 0)
         check_choice("reg.S", self.S, (0, 1))
         check_choice("reg.noise", self.noise, NOISES)
-        check_bool("reg.stop_grad_clean", self.stop_grad_clean)
         check_number("reg.batch_fraction", self.batch_fraction, 0, 1, low_open=True)
         check_int("reg.every_k_steps", self.every_k_steps, 1)
         check_number("reg.sigma", self.sigma, 0, low_open=True, optional=True)

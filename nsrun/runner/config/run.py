@@ -8,19 +8,10 @@ from typing import Any
 
 from omegaconf import MISSING
 
-from nsrun.runner.config.checks import (
-    DEVICE_RE,
-    check_bool,
-    check_choice,
-    check_int,
-    check_number,
-    check_subset,
-    is_int,
-    is_list,
-    is_number,
-)
+from nsrun.runner.config.checks import DEVICE_RE, check_choice, check_int
 from nsrun.runner.config.schema import KeyWithoutEffect, describe, option, section
 from nsrun.runner.errors import ConfigError
+from nsrun.science.stability.settings import MonitorSettings
 
 describe("train", "the training loop: steps, batches, eval and checkpoint cadence, device, threads, seeds")
 describe("eval", "loss and accuracy at every eval step: batch size, fixed subset per split")
@@ -50,17 +41,15 @@ class TrainConfig:
         check_int("train.eval_every", self.eval_every, 1)
         check_int("train.checkpoint_every", self.checkpoint_every, 1)
         check_int("train.batch_size", self.batch_size, 1, optional=True)
-        if self.threads != "auto" and not (self.threads is None or is_int(self.threads) and self.threads >= 1):
+        if self.threads != "auto" and not (self.threads is None or type(self.threads) is int and self.threads >= 1):
             raise ConfigError("train.threads", f"must be auto, an integer >= 1 or null, got {self.threads!r}")
-        check_bool("train.deterministic", self.deterministic)
         check_choice("train.progress", self.progress, PROGRESS)
         check_int("train.parallel_seeds", self.parallel_seeds, 1)
         check_choice("train.parallel_backend", self.parallel_backend, PARALLEL_BACKENDS)
-        check_bool("train.compile", self.compile)
         if self.compile and self.parallel_seeds > 1 and self.parallel_backend != "loop":
             raise ConfigError("train.compile", "is not supported with train.parallel_seeds > 1 unless "
                                                "train.parallel_backend=loop")
-        if not isinstance(self.device, str) or not DEVICE_RE.match(self.device):
+        if not DEVICE_RE.match(self.device):
             raise ConfigError("train.device", f"must be auto, cpu, cuda or cuda:N, got {self.device!r}")
 
     def preflight(self) -> None:
@@ -85,49 +74,18 @@ class EvalConfig:
 
 
 @option("stability")
-@dataclass
-class StabilityConfig:
-    enabled: bool = MISSING
-    rhos: list[float] = MISSING
-    noises: list[str] = MISSING
-    splits: list[str] = MISSING
-    n_examples: int | None = MISSING
-    n_repeats: int = MISSING
-    sensitivity: bool = MISSING
-    sensitivity_positions: int | None = MISSING
-    per_layer: bool = MISSING
-    sigma: float | None = MISSING
-    gaussian_on: str = MISSING
-    exact: bool = MISSING
+class StabilityConfig(MonitorSettings):
+    """The stability monitor's settings (the science's dataclass, which checks their values) and the keys
+    without effect."""
 
     def check(self) -> None:
-        from nsrun.science.stability.monitor import SPLITS
-        from nsrun.science.stability.noise import GAUSSIAN_ON, NOISES
-
-        check_bool("stability.enabled", self.enabled)
-        check_subset("stability.noises", self.noises, NOISES)
-        check_subset("stability.splits", self.splits, SPLITS)
-        rhos = self.rhos
-        if not is_list(rhos) or not rhos or not all(is_number(r) and 0 <= r <= 1 for r in rhos):
-            raise ConfigError("stability.rhos", f"must be a non-empty list of numbers in [0, 1], got {rhos!r}")
-        check_int("stability.n_examples", self.n_examples, 1, optional=True)
-        check_int("stability.n_repeats", self.n_repeats, 1)
-        check_bool("stability.sensitivity", self.sensitivity)
-        check_int("stability.sensitivity_positions", self.sensitivity_positions, 1, optional=True)
-        check_bool("stability.per_layer", self.per_layer)
-        check_number("stability.sigma", self.sigma, 0, low_open=True, optional=True)
-        check_choice("stability.gaussian_on", self.gaussian_on, GAUSSIAN_ON)
         if "gaussian" not in self.noises:
             for key, unused in (("sigma", None), ("gaussian_on", "resampleable")):
                 if getattr(self, key) != unused:
                     raise KeyWithoutEffect(f"stability.{key}", "has no effect without gaussian in stability.noises; "
                                                                "add it, e.g. stability.noises=[token,gaussian]")
-        check_bool("stability.exact", self.exact)
         if self.exact and not self.enabled:
             raise KeyWithoutEffect("stability.exact", "has no effect with stability.enabled=false")
-        if self.exact and "token" not in self.noises:
-            raise ConfigError("stability.exact", "is exact for token noise only (Gaussian noise has no exact form "
-                                                 "on a finite grid); add token to stability.noises")
 
 
 def exact_grid_size(task) -> int | None:
@@ -157,14 +115,7 @@ def check_exact_task(stability: StabilityConfig, task) -> None:
                                              f"n_bits <= 16); task={task.name}: {has}")
 
 
-def monitor_settings(cfg):
-    """The stability monitor's settings (``MonitorSettings``), or None when ``stability.enabled`` is false."""
-    from nsrun.science.stability.monitor import MonitorSettings
-
-    s = section(cfg, "stability")
-    if not s.enabled:
-        return None
-    return MonitorSettings(rhos=tuple(s.rhos), noises=tuple(s.noises), splits=tuple(s.splits),
-                           n_examples=s.n_examples, n_repeats=s.n_repeats, sensitivity=s.sensitivity,
-                           sensitivity_positions=s.sensitivity_positions, per_layer=s.per_layer, sigma=s.sigma,
-                           gaussian_on=s.gaussian_on, exact=s.exact)
+def monitor_settings(cfg) -> MonitorSettings | None:
+    """The stability monitor's settings, or None when ``stability.enabled`` is false."""
+    settings = section(cfg, "stability")
+    return settings if settings.enabled else None

@@ -6,10 +6,12 @@
 * ``@option("train")`` makes a dataclass the schema of a section without options (``train``, ``eval``,
   ``stability``; ``model``, whose option files all share one schema).
 
-A schema's fields carry types only (``MISSING`` defaults): the values, with their comments, are in conf/.
+A schema's fields carry types only (``MISSING`` defaults): the values, with their comments, are in conf/ (a
+schema that is the science's own settings, ``stability``'s, keeps the science's defaults; conf/ sets them all).
 A schema may define ``check(self)``, its range checks (raising ConfigError), and a ``build(...)`` method that
 makes the science object from its plain values. Before it runs, :func:`section` refuses inf and nan in every
-key of every section (a float, or a number in a list), so no schema has to.
+key of every section (a float, or a number in a list) and types the values by the schema (as Hydra does when it
+composes; a run directory's plain config gets the same), so no schema checks a type.
 """
 
 from __future__ import annotations
@@ -21,16 +23,16 @@ import re
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import OmegaConfBaseException, ValidationError
 
 from nsrun.runner.errors import ConfigError
 
 OPTIONS: dict[str, dict[str, type]] = {}  # group -> option name -> schema
 SECTIONS: dict[str, type] = {}  # section without options -> schema
 GROUPS: dict[str, str] = {}  # group or section -> one line saying what it configures
-HINTS: dict[str, str] = {}  # key -> what to set instead, for a key that a schema does not have
 TOP_LEVEL_KEYS = ("seed", "experiment")  # besides the groups and sections; `experiment` is analysis metadata
-TYPE_WORDS = {"Integer": "an integer", "Float": "a number", "Boolean": "true or false", "String": "a string"}
+TYPE_WORDS = {"Integer": "an integer", "Float": "a number", "Boolean": "true or false", "String": "a string",
+              "int": "an integer", "float": "a number", "bool": "true or false", "str": "a string"}
 
 
 class KeyWithoutEffect(ConfigError):
@@ -93,8 +95,6 @@ def unknown_key(key: str, cfg) -> ConfigError:
         allowed = sorted([*TOP_LEVEL_KEYS, *groups()])
         return ConfigError(key, f"unknown key{_did_you_mean(key, allowed, '')}{_allowed(allowed, 'at the top level')}")
     leaf = rest.split(".")[0]
-    if f"{group}.{leaf}" in HINTS:
-        return ConfigError(f"{group}.{leaf}", HINTS[f"{group}.{leaf}"])
     selected = cfg[group].get("name") if cfg is not None and isinstance(cfg.get(group), DictConfig) else None
     if group in SECTIONS:
         allowed = field_names(SECTIONS[group])
@@ -114,10 +114,23 @@ def unknown_key(key: str, cfg) -> ConfigError:
 
 def type_error(key: str, exc: BaseException) -> ConfigError:
     """A ConfigError for OmegaConf's type-conversion error ``exc`` on ``key``."""
-    m = re.search(r"Value '(.*?)' (?:of type '\w+' )?could not be converted to (\w+)", str(exc))
+    m = (re.search(r"Value '(.*?)' (?:of type '\w+' )?could not be converted to (\w+)", str(exc))
+         or re.search(r"Value '(.*?)' is not a valid (bool)", str(exc))
+         or re.search(r"Incompatible value '(.*?)' for field of type '(\w+)'", str(exc)))
     if m:
         return ConfigError(key, f"must be {TYPE_WORDS.get(m.group(2), m.group(2).lower())}, got {m.group(1)!r}")
     return ConfigError(key, str(exc).splitlines()[0])
+
+
+def science_error(group: str, cls: type, exc: ValueError) -> ConfigError | None:
+    """The science's ``ValueError("<argument>: ...")`` as a ConfigError on ``group.<argument>`` (every
+    ``argument=`` in its text reads ``group.argument=``), or None when it names no field of ``cls``."""
+    argument, sep, detail = str(exc).partition(": ")
+    fields = field_names(cls)
+    if not (sep and argument in fields):
+        return None
+    detail = re.sub(rf"(?<![\w.])({'|'.join(map(re.escape, fields))})=", rf"{group}.\1=", detail)
+    return ConfigError(f"{group}.{argument}", detail)
 
 
 def _finite(value) -> bool:
@@ -169,7 +182,15 @@ def section(cfg, group: str):
         if not _finite(value):
             what = "finite numbers" if isinstance(value, (list, dict)) else "a finite number"
             raise ConfigError(f"{group}.{key}", f"must be {what}, got {value!r}")
-    obj = cls(**values)  # the values as composed: check() checks their types and ranges
+    try:  # typed by the schema, as Hydra types a composed config: a plain config gets the same checks
+        obj = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(cls), values))
+    except ValidationError as e:
+        raise type_error(f"{group}.{str(e.full_key).split('[')[0]}", e) from None
+    except ValueError as e:  # a schema that is the science's own settings checks its values on creation
+        error = science_error(group, cls, e)
+        if error is None:
+            raise
+        raise error from None
     if hasattr(obj, "check"):
         obj.check()
     return obj

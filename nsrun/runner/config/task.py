@@ -1,34 +1,19 @@
-"""``task``: what is learned (the data, its split, and a task's own defaults for ``train.*``)."""
+"""``task``: what is learned (the data and its split). A task file may also set other sections' values
+(conf/task/parity.yaml sets ``train.steps``)."""
 
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from omegaconf import MISSING
 
-from nsrun.runner.config.checks import check_choice, check_int, check_number, check_str, is_int
-from nsrun.runner.config.schema import HINTS, describe, field_names, option, section
+from nsrun.runner.config.checks import check_choice, check_int, check_number, check_str
+from nsrun.runner.config.schema import describe, option, science_error, section
 from nsrun.runner.errors import ConfigError
 
-describe("task", "what is learned: the data, its train/validation split, and the task's defaults for train.*")
-
-# a task file may set these: the defaults of train.batch_size, train.steps, train.eval_every, eval.n_examples,
-# stability.n_examples and stability.sensitivity_positions (conf/config.yaml picks them up with oc.select)
-TRAIN_DEFAULTS = {"batch_size": "train.batch_size", "steps": "train.steps", "eval_every": "train.eval_every",
-                  "eval_examples": "eval.n_examples", "stability_examples": "stability.n_examples",
-                  "sensitivity_positions": "stability.sensitivity_positions"}
-for _key, _target in TRAIN_DEFAULTS.items():
-    HINTS[f"task.{_key}"] = f"is a task file's default for {_target}; set {_target} instead"
-
-
-def _check_train_defaults(task) -> None:
-    for key in TRAIN_DEFAULTS:
-        if hasattr(task, key):
-            check_int(f"task.{key}", getattr(task, key), 1, optional=True)
-
+describe("task", "what is learned: the data and its train/validation split (and the task's values of train.*)")
 
 @option("task", "modadd")
 @dataclass
@@ -45,11 +30,10 @@ class ModAddTask:
     def check(self) -> None:
         from nsrun.science.tasks.modadd import OPERATIONS, RESAMPLE, is_prime
 
-        if not is_int(self.p) or self.p < 3 or not is_prime(self.p):
+        if self.p < 3 or not is_prime(self.p):
             raise ConfigError("task.p", f"must be a prime >= 3, got {self.p!r}")
         check_choice("task.operation", self.operation, OPERATIONS)
         check_number("task.train_fraction", self.train_fraction, 0, 1, low_open=True, high_open=True)
-        check_int("task.split_seed", self.split_seed)
         check_choice("task.resample", self.resample, RESAMPLE)
 
     def build(self):
@@ -73,11 +57,6 @@ class ParityTask:
     val_set: str = MISSING
     subset_seed: int = MISSING
     data_seed: int = MISSING
-    batch_size: int | None = MISSING
-    steps: int | None = MISSING
-    eval_every: int | None = MISSING
-    stability_examples: int | None = MISSING
-    sensitivity_positions: int | None = MISSING
 
     def check(self) -> None:
         from nsrun.science.tasks.parity import MAX_EXHAUSTIVE_BITS, VAL_SETS
@@ -92,7 +71,6 @@ class ParityTask:
         check_choice("task.val_set", self.val_set, VAL_SETS)
         check_int("task.subset_seed", self.subset_seed, 0)
         check_int("task.data_seed", self.data_seed, 0)
-        _check_train_defaults(self)
         if self.n_bits <= MAX_EXHAUSTIVE_BITS:
             needed = self.n_train + (self.n_val if self.val_set == "fixed" else 0)
             if needed > 2**self.n_bits:
@@ -126,12 +104,6 @@ class WikiText2Task:
     cache_dir: str | None = MISSING
     context: int = MISSING
     stride: int | None = MISSING
-    batch_size: int | None = MISSING
-    steps: int | None = MISSING
-    eval_every: int | None = MISSING
-    eval_examples: int | None = MISSING
-    stability_examples: int | None = MISSING
-    sensitivity_positions: int | None = MISSING
 
     def check(self) -> None:
         from nsrun.science.tasks.wikitext2 import TOKENIZERS
@@ -139,15 +111,10 @@ class WikiText2Task:
         check_choice("task.tokenizer", self.tokenizer, TOKENIZERS)
         check_int("task.vocab_size", self.vocab_size, 10)
         check_int("task.context", self.context, 2)
-        if self.stride is not None and (not is_int(self.stride) or self.stride < 1):
+        if self.stride is not None and self.stride < 1:
             raise ConfigError("task.stride", f"must be an integer >= 1 or null (= task.context), got {self.stride!r}")
-        _check_train_defaults(self)
         for key in ("train_file", "val_file", "hub_dataset", "hub_config", "hub_train_split", "hub_val_split"):
             check_str(f"task.{key}", getattr(self, key))
-        if self.cache_dir is not None and not isinstance(self.cache_dir, str):
-            raise ConfigError("task.cache_dir", f"must be a directory path or null, got {self.cache_dir!r}")
-        if self.data_dir is not None and not isinstance(self.data_dir, str):
-            raise ConfigError("task.data_dir", f"must be a directory path or null (the hub), got {self.data_dir!r}")
 
     def preflight(self) -> None:
         """The data and the tokenizer cache are where the run will look for them; the hub answers if used."""
@@ -213,15 +180,12 @@ def _behind_proxy() -> bool:
 
 def build_task(cfg):
     """The task of ``cfg.task`` (its data loaded, on the CPU). The science's ``ValueError("<argument>: ...")``
-    (e.g. a context longer than the text) becomes a ConfigError on ``task.<argument>``, and every ``argument=``
-    the science names in it reads ``task.argument=``."""
+    (e.g. a context longer than the text) becomes a ConfigError on ``task.<argument>``."""
     task = section(cfg, "task")
     try:
         return task.build()
     except ValueError as e:
-        argument, sep, detail = str(e).partition(": ")
-        fields = field_names(type(task))
-        if sep and argument in fields:
-            detail = re.sub(rf"(?<![\w.])({'|'.join(map(re.escape, fields))})=", r"task.\1=", detail)
-            raise ConfigError(f"task.{argument}", detail) from e
-        raise
+        error = science_error("task", type(task), e)
+        if error is None:
+            raise
+        raise error from e

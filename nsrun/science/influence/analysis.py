@@ -7,8 +7,8 @@
 * ``Stab_rho = E<f(X), f(Y)>`` under token noise for each rho, and the bounds of :mod:`nsrun.science.influence.fourier`
   on ``W_{>=k} / E||f||^2``: ``AS / (2 k E||f||^2)`` and ``min_rho (1 - Stab_rho / E||f||^2) / (1 - r^k)``.
 
-Estimates reuse :func:`nsrun.science.stability.average_sensitivity` (one input at a time, its resampled copies in
-batches) and :func:`nsrun.science.stability.noise_stability`.
+Estimates reuse :func:`nsrun.science.stability.estimators.average_sensitivity` (one input at a time, its
+resampled copies in batches) and :func:`nsrun.science.stability.estimators.noise_stability`.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ whose ``walsh_coefficients``, ``degree_weights`` and ``effective_correlation`` t
   ``x^(i)`` = x with token i redrawn uniformly. Since ``x_i`` and the redraw are independent,
   ``Inf_i = 2 E[Var_{x_i} f] = 2 sum_{S ∋ i} W(S)``, so the Fourier total influence is
   ``I[f] = sum_S |S| W(S) = (1/2) sum_i Inf_i`` and ``W_{>=k} <= I[f] / k``.
-* Token noise (``nsrun.science.stability.token_noise``) keeps a token with probability ``(1 + rho)/2`` and otherwise
+* Token noise (``stability.noise.token_noise``) keeps a token with probability ``(1 + rho)/2`` and otherwise
   redraws it uniformly: that is the noise operator of correlation ``r = (1 + rho)/2`` (a coordinate is
   kept for sure w.p. r, redrawn w.p. 1 - r), so ``Stab = E<f(X), f(Y)> = sum_S r^|S| W(S)`` and
   ``W_{>=k} <= (E||f||^2 - Stab) / (1 - r^k)``.

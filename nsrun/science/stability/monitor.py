@@ -18,8 +18,6 @@ The noise comes from a generator seeded by ``(seed, step)`` only, so a resumed r
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
 from nsrun.science.stability.estimators import (
@@ -31,47 +29,16 @@ from nsrun.science.stability.estimators import (
 )
 from nsrun.science.stability.exact import exact_metrics
 from nsrun.science.stability.noise import (
-    GAUSSIAN_ON,
-    NOISES,
     embedding_scale,
     gaussian_mask,
     gaussian_noise,
     token_noise,
 )
+from nsrun.science.stability.settings import SPLITS, MonitorSettings
 
-SPLITS = ("train", "val")
+__all__ = ["SPLITS", "MonitorSettings", "eval_generator", "fixed_subset", "stability_metrics"]
+
 REUSE_LIMIT = 2**25  # floats (128 MiB) of clean outputs held for reuse at one eval
-
-
-@dataclass(frozen=True)
-class MonitorSettings:
-    """What :func:`stability_metrics` logs (module docstring). ``n_examples`` None: the whole split;
-    ``sensitivity_positions`` None: every resampleable position; ``sigma`` None: the RMS entry of the noise
-    tokens' embeddings **[ours]**; ``gaussian_on``: Gaussian noise on the resampleable positions or all;
-    ``exact``: also the exact token-noise values (needs token in ``noises``)."""
-
-    rhos: tuple[float, ...] = (0.25, 0.5, 0.9)
-    noises: tuple[str, ...] = NOISES
-    splits: tuple[str, ...] = SPLITS
-    n_examples: int | None = 2048
-    n_repeats: int = 1
-    sensitivity: bool = True
-    sensitivity_positions: int | None = None
-    per_layer: bool = False
-    sigma: float | None = None
-    gaussian_on: str = "resampleable"
-    exact: bool = False
-
-    def __post_init__(self):
-        for name, values, allowed in (("noises", self.noises, NOISES), ("splits", self.splits, SPLITS)):
-            if not all(v in allowed for v in values):
-                raise ValueError(f"{name} must be drawn from {', '.join(allowed)}, got {values!r}")
-        if not self.rhos or not all(0 <= r <= 1 for r in self.rhos):
-            raise ValueError(f"rhos must be a non-empty list of numbers in [0, 1], got {self.rhos!r}")
-        if self.gaussian_on not in GAUSSIAN_ON:
-            raise ValueError(f"gaussian_on must be one of {', '.join(GAUSSIAN_ON)}, got {self.gaussian_on!r}")
-        if self.exact and "token" not in self.noises:
-            raise ValueError("exact needs token in noises: Gaussian noise has no exact form on a finite grid")
 
 
 def eval_generator(seed: int, step: int) -> torch.Generator:

@@ -16,8 +16,7 @@ import math
 
 import torch
 
-NOISES = ("token", "gaussian")
-GAUSSIAN_ON = ("resampleable", "all")  # the positions Gaussian noise perturbs: the task's resampleable ones, or all
+from nsrun.science.stability.settings import GAUSSIAN_ON, NOISES  # noqa: F401  (defined with the settings)
 
 
 def gaussian_mask(resample_mask: torch.Tensor, gaussian_on: str) -> torch.Tensor | None:
