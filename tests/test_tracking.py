@@ -15,7 +15,7 @@ import pytest
 import wandb
 from wandb.proto import wandb_internal_pb2
 
-from nsrun.runner.checkpoint import load_checkpoint
+from nsrun.runner import checkpoint
 from nsrun.runner.rundir import read_jsonl
 from nsrun.runner.train import run_id_for, train
 from nsrun.runner.wandb_logger import hydra_record
@@ -83,7 +83,7 @@ def test_offline_run_holds_history_config_and_summary(tmp_path):
     train(cfg, tmp_path)
     (run_path,) = offline_runs(tmp_path)
     run = read_offline_run(run_path)
-    assert run["run"].run_id == run_id_for(tmp_path) == load_checkpoint(tmp_path / "checkpoints" / "last.pt")["run_id"]
+    assert run["run"].run_id == run_id_for(tmp_path) == checkpoint.load(tmp_path / "checkpoints" / "last.pt")["run_id"]
     assert run["run"].project == "nsrun" and run["run"].job_type == "train" and list(run["run"].tags) == ["a", "b"]
     assert run["run"].run_group == ""  # a single run has no sweep
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
@@ -110,7 +110,7 @@ def test_resumed_run_continues_the_same_wandb_run(tmp_path):
     first, second = (read_offline_run(p) for p in offline_runs(tmp_path))
     assert first["run"].run_id == second["run"].run_id == run_id_for(tmp_path)
     assert sorted(first["history"]) == [0, 10] and sorted(second["history"]) == [20]
-    assert load_checkpoint(tmp_path / "checkpoints" / "last.pt")["run_id"] == run_id_for(tmp_path)
+    assert checkpoint.load(tmp_path / "checkpoints" / "last.pt")["run_id"] == run_id_for(tmp_path)
 
 
 def test_failing_run_finishes_its_wandb_run_and_the_next_run_logs(tmp_path, monkeypatch):

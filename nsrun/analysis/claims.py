@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from nsrun.analysis.maps import EXTRA_KEYS, best_cell, cell_verdict, override_text, same_value, selection_seeds
+from nsrun.analysis.arms import ExperimentRuns
+from nsrun.analysis.maps import EXTRA_KEYS, MapRuns, best_cell, cell_verdict, override_text, same_value, selection_seeds
 from nsrun.analysis.report import fmt_ci, fmt_interval
 from nsrun.analysis.stats import (
     MIN_SEEDS,
@@ -29,10 +29,6 @@ from nsrun.analysis.stats import (
     speedup_verdict,
 )
 from nsrun.science.onsets import curve
-
-if TYPE_CHECKING:
-    from nsrun.analysis.maps import MapRuns
-    from nsrun.analysis.reproduction import ExperimentRuns
 
 NAN3 = (math.nan, math.nan, math.nan)
 
