@@ -17,8 +17,8 @@ from wandb.proto import wandb_internal_pb2
 
 from nsrun.runner import checkpoint
 from nsrun.runner.rundir import read_jsonl
+from nsrun.runner.trackers import hydra_record
 from nsrun.runner.train import run_id_for, train
-from nsrun.runner.wandb_logger import hydra_record
 from tests.conftest import ROOT, TINY, compose_cfg, refusal, run_cli
 
 WANDB = [*TINY, "logger=wandb", "stability.rhos=[0.25]", "stability.noises=[token]", "stability.splits=[val]",
@@ -149,7 +149,7 @@ MODE_CASES = [  # (environment, logger.mode, cwd has `wandb offline`'s settings 
 MODE_PROBE = """
 import json, os, sys
 import wandb
-from nsrun.runner.wandb_logger import resolve_mode
+from nsrun.runner.trackers import resolve_mode
 for env, configured, offline_here, _ in json.loads(sys.argv[1]):
     for key in ("WANDB_API_KEY", "WANDB_MODE", "NETRC"):
         os.environ.pop(key, None)
@@ -245,7 +245,7 @@ def test_wandb_onset_summary_of_a_stopped_run(tmp_path):
     not go on to show it stays there), even when its last rows are past 0.99; a run that gave up has neither."""
     from nsrun.runner.rundir import RunDir
     from nsrun.runner.stopping import StopRule
-    from nsrun.runner.tracking import onset_summary
+    from nsrun.runner.trackers import onset_summary
 
     d = RunDir(tmp_path)
     for step, acc in [(0, 0.1), (100, 0.96), (200, 0.995), (300, 0.995)]:

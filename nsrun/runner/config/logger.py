@@ -24,7 +24,7 @@ class NoLogger:
     name: str = "none"
 
     def build(self, cfg, run_dir: Path, run_id: str | None):
-        from nsrun.runner.tracking import NullLogger
+        from nsrun.runner.trackers import NullLogger
 
         return NullLogger(cfg, run_dir, run_id)
 
@@ -57,7 +57,7 @@ class WandbLoggerConfig:
 
     def build(self, cfg, run_dir: Path, run_id: str | None):
         from nsrun.runner.config.stop import stop_rule
-        from nsrun.runner.wandb_logger import WandbLogger
+        from nsrun.runner.trackers import WandbLogger
 
         return WandbLogger(cfg, run_dir, run_id, stop_rule=stop_rule(cfg) if "stop" in cfg else None)
 
