@@ -64,7 +64,7 @@ def run_cli(args, cwd=None, env=None, timeout=600, script="nsrun.commands.nsrun"
 def refusal(overrides) -> str:
     """The one line with which ``nsrun OVERRIDES`` is refused (exit 2) before anything is created: the console
     script's composition and validation, run in this process."""
-    from nsrun.commands.nsrun import prevalidate
+    from nsrun.commands.precheck import prevalidate
 
     err = io.StringIO()
     with contextlib.redirect_stderr(err), pytest.raises(SystemExit) as exited:

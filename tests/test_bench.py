@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 
 import pytest
 
@@ -14,7 +12,7 @@ from nsrun.runner.config import validate
 from nsrun.runner.errors import ConfigError
 from nsrun.runner.rundir import read_jsonl
 from nsrun.runner.train import train
-from tests.conftest import ROOT, TINY, compose_cfg
+from tests.conftest import TINY, compose_cfg
 
 
 def test_tiny_bench_writes_json(tmp_path):
@@ -45,16 +43,6 @@ def test_shared_section_workers_time_their_steps_together():
     env, threads = shared_variants()["1 thread each"]
     results = _workers(2, env, threads, 2)
     assert len(results) == 2 and all(r["threads"] == 1 and r["s_per_step"] > 0 for r in results)
-
-
-def test_help_is_unchanged_by_the_shared_group_listing():
-    plain = "import sys; sys.argv = ['nsrun', '--help']; from nsrun.commands.nsrun import hydra_entry; hydra_entry()"
-    fast = ("import sys; sys.argv = ['nsrun', '--help']; from nsrun.commands.nsrun import hydra_entry, "
-            "reuse_group_listing_repository; reuse_group_listing_repository(); hydra_entry()")
-    outs = [subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
-            for code in (plain, fast)]
-    assert outs[0].returncode == outs[1].returncode == 0
-    assert "modadd (chosen)" in outs[0].stdout and outs[0].stdout == outs[1].stdout  # the group listing
 
 
 @pytest.mark.slow

@@ -4,11 +4,13 @@ effect or is refused."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 
 from nsrun.runner.config import OPTIONS, field_names, validate
-from tests.conftest import CONF, compose_cfg, refusal, run_cli
+from tests.conftest import CONF, ROOT, compose_cfg, refusal, run_cli
 
 GROUPS = sorted(p.name for p in CONF.iterdir()
                 if p.is_dir() and p.name not in ("experiment", "hydra", "hparams_search"))  # test_optuna.py
@@ -111,7 +113,7 @@ TINY_RUN = ["task.p=23", "task.train_fraction=0.5", "model=tiny", "train.threads
 
 
 def test_the_first_usage_line_trains_regularised_at_that_rho(tmp_path):
-    from nsrun.commands.nsrun import prevalidate
+    from nsrun.commands.precheck import prevalidate
     from nsrun.runner.train import train
 
     usage = ["task=modadd", "reg.rho=0.9", *TINY_RUN]  # README's first usage line, made tiny
@@ -243,6 +245,32 @@ def test_stability_settings_without_logging_do_not_change_the_science_key():
     assert science_config(off) == science_config(other)
     on = {**other, "stability": {**other["stability"], "enabled": True}}
     assert science_config(on) != science_config({**on, "stability": {**on["stability"], "rhos": [0.9]}})
+
+
+@pytest.mark.parametrize("overrides", [[], ["reg=none", "task=parity"]])
+def test_help_is_hydras_help_text(tmp_path, overrides):
+    """nsrun prints --help itself (without Hydra's group listings, which its template does not use): the same
+    text as Hydra's own --help."""
+    hydras = ("import sys; from nsrun.commands.nsrun import hydra_entry; "
+              f"sys.argv = ['nsrun', '--help', *{overrides!r}]; hydra_entry()")
+    outs = [subprocess.run([sys.executable, "-c", hydras], cwd=ROOT, capture_output=True, text=True, timeout=120),
+            run_cli(["--help", *overrides], cwd=tmp_path)]
+    assert outs[0].returncode == outs[1].returncode == 0, outs[1].stderr
+    assert "== Config groups" in outs[1].stdout and outs[0].stdout == outs[1].stdout
+
+
+def test_the_sweep_plan_is_hydras_basic_sweeper_order():
+    """The jobs nsrun validates (and names when a sweep stops) are the basic sweeper's, in its order."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from nsrun.commands.precheck import _sweep_jobs
+
+    params = {"reg": "none,stability", "seed": "0,1,2"}
+    overrides = ["seed=3,4", "task.p=23,29", "reg.S=1"]
+    parsed = OverridesParser.create().parse_overrides([f"{k}={v}" for k, v in params.items()] + overrides)
+    hydras = [list(job) for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+    assert _sweep_jobs(overrides, params) == hydras and len(hydras) == 2 * 2 * 2
 
 
 def test_runs_from_before_task_resample_count_as_content_and_only_modadd_runs_gain_it():

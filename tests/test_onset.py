@@ -15,8 +15,8 @@ from nsrun.science.onsets import (
     accuracy_onset,
     level_crossing,
     loss_onset,
+    onsets_from_rows,
     rule_onsets,
-    run_onsets,
     stability_key,
     steepest_fall,
 )
@@ -67,17 +67,17 @@ def test_level_crossing_is_the_first_time_at_or_below():
     assert level_crossing(STEPS, [1.0, 0.9, 0.8, 0.7, 0.7, 0.7], 0.6) is None
 
 
-def test_run_onsets_gives_seconds_and_the_lag_of_the_stability_fall():
+def test_onsets_from_rows_gives_seconds_and_the_lag_of_the_stability_fall():
     rows = [{"step": s, "val_acc": a, "stab_token_val_rho0.25": b, "stab_token_val_rho0.25_se": 0.01}
             for s, a, b in zip(STEPS, [0.0, 0.1, 0.2, 0.5, 0.97, 0.99], [0.9, 0.9, 0.4, 0.35, 0.3, 0.3], strict=True)]
     timing = [{"step": s, "train_seconds": s / 100} for s in STEPS]
-    o = run_onsets(rows, timing)
+    o = onsets_from_rows(rows, timing)
     assert o.onset_step == 400 and o.onset_seconds == 4.0 and o.onset_status == "reached"
     assert o.stab_key == "stab_token_val_rho0.25" and o.stab_onset_step == 200
     assert o.lag_steps == -200  # the fall precedes generalisation
-    never = run_onsets(rows, timing, threshold=0.995)
+    never = onsets_from_rows(rows, timing, threshold=0.995)
     assert (never.onset_step, never.lag_steps, never.onset_status) == (None, None, "not reached")
-    assert run_onsets(rows, timing, stability_level=0.35).stab_onset_step == 300
+    assert onsets_from_rows(rows, timing, stability_level=0.35).stab_onset_step == 300
 
 
 def test_default_stability_key_prefers_token_noise_on_validation():

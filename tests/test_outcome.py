@@ -16,7 +16,7 @@ from nsrun.analysis.runs import read_run, run_onsets
 from nsrun.runner.outcome import DoneInfo, RunOutcome, failure, legacy_outcome, settle_onset
 from nsrun.runner.rundir import RunDir
 from nsrun.runner.stopping import StopRule, StopTracker
-from nsrun.runner.tracking import onset_summary
+from nsrun.runner.trackers import onset_summary
 from nsrun.runner.train import run_objective
 from nsrun.science.onsets import OnsetRule, Onsets
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from nsrun.runner.checkpoint import load_checkpoint
+from nsrun.runner import checkpoint
 from tests.conftest import TINY
 
 # no periodic checkpoint: the only checkpoint of an interrupted job is the one its stop wrote
@@ -125,7 +125,7 @@ def test_a_signal_stops_a_sequential_sweep_and_its_rerun_resumes(tmp_path, start
     assert proc.returncode == 128 + sig, out
     assert f"nsrun: sweep stopped by signal {int(sig)} ({sig.name}); no further job started" in out
     step = _stopped_step(out, 0, 0)
-    assert 0 < step < STEPS and load_checkpoint(sweep / "0" / "checkpoints" / "last.pt")["step"] == step
+    assert 0 < step < STEPS and checkpoint.load(sweep / "0" / "checkpoints" / "last.pt")["step"] == step
     assert re.search(r"^  #1 seed=1: not started$", out, re.M), out
     assert not (sweep / "1").exists()
     assert "rerun the same command to resume" in out and "Traceback" not in out and "nsrun: error" not in out
@@ -155,7 +155,7 @@ def test_a_signal_stops_a_local_pool_sweep_with_its_workers(tmp_path, started, l
     assert proc.returncode == 128 + sig, out
     assert f"nsrun: sweep stopped by signal {int(sig)} ({sig.name}); no further job started" in out
     step = _stopped_step(out, 0, 0)
-    assert load_checkpoint(sweep / "0" / "checkpoints" / "last.pt")["step"] == step
+    assert checkpoint.load(sweep / "0" / "checkpoints" / "last.pt")["step"] == step
     assert re.search(r"^  #1 seed=1: (stopped at step \d+; checkpoint written|not started)$", out, re.M), out
     assert re.search(r"^  #2 seed=2: not started$", out, re.M), out
     assert not (sweep / "2" / "metrics.jsonl").exists()
@@ -182,7 +182,7 @@ def test_workers_of_a_killed_pool_checkpoint_and_exit(tmp_path, started):
     while any(map(_alive, workers)) and time.time() < deadline:
         time.sleep(0.1)
     assert not [pid for pid in workers if _alive(pid)], "a worker outlived its killed parent"
-    assert 0 < load_checkpoint(sweep / "0" / "checkpoints" / "last.pt")["step"] < STEPS
+    assert 0 < checkpoint.load(sweep / "0" / "checkpoints" / "last.pt")["step"] < STEPS
     assert _lock_is_free(sweep / "0")
     assert not (sweep / "2" / "metrics.jsonl").exists()
 
@@ -198,7 +198,7 @@ def test_a_stopped_run_says_how_to_resume_without_an_error(tmp_path, started):
     out = _finish(proc)
 
     assert proc.returncode == 143, out
-    step = load_checkpoint(run_dir / "checkpoints" / "last.pt")["step"]
+    step = checkpoint.load(run_dir / "checkpoints" / "last.pt")["step"]
     assert out.splitlines()[-1] == (f"nsrun: stopped by signal 15 (SIGTERM) at step {step}; checkpoint written; "
                                     f"rerun the same command with hydra.run.dir={run_dir.relative_to(tmp_path)} "
                                     "to resume")

@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from nsrun.runner.checkpoint import load_checkpoint
+from nsrun.runner import checkpoint
 from nsrun.runner.rundir import read_jsonl
 from nsrun.runner.train import run_id_for, train
 from tests.conftest import ROOT, compose_cfg, run_cli
@@ -152,8 +152,8 @@ def test_preempted_job_is_requeued_and_resumes_to_identical_metrics(slurm_env, t
         subprocess.run(cmd, check=True, env={**os.environ, **slurm_env})
         # requeued: pending again (SLURM holds a requeued job back ~2 minutes; start it now instead)
         _wait(lambda: _squeue(job_id, slurm_env)[0] == "PENDING", 90, "the requeued job", proc)
-        stopped_at = load_checkpoint(ckpt)["step"]
-        run_id = load_checkpoint(ckpt)["run_id"]
+        stopped_at = checkpoint.load(ckpt)["step"]
+        run_id = checkpoint.load(ckpt)["run_id"]
         subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=True,
                        env={**os.environ, **slurm_env})
         out, _ = proc.communicate(timeout=300)
@@ -173,7 +173,7 @@ def test_preempted_job_is_requeued_and_resumes_to_identical_metrics(slurm_env, t
     assert f"resuming {run} from step {stopped_at}" in log  # not from step 0
     if how == "usr2":
         assert "Caught signal SIGUSR2" in log and f"Requeued job {job_id}" in log
-    final = load_checkpoint(run / "checkpoints" / "last.pt")
+    final = checkpoint.load(run / "checkpoints" / "last.pt")
     assert final["step"] == 600 and final["run_id"] == run_id == run_id_for(run)  # same wandb run id
     if logger == "wandb":
         attempts = sorted(p.name for p in (run / "wandb").glob("offline-run-*"))

@@ -15,10 +15,10 @@ import pytest
 import wandb
 from wandb.proto import wandb_internal_pb2
 
-from nsrun.runner.checkpoint import load_checkpoint
+from nsrun.runner import checkpoint
 from nsrun.runner.rundir import read_jsonl
+from nsrun.runner.trackers import hydra_record
 from nsrun.runner.train import run_id_for, train
-from nsrun.runner.wandb_logger import hydra_record
 from tests.conftest import ROOT, TINY, compose_cfg, refusal, run_cli
 
 WANDB = [*TINY, "logger=wandb", "stability.rhos=[0.25]", "stability.noises=[token]", "stability.splits=[val]",
@@ -83,7 +83,7 @@ def test_offline_run_holds_history_config_and_summary(tmp_path):
     train(cfg, tmp_path)
     (run_path,) = offline_runs(tmp_path)
     run = read_offline_run(run_path)
-    assert run["run"].run_id == run_id_for(tmp_path) == load_checkpoint(tmp_path / "checkpoints" / "last.pt")["run_id"]
+    assert run["run"].run_id == run_id_for(tmp_path) == checkpoint.load(tmp_path / "checkpoints" / "last.pt")["run_id"]
     assert run["run"].project == "nsrun" and run["run"].job_type == "train" and list(run["run"].tags) == ["a", "b"]
     assert run["run"].run_group == ""  # a single run has no sweep
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
@@ -110,7 +110,7 @@ def test_resumed_run_continues_the_same_wandb_run(tmp_path):
     first, second = (read_offline_run(p) for p in offline_runs(tmp_path))
     assert first["run"].run_id == second["run"].run_id == run_id_for(tmp_path)
     assert sorted(first["history"]) == [0, 10] and sorted(second["history"]) == [20]
-    assert load_checkpoint(tmp_path / "checkpoints" / "last.pt")["run_id"] == run_id_for(tmp_path)
+    assert checkpoint.load(tmp_path / "checkpoints" / "last.pt")["run_id"] == run_id_for(tmp_path)
 
 
 def test_failing_run_finishes_its_wandb_run_and_the_next_run_logs(tmp_path, monkeypatch):
@@ -149,7 +149,7 @@ MODE_CASES = [  # (environment, logger.mode, cwd has `wandb offline`'s settings 
 MODE_PROBE = """
 import json, os, sys
 import wandb
-from nsrun.runner.wandb_logger import resolve_mode
+from nsrun.runner.trackers import resolve_mode
 for env, configured, offline_here, _ in json.loads(sys.argv[1]):
     for key in ("WANDB_API_KEY", "WANDB_MODE", "NETRC"):
         os.environ.pop(key, None)
@@ -246,7 +246,7 @@ def test_wandb_onset_summary_says_what_compare_says(tmp_path):
     reached, not unknown); one that failed has none; one that trained to its end has both."""
     from nsrun.runner.outcome import RunOutcome, failure
     from nsrun.runner.rundir import RunDir
-    from nsrun.runner.tracking import onset_summary
+    from nsrun.runner.trackers import onset_summary
 
     d = RunDir(tmp_path)
     for step, acc in [(0, 0.1), (100, 0.96), (200, 0.995), (300, 0.995)]:

@@ -12,7 +12,7 @@ import time
 import pytest
 import torch
 
-from nsrun.runner.checkpoint import load_checkpoint
+from nsrun.runner import checkpoint
 from nsrun.runner.errors import UsageError
 from nsrun.runner.replicas import batch_indices
 from nsrun.runner.rundir import read_jsonl
@@ -54,7 +54,7 @@ def test_minibatches_cover_each_epoch_once():
 def test_checkpoint_loads_with_weights_only(tmp_path):
     cfg = compose_cfg([*TINY, "train.steps=10", "train.eval_every=5"])
     train(cfg, tmp_path)
-    ckpt = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
+    ckpt = checkpoint.load(tmp_path / "checkpoints" / "last.pt")
     assert ckpt["step"] == 10 and "model" in ckpt and "optimizer" in ckpt and "rng" in ckpt
     assert not list((tmp_path / "checkpoints").glob("*.tmp"))
 
@@ -122,7 +122,7 @@ def test_interrupted_run_resumes_to_identical_metrics(tmp_path, sig, uninterrupt
     proc.send_signal(sig)
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode != 0
-    step = load_checkpoint(run / "checkpoints" / "last.pt")["step"]
+    step = checkpoint.load(run / "checkpoints" / "last.pt")["step"]
     assert 0 < step < 300
     if sig == signal.SIGTERM:
         assert "checkpoint written" in out

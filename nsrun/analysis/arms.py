@@ -14,13 +14,16 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
-from nsrun.analysis.runs import Group, matches, merge_groups_by
+from nsrun.analysis.experiments import Experiment
+from nsrun.analysis.runs import Group, matches, merge_groups_by, run_onsets
+from nsrun.analysis.stats import group_statistics
 from nsrun.science.onsets import FAILED, NOT_REACHED, REACHED, UNKNOWN, OnsetRule, Onsets, curve, value_at
 
 ARM_KEY = "arm"  # the key under which a group's arm is set in its config while arms are merged
 BASELINE_BEST = "baseline best"
+N_BOOT = 10_000
 BASELINE_BEST_MEANS = ("baseline best: the best value every baseline seed reaches (for val_loss the largest of "
                        "their minima)")
 
@@ -102,3 +105,49 @@ def first_reach(onsets: Onsets, run, rule: OnsetRule) -> Onsets:
     if step is None and run.outcome is not None:
         return replace(out, onset_seconds=math.nan, onset_status=UNKNOWN)
     return out
+
+
+@dataclass
+class ExperimentRuns:
+    """One experiment's finished runs, one group per arm (:mod:`nsrun.analysis.arms`), with onsets and
+    statistics filled in at the current target (:meth:`use`; baseline-derived levels give several)."""
+
+    exp: Experiment
+    groups: list[Group]
+    stab_key: str | None
+    notes: list[str] = field(default_factory=list)  # runs left out, ties between baselines
+    config_notes: list[str] = field(default_factory=list)  # groups of one arm merged despite a key
+    n_boot: int = N_BOOT
+    arms: dict[str, str] = field(default_factory=dict)  # group key -> arm
+    targets: list[Target] = field(default_factory=list)
+    target: Target | None = None
+
+    def reg(self, group: Group) -> str:
+        """The arm of ``group`` (the reg option for arms without a ``match``)."""
+        return self.arms.get(group.key) or str(group.config.get("reg.name", group.label))
+
+    def group(self, reg: str | None) -> Group | None:
+        return next((g for g in self.groups if self.reg(g) == reg), None)
+
+    def label(self, group: Group) -> str:
+        style = self.exp.groups.get(self.reg(group))
+        return style.label if style else group.label
+
+    def colour(self, group: Group) -> str:
+        style = self.exp.groups.get(self.reg(group))
+        return style.colour if style else "grey"
+
+    @property
+    def rule(self):
+        return self.target.rule if self.target else self.exp.rule
+
+    def use(self, target: Target) -> None:
+        """Every run's onsets at ``target``, and each group's statistics against the baseline arm's."""
+        self.target = target
+        runs = [r for g in self.groups for r in g.runs]
+        for r in runs:
+            r.onsets = run_onsets(r, target.rule, self.stab_key)
+            if target.reach == "first":
+                r.onsets = first_reach(r.onsets, r, target.rule)
+        base = self.group(self.exp.baseline)
+        group_statistics(self.groups, {g.key: base for g in self.groups} if base else {}, self.n_boot, 0)

@@ -15,11 +15,11 @@ from __future__ import annotations
 import math
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from nsrun.analysis.maps import EXTRA_KEYS, best_cell, cell_verdict, override_text, same_value, selection_seeds
+from nsrun.analysis.arms import ExperimentRuns
+from nsrun.analysis.maps import EXTRA_KEYS, MapRuns, best_cell, cell_verdict, override_text, same_value, selection_seeds
 from nsrun.analysis.report import fmt_ci, fmt_interval
-from nsrun.analysis.seeds_needed import PAPER_FEWER, fmt_seeds, run_onsets_of, seeds_fields, seeds_needed
+from nsrun.analysis.seeds_needed import PAPER_FEWER, fmt_seeds, onset_values, seeds_fields, seeds_needed
 from nsrun.analysis.stats import (
     MIN_SEEDS,
     GroupStats,
@@ -32,10 +32,6 @@ from nsrun.analysis.stats import (
     speedup_verdict,
 )
 from nsrun.science.onsets import curve
-
-if TYPE_CHECKING:
-    from nsrun.analysis.maps import MapRuns
-    from nsrun.analysis.reproduction import ExperimentRuns
 
 NAN3 = (math.nan, math.nan, math.nan)
 
@@ -95,7 +91,7 @@ def onset_rows(er: ExperimentRuns) -> list[dict]:
             row["verdict"], row["reason"] = speedup_verdict(
                 vs.fewer_ci, s.steps[0], base.stats.steps[0], _with_value(s), _with_value(base.stats),
                 exp.paper_fewer_steps)
-            settle = seeds_needed(run_onsets_of(g.runs), run_onsets_of(base.runs),
+            settle = seeds_needed(onset_values(g.runs), onset_values(base.runs),
                                   exp.paper_fewer_steps or PAPER_FEWER)
             row.update(seeds_fields(settle), seeds_to_settle=fmt_seeds(settle))
         elif name == exp.baseline:
@@ -295,7 +291,7 @@ def map_claims(mr: MapRuns, experiment: str) -> list[dict]:
             row["reason"] = (f"{MAP_REASONS[row['verdict']]}; in training seconds: {cell_verdict(secs.fewer_ci)}; "
                              f"chosen on {chosen}, which its interval includes (optimistic)")
             if row["verdict"] in ("no difference", "undetermined"):
-                settle = seeds_needed(run_onsets_of(cell.runs), run_onsets_of(mr.baseline.runs))
+                settle = seeds_needed(onset_values(cell.runs), onset_values(mr.baseline.runs))
                 row["reason"] += f"; seeds per arm to settle (power 0.8): {fmt_seeds(settle)}"
         rows.append(row)
     return rows

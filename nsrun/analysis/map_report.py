@@ -29,7 +29,7 @@ from nsrun.analysis.maps import (
     step_price,
 )
 from nsrun.analysis.report import _cell, _num, fmt_compute, fmt_interval, fmt_reached
-from nsrun.analysis.seeds_needed import SEEDS_RULE, fmt_seeds, run_onsets_of, seeds_fields, seeds_needed
+from nsrun.analysis.seeds_needed import SEEDS_RULE, fmt_seeds, onset_values, seeds_fields, seeds_needed
 from nsrun.analysis.stats import GroupStats, median
 
 TITLE = "# Where does noise-stability regularisation help on modular addition? The map"
@@ -57,7 +57,7 @@ def cell_seeds(cell: Cell, mr: MapRuns):
     base = mr.baseline
     if base is None or cell is base or not cell.stats[mr.spec.rule.level].vs_steps:
         return None
-    return seeds_needed(run_onsets_of(cell.runs), run_onsets_of(base.runs))
+    return seeds_needed(onset_values(cell.runs), onset_values(base.runs))
 
 
 def step_cost_ratio(cell: Cell, mr: MapRuns) -> float:

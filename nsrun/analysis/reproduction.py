@@ -9,65 +9,16 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from nsrun.analysis import claims as claim_rules
 from nsrun.analysis import figures, report, theory
-from nsrun.analysis.arms import BASELINE_BEST_MEANS, Target, assign_arms, first_reach, targets
+from nsrun.analysis.arms import BASELINE_BEST_MEANS, N_BOOT, ExperimentRuns, Target, assign_arms, targets
 from nsrun.analysis.experiments import Experiment, compose
 from nsrun.analysis.maps import MapSpec, load_map_runs
-from nsrun.analysis.runs import Group, group_runs, load_runs, run_onsets, unknown_onset_notes
-from nsrun.analysis.stats import group_statistics
+from nsrun.analysis.runs import group_runs, load_runs, unknown_onset_notes
 from nsrun.science.onsets import stability_key
-
-N_BOOT = 10_000
-
-
-@dataclass
-class ExperimentRuns:
-    """One experiment's finished runs, one group per arm (:mod:`nsrun.analysis.arms`), with onsets and
-    statistics filled in at the current target (:meth:`use`; baseline-derived levels give several)."""
-
-    exp: Experiment
-    groups: list[Group]
-    stab_key: str | None
-    notes: list[str] = field(default_factory=list)  # runs left out, ties between baselines
-    config_notes: list[str] = field(default_factory=list)  # groups of one arm merged despite a key
-    n_boot: int = N_BOOT
-    arms: dict[str, str] = field(default_factory=dict)  # group key -> arm
-    targets: list[Target] = field(default_factory=list)
-    target: Target | None = None
-
-    def reg(self, group: Group) -> str:
-        """The arm of ``group`` (the reg option for arms without a ``match``)."""
-        return self.arms.get(group.key) or str(group.config.get("reg.name", group.label))
-
-    def group(self, reg: str | None) -> Group | None:
-        return next((g for g in self.groups if self.reg(g) == reg), None)
-
-    def label(self, group: Group) -> str:
-        style = self.exp.groups.get(self.reg(group))
-        return style.label if style else group.label
-
-    def colour(self, group: Group) -> str:
-        style = self.exp.groups.get(self.reg(group))
-        return style.colour if style else "grey"
-
-    @property
-    def rule(self):
-        return self.target.rule if self.target else self.exp.rule
-
-    def use(self, target: Target) -> None:
-        """Every run's onsets at ``target``, and each group's statistics against the baseline arm's."""
-        self.target = target
-        runs = [r for g in self.groups for r in g.runs]
-        for r in runs:
-            r.onsets = run_onsets(r, target.rule, self.stab_key)
-            if target.reach == "first":
-                r.onsets = first_reach(r.onsets, r, target.rule)
-        base = self.group(self.exp.baseline)
-        group_statistics(self.groups, {g.key: base for g in self.groups} if base else {}, self.n_boot, 0)
 
 
 def load_experiment(exp: Experiment, sweep_dir: Path, n_boot: int = N_BOOT) -> ExperimentRuns | None:

@@ -201,7 +201,7 @@ def seeds_needed(group: Sequence[float], baseline: Sequence[float], effect: floa
                          n_boot, seed)
 
 
-def run_onsets_of(runs) -> list[float]:
+def onset_values(runs) -> list[float]:
     """Each run's onset step for the statistics (``inf``: not reached; NaN: unknown or failed)."""
     return [onset_value(r.onsets) for r in runs]
 
@@ -212,7 +212,7 @@ def group_seeds(groups, baselines: dict, effect: float = PAPER_FEWER, seed: int 
     for g in groups:
         base = baselines.get(g.key)
         if base is not None and base is not g and g.stats.vs_steps:
-            g.seeds = seeds_needed(run_onsets_of(g.runs), run_onsets_of(base.runs), effect, seed=seed)
+            g.seeds = seeds_needed(onset_values(g.runs), onset_values(base.runs), effect, seed=seed)
 
 
 def seeds_fields(s: SeedsNeeded | None) -> dict:

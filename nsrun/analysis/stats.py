@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import scipy.stats
 
 from nsrun.runner.outcome import GAVE_UP, STOPPED
 from nsrun.science.onsets import FAILED, UNKNOWN, Onsets
@@ -103,12 +104,8 @@ def median(values: Sequence[float]) -> float:
 
 
 def median_rows(a: np.ndarray) -> np.ndarray:
-    """Row-wise median of a 2-D array that may hold ``inf`` (no inf - inf arithmetic)."""
-    a = np.sort(a, axis=1)
-    n = a.shape[1]
-    lo, hi = a[:, (n - 1) // 2], a[:, n // 2]
-    with np.errstate(invalid="ignore"):
-        return np.where(np.isinf(hi), hi, (lo + hi) / 2)
+    """Row-wise median of a 2-D array that may hold ``inf`` (``np.median(axis=1)``)."""
+    return np.median(a, axis=1)
 
 
 def fewer_fraction(group, baseline):
@@ -168,26 +165,14 @@ def compare_ci(group: Sequence[float], baseline: Sequence[float], n_boot: int = 
 
 
 def spearman(a, b) -> float:
-    """Spearman rank correlation of two equal-length sequences (NaN pairs dropped; ties get the mean rank)."""
+    """Spearman rank correlation (``scipy.stats.spearmanr``) of two equal-length sequences, non-finite pairs
+    dropped; NaN for fewer than 3 pairs or a constant sequence."""
     x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     keep = np.isfinite(x) & np.isfinite(y)
     x, y = x[keep], y[keep]
-    if len(x) < 3:
+    if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
         return math.nan
-
-    def ranks(v):
-        order = np.argsort(v, kind="mergesort")
-        r = np.empty(len(v))
-        r[order] = np.arange(len(v))
-        for value in np.unique(v):
-            tie = v == value
-            r[tie] = r[tie].mean()
-        return r
-
-    rx, ry = ranks(x), ranks(y)
-    if rx.std() == 0 or ry.std() == 0:
-        return math.nan
-    return float(np.corrcoef(rx, ry)[0, 1])
+    return float(scipy.stats.spearmanr(x, y).statistic)
 
 
 def group_statistics(groups, baselines: dict, n_boot: int, seed: int) -> None:

@@ -50,7 +50,7 @@ from nsrun.commands.bench_processes import bench_launcher, bench_startup  # noqa
 from nsrun.commands.bench_reg import bench_reuse  # noqa: E402
 from nsrun.commands.bench_runs import COMMON, Run, SeedBatch, build_task_cached, compose  # noqa: E402,F401
 from nsrun.commands.bench_speed import bench_fast, bench_shared, step_worker  # noqa: E402
-from nsrun.commands.nsrun import CONF_DIR  # noqa: E402
+from nsrun.runner.config import CONF_DIR  # noqa: E402
 
 ROOT = Path(CONF_DIR).resolve().parent
 SECTIONS = ("steps", "reuse", "eval", "seeds", "fast", "shared", "startup", "launcher", "compile")

@@ -52,7 +52,7 @@ LAUNCHER_WORKLOADS = {  # a sweep of 4 jobs; steps such that a job trains for so
 def bench_launcher(report, tmp: Path, repeats: int, n_jobs: int = 4) -> None:
     """Sweeps of ``n_jobs`` runs: Hydra's basic launcher (one after another, with torch's default threads and
     with 1 thread) vs ``hydra/launcher=local_cores``; wall time of the whole command, start-up included."""
-    from nsrun.launch.local_pool import available_cores
+    from nsrun.runner.threads import available_cores
 
     cores = available_cores()
     for workload, overrides in LAUNCHER_WORKLOADS.items():

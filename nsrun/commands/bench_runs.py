@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from nsrun.commands.nsrun import CONF_DIR
+from nsrun.runner.config import CONF_DIR
 
 COMMON = ["logger=none", "train.progress=none"]
 

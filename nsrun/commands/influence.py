@@ -18,9 +18,8 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from nsrun.commands.nsrun import CONF_DIR
-from nsrun.commands.nsrun import prevalidate as prevalidate_jobs
-from nsrun.runner.config import DEVICE_RE, require_bool, require_choice, require_int, require_number
+from nsrun.commands.precheck import prevalidate as prevalidate_jobs
+from nsrun.runner.config import CONF_DIR, DEVICE_RE, require_bool, require_choice, require_int, require_number
 from nsrun.runner.errors import ConfigError
 from nsrun.runner.rundir import CONFIG_FILE
 

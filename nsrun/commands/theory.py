@@ -64,13 +64,13 @@ def parse_args(argv):
 
 def compose_config(overrides: list[str]):
     from nsrun.analysis.experiments import compose
-    from nsrun.commands.nsrun import format_hydra_error
+    from nsrun.commands.precheck import format_hydra_error
     from nsrun.runner.errors import UsageError
 
     try:
         return compose(None, overrides)
     except Exception as e:
-        raise UsageError(format_hydra_error(e, None)) from None
+        raise UsageError(format_hydra_error(e, None, overrides=overrides)) from None
 
 
 def load_model(args):

@@ -30,6 +30,7 @@ from pathlib import Path
 from nsrun.launch import sweep_stop
 from nsrun.runner.errors import UsageError
 from nsrun.runner.signals import STOP_SIGNALS, catch_stop_signals, note, received
+from nsrun.runner.threads import available_cores
 
 log = logging.getLogger(__name__)
 
@@ -37,13 +38,6 @@ POOL_LOG = "local_pool.jsonl"
 POLL_S = 0.2  # how often the parent looks for a stop signal, and a worker for its parent
 _worker: dict = {}
 _job_running = threading.Lock()  # held by a worker while it runs a job
-
-
-def available_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
 
 
 def visible_gpus(gpus: Sequence[int] | None = None, environ: dict | None = None) -> list[str]:
@@ -66,7 +60,8 @@ def thread_env(threads: int) -> dict[str, str]:
 def worker_slots(device: str = "cpu", n_workers: int | None = None, threads_per_job: int | None = None,
                  gpus: Sequence[int] | None = None, jobs_per_gpu: int = 1, cores: int | None = None,
                  environ: dict | None = None) -> list[dict[str, str]]:
-    """The environment of each worker, one dict per worker. ``cpu``: ``n_workers`` (default: one per core)
+    """The environment of each worker, one dict per worker. ``cpu``: ``n_workers`` (default: one per core this
+    process may use, the affinity, cgroup quota and SLURM limits: :func:`nsrun.runner.threads.available_cores`)
     workers with no GPU and ``threads_per_job`` threads (default cores // workers). ``cuda``: ``jobs_per_gpu``
     workers per GPU, assigned round-robin (GPU 0, 1, ..., 0, 1, ...), optionally capped at ``n_workers``."""
     cores = cores or available_cores()

@@ -18,9 +18,6 @@ import torch
 
 from nsrun.runner.errors import StorageError, writing
 
-CHECKPOINT_DIR = "checkpoints"  # transitional: the layout belongs to nsrun.runner.rundir
-LAST = "last.pt"
-
 
 class CheckpointError(Exception):
     """A checkpoint that cannot be loaded: torn or corrupt (``foreign=False``), or not nsrun's (``foreign``)."""
@@ -95,16 +92,6 @@ def save_atomic(folder: Path, payload: dict) -> Path:
     return tmp
 
 
-def save_checkpoint(path: Path, payload: dict) -> None:
-    """Write ``payload`` to ``path`` atomically (temp file in the same folder, fsync, rename)."""
-    path = Path(path)
-    with writing(path.parent):
-        path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = save_atomic(path.parent, payload)
-    with writing(path):
-        os.replace(tmp, path)
-
-
 def load(path: Path, map_location="cpu") -> dict:
     """Load a checkpoint with ``weights_only=True``; raise CheckpointError with a one-line reason otherwise."""
     try:
@@ -121,11 +108,6 @@ def load(path: Path, map_location="cpu") -> dict:
     if not isinstance(ckpt, dict) or "step" not in ckpt or "model" not in ckpt:
         raise CheckpointError(f"not an nsrun checkpoint: {path} holds no step and model", foreign=True)
     return ckpt
-
-
-def load_checkpoint(path: Path, map_location="cpu") -> dict:
-    """:func:`load` for readers that want the checkpoint or an exception (tests, the theory tool)."""
-    return load(path, map_location)
 
 
 def _first_line(e: BaseException) -> str:

@@ -12,8 +12,6 @@ and ``make bench`` run the same step:
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
-
 import torch
 
 from nsrun.runner.config import build_model, build_objective, build_task, lr_lambda, make_optimizer
@@ -104,7 +102,7 @@ class VmappedSeeds:
     another order)."""
 
     def __init__(self, cfgs: list, device: torch.device, task=None):
-        from nsrun.runner.seed_stack import SeedModel, SeedStack
+        from nsrun.runner.seed_stack import SeedStack
 
         cfg = cfgs[0]
         self.seeds = [int(c.seed) for c in cfgs]
@@ -118,29 +116,18 @@ class VmappedSeeds:
         self.stack = SeedStack(models)
         self.optimizer = make_optimizer(list(self.stack.params.values()), cfg, device)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg.optim.warmup_steps))
-        self.seed_models = [SeedModel(self.stack, k) for k in range(len(self.seeds))]
         self.batch_size, self.grad_clip = cfg.train.batch_size, cfg.optim.grad_clip
         self.eval_settings = eval_settings(cfg)
-        self.pool = ThreadPoolExecutor(max_workers=len(self.seeds), thread_name_prefix="seed")
 
     def train_step(self, step: int) -> torch.Tensor:
         from nsrun.runner.seed_stack import clip_per_seed
 
         batches = [training_batch(self.task, self.batch_size, s, step) for s in self.seeds]
-        rendezvous = self.stack.rendezvous
-        rendezvous.start(len(self.objectives))
-
-        def run(k):
-            try:
-                return self.objectives[k](self.seed_models[k], *batches[k], step)
-            finally:
-                rendezvous.leave()
-
-        results = [f.result() for f in [self.pool.submit(run, k) for k in range(len(self.objectives))]]
+        results = self.stack.run_objectives(self.objectives, batches, step)
         self.optimizer.zero_grad(set_to_none=True)
         losses = torch.stack([loss for loss, _ in results])
         losses.sum().backward()
-        for objective, seed_model in zip(self.objectives, self.seed_models, strict=True):
+        for objective, seed_model in zip(self.objectives, self.stack.seed_models, strict=True):
             if hasattr(objective, "after_backward"):
                 objective.after_backward(seed_model)
         if self.grad_clip:
@@ -179,7 +166,7 @@ class VmappedSeeds:
         self.scheduler.load_state_dict(states[0]["scheduler"])
 
     def close(self) -> None:
-        self.pool.shutdown()
+        self.stack.close()
 
 
 def build_replicas(cfgs: list, device: torch.device, backend: str = "single", task=None):

@@ -2,16 +2,24 @@
 
 Every seed keeps its own objective (its own noise generator and regulariser state), its own data order and its
 own AdamW state: AdamW is elementwise, so one optimiser over the stacked parameters is K independent ones;
-gradient clipping is per seed (:func:`clip_per_seed`). The objectives are unchanged: each runs in its own
-thread and gets a :class:`SeedModel`, which follows the science's model protocol; its model calls meet in a
-:class:`Rendezvous`, which runs each round as one vmapped forward pass of the stack. Seeds whose inputs have
-different numbers of rows (the regulariser runs only the noisy rows that changed) are padded with zero rows to
-the longest, and each gets its own rows' outputs back.
+gradient clipping is per seed (:func:`clip_per_seed`).
+
+The objectives are the science's, unchanged (:meth:`SeedStack.run_objectives`): each runs in its own thread and
+gets a :class:`SeedModel`, which follows the science's model protocol; its model calls meet in a
+:class:`Rendezvous`, which runs each round as one vmapped forward pass of the stack (torch.func's ensembling:
+``stack_module_state``, ``functional_call`` inside ``vmap``). Seeds whose inputs have different numbers of rows
+(the regulariser runs only the noisy rows that changed) are padded with zero rows to the longest, and each gets
+its own rows' outputs back. Why not vmap the whole loss: the regulariser draws its noise from a per-seed
+``torch.Generator`` (so that a seed's noise is that of its separate run), picks the rows to run by their values
+and switches on by accuracy (``on_fit``): data-dependent shapes and control flow that ``vmap`` cannot batch.
+The threads live in this module only; on CPU the default backend is ``loop`` (K separate runs), which is faster
+there (docs/performance.md).
 """
 
 from __future__ import annotations
 
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 import torch.nn.functional as F
@@ -117,9 +125,27 @@ class SeedStack:
             if hasattr(module, "plain_ops"):
                 module.plain_ops = True
         self.rendezvous = Rendezvous(self._run_batch)
+        self.seed_models = [SeedModel(self, k) for k in range(len(self))]
+        self.pool = ThreadPoolExecutor(max_workers=len(self), thread_name_prefix="seed")
 
     def __len__(self) -> int:
         return next(iter(self.params.values())).shape[0]
+
+    def run_objectives(self, objectives: list, batches: list[tuple], step: int) -> list:
+        """``objectives[k](seed model k, *batches[k], step)`` for every seed, their model calls batched: the
+        list of their results, in seed order."""
+        self.rendezvous.start(len(objectives))
+
+        def run(k):
+            try:
+                return objectives[k](self.seed_models[k], *batches[k], step)
+            finally:
+                self.rendezvous.leave()
+
+        return [f.result() for f in [self.pool.submit(run, k) for k in range(len(objectives))]]
+
+    def close(self) -> None:
+        self.pool.shutdown()
 
     def _run_batch(self, batch: dict) -> dict:
         from torch.func import functional_call, vmap

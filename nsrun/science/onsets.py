@@ -175,7 +175,7 @@ def curve(rows: Sequence[dict], key: str) -> tuple[list[int], list[float]]:
     return [row["step"] for row in kept], [float(row[key]) for row in kept]
 
 
-def run_onsets(rows: Sequence[dict], timing: Sequence[dict] = (), threshold: float = 0.95,
+def onsets_from_rows(rows: Sequence[dict], timing: Sequence[dict] = (), threshold: float = 0.95,
                target_loss: float | None = None, stability: str | None = None,
                stability_level: float | None = None, window: int = 1) -> Onsets:
     """The :class:`Onsets` of one run from its ``metrics.jsonl`` rows (and ``timing.jsonl`` rows for seconds):
@@ -195,10 +195,10 @@ def run_onsets(rows: Sequence[dict], timing: Sequence[dict] = (), threshold: flo
 
 
 def rule_onsets(rows: Sequence[dict], timing: Sequence[dict], rule: OnsetRule, stability: str | None) -> Onsets:
-    """:func:`run_onsets` under ``rule``, with ``stability`` the stability metric of the whole comparison
+    """:func:`onsets_from_rows` under ``rule``, with ``stability`` the stability metric of the whole comparison
     (None, or a key this run does not log: no stability onset and no lag)."""
     target = rule.level if rule.metric == "val_loss" else None
-    onsets = run_onsets(rows, timing, rule.level, target, stability, rule.stability_level, rule.window)
+    onsets = onsets_from_rows(rows, timing, rule.level, target, stability, rule.stability_level, rule.window)
     if stability is None or not any(stability in row for row in rows):
         return replace(onsets, stab_key=None, stab_onset_step=None, lag_steps=None)
     return onsets

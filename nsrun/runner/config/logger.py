@@ -24,7 +24,7 @@ class NoLogger:
     name: str = "none"
 
     def build(self, cfg, run_dir: Path, run_id: str | None):
-        from nsrun.runner.tracking import NullLogger
+        from nsrun.runner.trackers import NullLogger
 
         return NullLogger(cfg, run_dir, run_id)
 
@@ -50,7 +50,7 @@ class WandbLoggerConfig:
         check_number("logger.timeout", self.timeout, 0, low_open=True)
 
     def build(self, cfg, run_dir: Path, run_id: str | None):
-        from nsrun.runner.wandb_logger import WandbLogger
+        from nsrun.runner.trackers import WandbLogger
 
         return WandbLogger(cfg, run_dir, run_id)
 

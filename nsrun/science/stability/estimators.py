@@ -171,11 +171,6 @@ def cross_moments(features: Callable, x: torch.Tensor, y: torch.Tensor,
     return out
 
 
-def stability_values(f: Callable, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Per-example ``<f(x), f(y)>`` ``[N]`` (differentiable; used by the regulariser)."""
-    return inner(f(x), f(y))
-
-
 __all__: Sequence[str] = (
     "StabilityEstimate", "SensitivityEstimate", "noise_stability", "gaussian_stability", "average_sensitivity",
     "cross_moments", "batched", "inner", "mean_and_stderr",

@@ -1,5 +1,10 @@
-"""``logger=wandb``: Weights & Biases beside the run directory's own logs (which stay the source of truth), in
-wandb's own terms (docs/tracking.md):
+"""Experiment trackers beside the run directory's own logs (which stay the source of truth, see
+:mod:`nsrun.runner.rundir`). A tracker has ``log(row, step)``, ``summary(values)`` and ``finish(exit_code)``;
+:func:`onset_summary` is what a tracker's run summary adds to the last row.
+
+``logger=none``: :class:`NullLogger`, nothing beyond the local files.
+
+``logger=wandb``: :class:`WandbLogger`, Weights & Biases in wandb's own terms (docs/tracking.md):
 
 * mode: ``logger.mode``, else wandb's (``WANDB_MODE``, ``wandb offline``); online only where ``wandb.login``
   finds an API key without prompt or network, else offline. An online init with no answer within
@@ -13,6 +18,7 @@ wandb's own terms (docs/tracking.md):
 from __future__ import annotations
 
 import logging
+import math
 import os
 from pathlib import Path
 
@@ -22,6 +28,7 @@ log = logging.getLogger("nsrun")
 
 BEST = {"val_acc": "max", "val_loss": "min", "train_loss": "min", "val_ppl": "min"}
 MAX_GROUP_LENGTH = 128
+SUMMARY_THRESHOLDS = (0.95, 0.99)  # the val_acc levels of the onsets in a run's summary
 SOURCE_TREE = Path(__file__).resolve().parents[2]
 
 
@@ -130,8 +137,6 @@ class WandbLogger:
         self._call("log", lambda run: run.log({**row, "step": step}))
 
     def summary(self, values: dict) -> None:
-        from nsrun.runner.tracking import onset_summary
-
         self._call("summary", lambda run: run.summary.update(
             {"final_step": values.get("step"), **onset_summary(self.run_dir)}))
 
@@ -142,3 +147,48 @@ class WandbLogger:
                 run.finish(exit_code=exit_code)
             except Exception as e:
                 log.warning("wandb: finish failed (%s)", first_line(e))
+
+
+class NullLogger:
+    """``logger=none``: nothing beyond the local files."""
+
+    run_id = None
+
+    def __init__(self, cfg, run_dir: Path, run_id: str | None = None):
+        self.run_id = run_id
+
+    def log(self, row: dict, step: int) -> None:
+        pass
+
+    def summary(self, values: dict) -> None:
+        pass
+
+    def finish(self, exit_code: int = 0) -> None:
+        pass
+
+
+def onset_summary(run_dir: Path) -> dict:
+    """The run's onsets read back from its local logs, for a tracker's run summary (keys ``onset/...``): at each
+    of :data:`SUMMARY_THRESHOLDS` of val_acc the onset step and seconds (None unless reached) and its status,
+    reached | not reached | unknown | failed, as compare says it (:func:`nsrun.runner.outcome.settle_onset`: a
+    run its stop rule ended at val_acc >= 0.95 has an unknown 0.99 onset, one that gave up has not reached it)."""
+    from nsrun.runner.outcome import settle_onset
+    from nsrun.runner.rundir import RunDir
+    from nsrun.science.onsets import OnsetRule, onsets_from_rows
+
+    d = RunDir(run_dir)
+    rows, timing, info = d.read_metrics(), d.read_timing(), d.done_info()
+    if not rows:
+        return {}
+    out = {"train_seconds": timing[-1].get("train_seconds")} if timing else {}
+    for threshold in SUMMARY_THRESHOLDS:
+        name = f"val_acc{round(threshold * 100)}"
+        onsets = settle_onset(onsets_from_rows(rows, timing, threshold=threshold), info.outcome if info else None,
+                              OnsetRule("val_acc", threshold))
+        out[f"onset/{name}"] = onsets.onset_step
+        out[f"onset/{name}_seconds"] = onsets.onset_seconds if math.isfinite(onsets.onset_seconds) else None
+        out[f"onset/{name}_status"] = onsets.onset_status
+        if onsets.stab_key is not None:
+            out["onset/stab_fall"] = onsets.stab_onset_step
+            out[f"onset/stab_lag_{name}"] = onsets.lag_steps
+    return out
