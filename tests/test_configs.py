@@ -226,7 +226,7 @@ def test_runs_from_before_task_files_set_train_keys_still_match():
     """Earlier configs carried a task file's values of train.* as task.steps etc.: the same run."""
     from omegaconf import OmegaConf
 
-    from nsrun.runner.rundir import science_config
+    from nsrun.runner.science_key import science_config
 
     new = OmegaConf.to_container(compose_cfg(["task=parity"]), resolve=True)
     old = {**new, "task": {**new["task"], "batch_size": 100, "steps": 10000, "eval_every": 250,
@@ -238,7 +238,7 @@ def test_runs_from_before_task_files_set_train_keys_still_match():
 def test_stability_settings_without_logging_do_not_change_the_science_key():
     from omegaconf import OmegaConf
 
-    from nsrun.runner.rundir import science_config
+    from nsrun.runner.science_key import science_config
 
     off = OmegaConf.to_container(compose_cfg(["stability.enabled=false"]), resolve=True)
     other = {**off, "stability": {**off["stability"], "rhos": [0.5], "sensitivity": False}}
@@ -276,7 +276,7 @@ def test_the_sweep_plan_is_hydras_basic_sweeper_order():
 def test_runs_from_before_task_resample_count_as_content_and_only_modadd_runs_gain_it():
     from omegaconf import OmegaConf
 
-    from nsrun.runner.rundir import science_config
+    from nsrun.runner.science_key import science_config
 
     new = OmegaConf.to_container(compose_cfg(), resolve=True)
     old = {**new, "task": {k: v for k, v in new["task"].items() if k != "resample"}}

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from nsrun.runner.config import build_model, build_objective, build_task, validate
-from nsrun.runner.rundir import read_jsonl, science_config
+from nsrun.runner.rundir import read_jsonl
+from nsrun.runner.science_key import science_config
 from nsrun.runner.train import train
 from nsrun.science.objective import CrossEntropy
 from nsrun.science.stability.noise import token_noise

@@ -19,7 +19,8 @@ import pytest
 
 from nsrun.runner.errors import UsageError
 from nsrun.runner.outcome import DoneInfo, RunOutcome
-from nsrun.runner.rundir import RunDir, read_jsonl, science_config
+from nsrun.runner.rundir import RunDir, read_jsonl
+from nsrun.runner.science_key import science_config
 from nsrun.runner.train import train
 from tests.conftest import TINY, compose_cfg, run_cli
 

@@ -2,7 +2,7 @@
 changes the science, and the baseline group of each group.
 
 A *group* is the runs whose configs agree on every key of the science key
-(:func:`nsrun.runner.rundir.science_config`) except the seed and ``train.parallel_seeds``: the seeds of
+(:func:`nsrun.runner.science_key.science_config`) except the seed and ``train.parallel_seeds``: the seeds of
 one setting. Each group is labelled by the keys whose values tell it apart from the others.
 
 A run that its stop rule ended (``stop=onset``, :mod:`nsrun.runner.stopping`) has no "rest of the run" past
@@ -26,7 +26,8 @@ import yaml
 from nsrun.analysis.seeds_needed import SeedsNeeded
 from nsrun.analysis.stats import GroupStats
 from nsrun.runner.outcome import RunOutcome, settle_onset
-from nsrun.runner.rundir import RunDir, find_run_dirs, science_config
+from nsrun.runner.rundir import RunDir, find_run_dirs
+from nsrun.runner.science_key import science_config
 from nsrun.science.onsets import UNKNOWN, OnsetRule, Onsets, rule_onsets
 
 NOT_GROUPED = ("seed", "train.parallel_seeds")  # keys that vary between the seeds of one group
