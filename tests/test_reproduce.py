@@ -76,7 +76,12 @@ def test_experiment_metadata_is_read_from_the_configs_and_quick_files_override_i
     assert quick["modadd"].sweep_dir == Path("runs/reproduce-quick/modadd")
     for exp in (full["modadd"], *quick.values()):
         assert (exp.baseline, exp.regulariser) == ("none", "stability")
+    for exp in (quick["parity"], quick["wikitext2"]):
         assert list(exp.groups) == [j[0].removeprefix("reg=") for j in sweep_values(exp.config)[::5]]
+    for exp in (full["modadd"], quick["modadd"]):  # baseline and both signs first, then the peers, then S 0's others
+        assert list(exp.groups) == ["none", "stability", "S0", "grokfast", "weight_decay", "S0_best", "S0_cheap"]
+        assert [" ".join(j[:-1]) for j in sweep_values(exp.config)[::5]][:4] == [
+            "reg=none", "reg=stability", "reg=stability reg.S=0", "reg=grokfast"]
     assert wt.arms_with_role("regulariser") == ["S1_rho25", "S1_rho75", "S1_rho90"]
     assert wt.arms_with_role("control") == ["S0_rho25", "S0_rho75", "S0_rho90"]
     for name in PARITY_SIZES:
@@ -358,7 +363,7 @@ def test_summary_states_the_map_s_best_cells_after_modadd_s_claim_1_or_that_it_h
     lines = (tmp_path / "out" / "summary.md").read_text().splitlines()
     table = lines[lines.index("## Claims 1-6: verdicts"):]
     ones = [line for line in table if line.startswith("| 1 | modadd |")]
-    assert len(ones) == 3 and "the regulariser (stability reg.)" in ones[0] and "**reproduced**" in ones[0]
+    assert len(ones) == 3 and "the regulariser (stability reg., S 1)" in ones[0] and "**reproduced**" in ones[0]
     assert "reg.S=1" in ones[1] and "**no difference**" in ones[1] and "reg.S=0" in ones[2] and "**faster**" in ones[2]
     assert any(line.startswith("Modular addition over the map") for line in lines)
     assert f"- map (modadd): map_modadd_tiny (Modular addition, tiny (test only)), run dirs {tiny_map.root}" in lines

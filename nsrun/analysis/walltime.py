@@ -69,8 +69,19 @@ def cost_point(cell: Cell, mr: MapRuns) -> CostPoint:
 
 
 def cost_points(mr: MapRuns) -> list[CostPoint]:
-    """Every cell of ``mr`` with runs, the baseline first."""
-    return [cost_point(c, mr) for c in mr.cells if c.runs]
+    """Every cell of ``mr`` with runs: the baseline, then the cells at full cost, then the levers, each by sign,
+    gamma and rho (numerically)."""
+    return sorted((cost_point(c, mr) for c in mr.cells if c.runs), key=order)
+
+
+def order(p: CostPoint) -> tuple:
+    def num(key: str) -> float:
+        v = p.value(key)
+        return float(v) if isinstance(v, (int, float)) else math.inf
+
+    levers = (num("reg.batch_fraction") != 1.0, -num("reg.batch_fraction"), num("reg.every_k_steps"))
+    return (not p.is_baseline, levers[0] or levers[2] != 1, num("reg.S"), *levers[1:], num("reg.gamma"),
+            num("reg.rho"))
 
 
 def answer(points: list[CostPoint]) -> str:
@@ -94,12 +105,18 @@ def fmt_steps(p: CostPoint) -> str:
     return fmt_interval(*p.steps) if math.isfinite(p.steps[0]) else "not reached"
 
 
+def fmt_vs(p: CostPoint, text: str) -> str:
+    """A comparison with the baseline, or why it has no finite ratio: none of the cell's seeds reached the onset."""
+    return "none of its seeds reached the onset" if p.n_reached == 0 else text
+
+
 def markdown(points: list[CostPoint]) -> list[str]:
     head = ["cell", "seeds (reached)", "steps to onset [95 % CI]", "step cost vs baseline", "fewer steps [95 % CI]",
             "wall-clock speedup [95 % CI]", "verdict (steps)", "verdict (seconds)"]
     rows = [[p.label, f"{p.n} ({p.n_reached})", fmt_steps(p), f"{p.cost:.2f}x" if math.isfinite(p.cost) else "-",
-             "-" if p.is_baseline else fmt_interval(*p.fewer_steps, 1, pct=True),
-             "-" if p.is_baseline else fmt_interval(*p.speedup, 2, unit="x"), p.verdict_steps, p.verdict_seconds]
+             "-" if p.is_baseline else fmt_vs(p, fmt_interval(*p.fewer_steps, 1, pct=True)),
+             "-" if p.is_baseline else fmt_vs(p, fmt_interval(*p.speedup, 2, unit="x")), p.verdict_steps,
+             p.verdict_seconds]
             for p in points]
     return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head), *("| " + " | ".join(r) + " |" for r in rows)]
 
