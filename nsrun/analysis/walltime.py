@@ -90,15 +90,23 @@ def answer(points: list[CostPoint]) -> str:
     faster = sorted((p for p in cells if p.speedup[1] > 1), key=lambda p: -p.speedup[1])
     if faster:
         return "; ".join(f"**{p.label}** groks faster in wall-clock time than the baseline, "
-                         f"{fmt_interval(*p.speedup, 2, unit='x')} ({p.n} seeds, a step costs {p.cost:.2f}x)"
+                         f"{fmt_speedup(p.speedup)} ({p.n} seeds, a step costs {p.cost:.2f}x)"
                          for p in faster) + "."
     if not cells:
         return "No cell has a wall-clock speedup yet (no cell and baseline both reach the onset)."
     top = sorted(cells, key=lambda p: -p.speedup[0])[:3]
     return ("No cell groks faster in wall-clock time than the baseline with these seeds (no speedup interval lies "
             "above 1). The frontier, by median speedup: " + "; ".join(
-                f"{p.label}: {fmt_interval(*p.speedup, 2, unit='x')}, {fmt_interval(*p.steps)} steps at "
+                f"{p.label}: {fmt_speedup(p.speedup)}, {fmt_interval(*p.steps)} steps at "
                 f"{p.cost:.2f}x a step" for p in top) + ".")
+
+
+def fmt_speedup(ci: tuple[float, float, float]) -> str:
+    """``2.72x [1.51, 3.40]``; an upper end at +inf (the baseline's interval reaches past the horizon) reads
+    ``no upper bound``."""
+    m, lo, hi = ci
+    return f"{m:.2f}x [{lo:.2f}, no upper bound]" if math.isinf(hi) and math.isfinite(m) else fmt_interval(
+        m, lo, hi, 2, unit="x")
 
 
 def fmt_steps(p: CostPoint) -> str:
@@ -115,7 +123,7 @@ def markdown(points: list[CostPoint]) -> list[str]:
             "wall-clock speedup [95 % CI]", "verdict (steps)", "verdict (seconds)"]
     rows = [[p.label, f"{p.n} ({p.n_reached})", fmt_steps(p), f"{p.cost:.2f}x" if math.isfinite(p.cost) else "-",
              "-" if p.is_baseline else fmt_vs(p, fmt_interval(*p.fewer_steps, 1, pct=True)),
-             "-" if p.is_baseline else fmt_vs(p, fmt_interval(*p.speedup, 2, unit="x")), p.verdict_steps,
+             "-" if p.is_baseline else fmt_vs(p, fmt_speedup(p.speedup)), p.verdict_steps,
              p.verdict_seconds]
             for p in points]
     return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head), *("| " + " | ".join(r) + " |" for r in rows)]
