@@ -101,3 +101,49 @@ def test_a_rerun_with_more_trials_skips_the_finished_ones_and_continues(tmp_path
     tiny_search(tmp_path, n_trials=4)  # TPE is seeded: the same 3 trials (finished, not trained again), then one more
     assert written() == before and (search / "3" / "DONE").exists()
     assert OmegaConf.load(search / "optimization_results.yaml").best_value == min(trial_objectives(search))
+
+
+PEERS = {"baseline": ("none", None, None), "grokfast": ("grokfast", None, None),
+         "token_s1": ("stability", 1, "token"), "token_s0": ("stability", 0, "token"),
+         "gaussian_s1": ("stability", 1, "gaussian"), "gaussian_s0": ("stability", 0, "gaussian")}
+
+
+@pytest.mark.parametrize("method", PEERS)
+def test_every_method_s_search_has_the_same_budget_regime_and_seeds(method):
+    """The equal-budget searches (conf/hparams_search/peers_*.yaml): one per method, 24 trials of seeds 0-1 in the
+    map's regime, each searching its own knobs and weight decay."""
+    name = f"hparams_search=peers_{method}"
+    cfg = compose_cfg([name])
+    validate(cfg)
+    the_map = compose_cfg(["+experiment=map_modadd_quick"])
+    for key in ("task", "model", "train.steps", "train.eval_every", "stop.patience", "stop.level"):
+        assert OmegaConf.select(cfg, key) == OmegaConf.select(the_map, key), key
+    assert (cfg.seed, cfg.train.parallel_seeds, cfg.stop.unreached_penalty, cfg.stability.enabled) == (0, 2, 3000,
+                                                                                                      False)
+    reg, S, noise = PEERS[method]
+    assert cfg.reg.name == reg and (S is None or (cfg.reg.S, cfg.reg.noise) == (S, noise))
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        sweeper = compose("config", overrides=[name], return_hydra_config=True).hydra.sweeper
+    assert (sweeper.n_trials, sweeper.n_jobs, sweeper.sampler.seed, sweeper.study_name) == (24, 2, 0, f"peers_{method}")
+    space = set(sweeper.params)
+    assert "optim.weight_decay" in space
+    assert space - {"optim.weight_decay"} == {"baseline": {"optim.lr"}, "grokfast": {"reg.alpha", "reg.lamb"}}.get(
+        method, {"reg.gamma", "reg.rho", "noise"})
+
+
+def test_a_tiny_two_seed_search_scores_each_trial_by_its_seeds_mean(tmp_path):
+    search = tmp_path / "search"
+    res = run_cli(["-m", "hparams_search=peers_token_s0", "model=tiny", "task.p=23", "train.steps=200",
+                   "train.eval_every=20", "stop.metric=train_acc", "stop.level=0.5", "stop.patience=20",
+                   "train.threads=1", "train.progress=none", "hydra.sweeper.n_trials=2", f"hydra.sweep.dir={search}",
+                   "hydra/launcher=basic"], cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    result = OmegaConf.load(search / "optimization_results.yaml")
+    values = []
+    for trial in ("0", "1"):
+        assert sorted(p.name for p in (search / trial).glob("seed_*")) == ["seed_0", "seed_1"]
+        per_seed = [run_objective(OmegaConf.load(search / trial / s / "resolved_config.yaml"), search / trial / s)
+                    for s in ("seed_0", "seed_1")]
+        values.append(sum(per_seed) / 2)
+    assert result.best_value == min(values)

@@ -104,3 +104,17 @@ def test_compare_the_wandb_summary_and_the_objective_settle_an_onset_alike(tmp_p
         assert onsets.onset_step == summary[f"onset/val_acc{round(level * 100)}"]
     cfg = OmegaConf.create(RunDir(path).read_config())
     assert run_objective(cfg, path) == objective
+
+
+def test_with_parallel_seeds_the_objective_is_the_mean_of_the_seeds_values(tmp_path):
+    """A search on two seeds a trial (train.parallel_seeds=2): seed 3 reached the onset at 200, seed 4 gave up
+    (1000 steps + the penalty 500), so the trial's value is their mean."""
+    hand_made_run(tmp_path / "trial" / "seed_3", RunOutcome("stopped", 400, "stopped: ...", "val_acc", "above",
+                                                            0.95, 200), CURVE)
+    hand_made_run(tmp_path / "trial" / "seed_4", RunOutcome("gave up", 400, "gave up: ...", "val_acc", "above",
+                                                            0.95, 300), CURVE)
+    cfg = OmegaConf.create(RunDir(tmp_path / "trial" / "seed_3").read_config())
+    cfg.seed, cfg.train.parallel_seeds = 3, 2
+    assert run_objective(cfg, tmp_path / "trial") == (200.0 + 1500.0) / 2
+    cfg.train.parallel_seeds = 1
+    assert run_objective(cfg, tmp_path / "trial" / "seed_3") == 200.0

@@ -257,13 +257,21 @@ def run_objective(cfg: DictConfig, run_dir) -> float | None:
     that rule's metric, direction and level (the step from which the metric stayed past the level for the rest
     of the run, settled by how the run ended: :func:`nsrun.runner.outcome.settle_onset`; for a run the rule
     stopped, the step where the stopping stretch began) when it is known and reached, else ``train.steps +
-    stop.unreached_penalty``; None without a stop rule or with parallel seeds."""
+    stop.unreached_penalty``; with ``train.parallel_seeds=K`` the mean of the K seeds' values (a search on
+    several seeds a trial); None without a stop rule."""
+    rule = stop_rule(cfg)
+    if rule is None:
+        return None
+    K = cfg.train.parallel_seeds
+    if K > 1:
+        root = RunDir(run_dir)
+        return sum(_seed_objective(cfg, rule, root.seed_dir(cfg.seed + i)) for i in range(K)) / K
+    return _seed_objective(cfg, rule, RunDir(run_dir))
+
+
+def _seed_objective(cfg: DictConfig, rule, d: RunDir) -> float:
     from nsrun.science.onsets import Onsets, sustained_onset
 
-    rule = stop_rule(cfg)
-    if rule is None or cfg.train.parallel_seeds > 1:
-        return None
-    d = RunDir(run_dir)
     info, rows = d.done_info(), d.read_metrics()
     if info is not None:
         onset = sustained_onset([r["step"] for r in rows], [r.get(rule.metric) for r in rows], rule.level,
