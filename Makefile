@@ -4,7 +4,7 @@ PYTHON ?= python3
 PIP ?= $(PYTHON) -m pip
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: install torch test test-all lint run bench gpu-check slurm-up slurm-down reproduce-figures reproduce-figures-quick reproduce-lm-parity figures figures-lm-parity map map-report walltime walltime-report clean
+.PHONY: install torch test test-all lint run bench gpu-check slurm-up slurm-down reproduce-figures reproduce-figures-quick reproduce-lm-parity figures figures-lm-parity map map-report walltime walltime-report peers clean
 
 torch:
 	@$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install "torch==$(TORCH_VERSION)"
@@ -68,6 +68,13 @@ walltime:
 
 walltime-report:
 	$(PYTHON) -m nsrun.commands.walltime report --out $(WALLTIME_OUT) $(WALLTIME_ARGS)
+
+# the equal-budget searches (docs/experiments.md#peers): one 24-trial Optuna study per method, seeds 0-1 a trial,
+# in sequence (each runs 2 trials at a time; a rerun skips finished trials)
+PEERS ?= baseline grokfast token_s1 token_s0 gaussian_s1 gaussian_s0
+
+peers:
+	for m in $(PEERS); do nsrun -m hparams_search=peers_$$m || exit 1; done
 
 # WikiText-2 (7 arms) and sparse parity at n = 10, 20, 40, 100 (3 arms each), 5 seeds (docs/reproduction.md):
 # 95 runs of 1-4 min each on one thread, with their own summary (OUT, default results/reproduce-lm-parity).
