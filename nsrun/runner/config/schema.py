@@ -6,12 +6,13 @@
 * ``@option("train")`` makes a dataclass the schema of a section without options (``train``, ``eval``,
   ``stability``; ``model``, whose option files all share one schema).
 
-A schema's fields carry types only (``MISSING`` defaults): the values, with their comments, are in conf/ (a
-schema that is the science's own settings, ``stability``'s, keeps the science's defaults; conf/ sets them all).
-A schema may define ``check(self)``, its range checks (raising ConfigError), and a ``build(...)`` method that
-makes the science object from its plain values. Before it runs, :func:`section` refuses inf and nan in every
-key of every section (a float, or a number in a list) and types the values by the schema (as Hydra does when it
-composes; a run directory's plain config gets the same), so no schema checks a type.
+A schema's fields carry types and allowed values only (``MISSING`` defaults; :mod:`nsrun.runner.config.checks`):
+the values, with their comments, are in conf/ (a schema that is the science's own settings, ``stability``'s,
+keeps the science's defaults; conf/ sets them all). A schema may define ``check(self)``, its other checks
+(raising ConfigError), and a ``build(...)`` method that makes the science object from its plain values. Before
+they run, :func:`section` refuses inf and nan in every key of every section (a float, or a number in a list) and
+types the values by the schema (as Hydra does when it composes; a run directory's plain config gets the same),
+so no schema checks a type.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException, ValidationError
 
+from nsrun.runner.config.checks import check_fields
 from nsrun.runner.errors import ConfigError
 
 OPTIONS: dict[str, dict[str, type]] = {}  # group -> option name -> schema
@@ -191,6 +193,7 @@ def section(cfg, group: str):
         if error is None:
             raise
         raise error from None
+    check_fields(obj, group)
     if hasattr(obj, "check"):
         obj.check()
     return obj
