@@ -8,10 +8,10 @@ from pathlib import Path
 from omegaconf import MISSING
 
 from nsrun.runner.config.checks import in_range
-from nsrun.runner.config.schema import describe, option, section
+from nsrun.runner.config.schema import GROUPS, option, section
 from nsrun.runner.errors import ConfigError
 
-describe("logger", "an experiment tracker beside the local logs: wandb (offline unless logged in) or none")
+GROUPS["logger"] = "an experiment tracker beside the local logs: wandb (offline unless logged in) or none"
 
 WANDB_MODES = (None, "online", "offline", "disabled")
 

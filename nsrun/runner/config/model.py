@@ -7,10 +7,10 @@ from dataclasses import dataclass
 from omegaconf import MISSING
 
 from nsrun.runner.config.checks import at_least, check_choice, in_range
-from nsrun.runner.config.schema import describe, option, section
+from nsrun.runner.config.schema import GROUPS, option, section
 from nsrun.runner.errors import ConfigError
 
-describe("model", "the transformer: layers, width, heads, MLP, activation, LayerNorm, positions, init scale")
+GROUPS["model"] = "the transformer: layers, width, heads, MLP, activation, LayerNorm, positions, init scale"
 
 
 @option("model")

@@ -10,10 +10,10 @@ from dataclasses import dataclass
 from omegaconf import MISSING
 
 from nsrun.runner.config.checks import at_least, in_range
-from nsrun.runner.config.schema import describe, option, section
+from nsrun.runner.config.schema import GROUPS, option, section, values
 from nsrun.runner.errors import ConfigError
 
-describe("noise", "the noise schedule of reg=stability: rho and gamma as functions of the training step")
+GROUPS["noise"] = "the noise schedule of reg=stability: rho and gamma as functions of the training step"
 
 
 class _Schedule:
@@ -21,8 +21,7 @@ class _Schedule:
         """The schedule ``step -> (rho, gamma)`` around the base values ``rho`` and ``gamma``."""
         from nsrun.science.stability.schedules import Schedule
 
-        keys = {k: v for k, v in vars(self).items() if k != "name"}
-        return Schedule(self.name, rho, gamma, train_steps, **keys)
+        return Schedule(self.name, rho, gamma, train_steps, **values(self))
 
 
 @option("noise", "constant")

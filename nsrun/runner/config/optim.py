@@ -7,10 +7,10 @@ from dataclasses import dataclass
 from omegaconf import MISSING
 
 from nsrun.runner.config.checks import at_least, in_range
-from nsrun.runner.config.schema import describe, option, section
+from nsrun.runner.config.schema import GROUPS, option, section
 from nsrun.runner.errors import ConfigError
 
-describe("optim", "the optimiser: AdamW's learning rate, betas, weight decay, warm-up and gradient clipping")
+GROUPS["optim"] = "the optimiser: AdamW's learning rate, betas, weight decay, warm-up and gradient clipping"
 
 
 @option("optim", "adamw")

@@ -13,10 +13,10 @@ from pathlib import Path
 from omegaconf import MISSING, OmegaConf
 
 from nsrun.runner.config.checks import at_least, check_choice, in_range, one_of
-from nsrun.runner.config.schema import OPTIONS, KeyWithoutEffect, describe, option, section
+from nsrun.runner.config.schema import GROUPS, OPTIONS, KeyWithoutEffect, option, section
 from nsrun.runner.errors import ConfigError
 
-describe("reg", "the regulariser added to the cross-entropy, or a peer grokking accelerator")
+GROUPS["reg"] = "the regulariser added to the cross-entropy, or a peer grokking accelerator"
 
 
 @option("reg", "none")

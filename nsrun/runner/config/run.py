@@ -9,13 +9,13 @@ from typing import Any
 from omegaconf import MISSING
 
 from nsrun.runner.config.checks import DEVICE_RE, at_least, one_of
-from nsrun.runner.config.schema import KeyWithoutEffect, describe, option, section
+from nsrun.runner.config.schema import GROUPS, KeyWithoutEffect, option, section
 from nsrun.runner.errors import ConfigError
 from nsrun.science.stability.settings import MonitorSettings
 
-describe("train", "the training loop: steps, batches, eval and checkpoint cadence, device, threads, seeds")
-describe("eval", "loss and accuracy at every eval step: batch size, fixed subset per split")
-describe("stability", "noise stability logged at every eval step (nsrun/science/stability/monitor.py)")
+GROUPS["train"] = "the training loop: steps, batches, eval and checkpoint cadence, device, threads, seeds"
+GROUPS["eval"] = "loss and accuracy at every eval step: batch size, fixed subset per split"
+GROUPS["stability"] = "noise stability logged at every eval step (nsrun/science/stability/monitor.py)"
 
 PROGRESS = ("auto", "bar", "log", "none")
 PARALLEL_BACKENDS = ("auto", "vmap", "loop")

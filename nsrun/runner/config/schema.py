@@ -46,10 +46,6 @@ class KeyWithoutEffect(ConfigError):
         self.args = (f"{key} {message}",)
 
 
-def describe(group: str, line: str) -> None:
-    GROUPS[group] = line
-
-
 def option(group: str, name: str | None = None):
     """Class decorator: register a dataclass as the schema of ``group=name`` (or of section ``group``)."""
 
@@ -68,6 +64,11 @@ def option(group: str, name: str | None = None):
 
 def field_names(cls: type) -> list[str]:
     return [f.name for f in dataclasses.fields(cls)]
+
+
+def values(obj) -> dict:
+    """The fields of schema instance ``obj`` but ``name``: the keyword arguments of the science object it builds."""
+    return {key: getattr(obj, key) for key in field_names(obj) if key != "name"}
 
 
 def groups() -> list[str]:
@@ -124,15 +125,15 @@ def type_error(key: str, exc: BaseException) -> ConfigError:
     return ConfigError(key, str(exc).splitlines()[0])
 
 
-def science_error(group: str, cls: type, exc: ValueError) -> ConfigError | None:
-    """The science's ``ValueError("<argument>: ...")`` as a ConfigError on ``group.<argument>`` (every
-    ``argument=`` in its text reads ``group.argument=``), or None when it names no field of ``cls``."""
+def raise_science_error(group: str, cls: type, exc: ValueError):
+    """Raise the science's ``ValueError("<argument>: ...")`` as a ConfigError on ``group.<argument>`` (every
+    ``argument=`` in its text reads ``group.argument=``); re-raise ``exc`` when it names no field of ``cls``."""
     argument, sep, detail = str(exc).partition(": ")
     fields = field_names(cls)
     if not (sep and argument in fields):
-        return None
+        raise exc
     detail = re.sub(rf"(?<![\w.])({'|'.join(map(re.escape, fields))})=", rf"{group}.\1=", detail)
-    return ConfigError(f"{group}.{argument}", detail)
+    raise ConfigError(f"{group}.{argument}", detail) from None
 
 
 def _finite(value) -> bool:
@@ -189,10 +190,7 @@ def section(cfg, group: str):
     except ValidationError as e:
         raise type_error(f"{group}.{str(e.full_key).split('[')[0]}", e) from None
     except ValueError as e:  # a schema that is the science's own settings checks its values on creation
-        error = science_error(group, cls, e)
-        if error is None:
-            raise
-        raise error from None
+        raise_science_error(group, cls, e)
     check_fields(obj, group)
     if hasattr(obj, "check"):
         obj.check()

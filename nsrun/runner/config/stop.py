@@ -7,9 +7,9 @@ from dataclasses import dataclass
 from omegaconf import MISSING
 
 from nsrun.runner.config.checks import at_least, in_range, non_empty, one_of
-from nsrun.runner.config.schema import describe, option, section
+from nsrun.runner.config.schema import GROUPS, option, section
 
-describe("stop", "early stopping: end a run once its metric has stayed past a level (or stopped improving)")
+GROUPS["stop"] = "early stopping: end a run once its metric has stayed past a level (or stopped improving)"
 
 DIRECTIONS = ("above", "below")
 

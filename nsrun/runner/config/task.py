@@ -10,10 +10,10 @@ from pathlib import Path
 from omegaconf import MISSING
 
 from nsrun.runner.config.checks import at_least, check_choice, in_range, non_empty
-from nsrun.runner.config.schema import describe, option, science_error, section
+from nsrun.runner.config.schema import GROUPS, option, raise_science_error, section, values
 from nsrun.runner.errors import ConfigError
 
-describe("task", "what is learned: the data and its train/validation split (and the task's values of train.*)")
+GROUPS["task"] = "what is learned: the data and its train/validation split (and the task's values of train.*)"
 
 @option("task", "modadd")
 @dataclass
@@ -38,8 +38,7 @@ class ModAddTask:
     def build(self):
         from nsrun.science.tasks.modadd import ModularArithmetic
 
-        return ModularArithmetic(p=self.p, operation=self.operation, train_fraction=self.train_fraction,
-                                 split_seed=self.split_seed, resample=self.resample)
+        return ModularArithmetic(**values(self))
 
 
 @option("task", "parity")
@@ -73,9 +72,7 @@ class ParityTask:
     def build(self):
         from nsrun.science.tasks.parity import SparseParity
 
-        return SparseParity(n_bits=self.n_bits, k=self.k, label_noise=self.label_noise, n_train=self.n_train,
-                            n_val=self.n_val, val_set=self.val_set, subset_seed=self.subset_seed,
-                            data_seed=self.data_seed)
+        return SparseParity(**values(self))
 
 
 @option("task", "wikitext2")
@@ -148,11 +145,7 @@ class WikiText2Task:
         """Loads the text (files or hub) and trains or loads the tokenizer."""
         from nsrun.science.tasks.wikitext2 import WikiText2
 
-        return WikiText2(data_dir=self.data_dir, train_file=self.train_file, val_file=self.val_file,
-                         hub_dataset=self.hub_dataset, hub_config=self.hub_config,
-                         hub_train_split=self.hub_train_split, hub_val_split=self.hub_val_split,
-                         tokenizer=self.tokenizer, vocab_size=self.vocab_size, cache_dir=self.cache_dir,
-                         context=self.context, stride=self.stride)
+        return WikiText2(**values(self))
 
 
 def _offline() -> bool:
@@ -173,7 +166,4 @@ def build_task(cfg):
     try:
         return task.build()
     except ValueError as e:
-        error = science_error("task", type(task), e)
-        if error is None:
-            raise
-        raise error from e
+        raise_science_error("task", type(task), e)
