@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from omegaconf import MISSING
 
 from nsrun.runner.config.checks import at_least, in_range
-from nsrun.runner.config.schema import GROUPS, option, section, values
+from nsrun.runner.config.schema import GROUPS, option, science_arguments, section
 from nsrun.runner.errors import ConfigError
 
 GROUPS["noise"] = "the noise schedule of reg=stability: rho and gamma as functions of the training step"
@@ -21,7 +21,7 @@ class _Schedule:
         """The schedule ``step -> (rho, gamma)`` around the base values ``rho`` and ``gamma``."""
         from nsrun.science.stability.schedules import Schedule
 
-        return Schedule(self.name, rho, gamma, train_steps, **values(self))
+        return Schedule(self.name, rho, gamma, train_steps, **science_arguments(self))
 
 
 @option("noise", "constant")

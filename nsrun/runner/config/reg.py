@@ -106,18 +106,13 @@ class GrokFastReg:
 
 @option("reg", "weight_decay")
 @dataclass
-class WeightDecayReg:
+class WeightDecayReg(NoReg):
     """Weight decay alone (Omnigrok), a peer: plain cross-entropy with optim.weight_decay 3.0."""
 
     name: str = "weight_decay"
 
     def describe(self, cfg) -> str:
         return f"plain cross-entropy, optim.weight_decay {section(cfg, 'optim').weight_decay:g}"
-
-    def build(self, task, schedule, seed: int):
-        from nsrun.science.objective import CrossEntropy
-
-        return CrossEntropy(task)
 
 
 def check_schedule_used(reg, noise) -> None:

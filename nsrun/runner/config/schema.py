@@ -66,7 +66,7 @@ def field_names(cls: type) -> list[str]:
     return [f.name for f in dataclasses.fields(cls)]
 
 
-def values(obj) -> dict:
+def science_arguments(obj) -> dict:
     """The fields of schema instance ``obj`` but ``name``: the keyword arguments of the science object it builds."""
     return {key: getattr(obj, key) for key in field_names(obj) if key != "name"}
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from omegaconf import MISSING
 
 from nsrun.runner.config.checks import at_least, check_choice, in_range, non_empty
-from nsrun.runner.config.schema import GROUPS, option, raise_science_error, section, values
+from nsrun.runner.config.schema import GROUPS, option, raise_science_error, science_arguments, section
 from nsrun.runner.errors import ConfigError
 
 GROUPS["task"] = "what is learned: the data and its train/validation split (and the task's values of train.*)"
@@ -38,7 +38,7 @@ class ModAddTask:
     def build(self):
         from nsrun.science.tasks.modadd import ModularArithmetic
 
-        return ModularArithmetic(**values(self))
+        return ModularArithmetic(**science_arguments(self))
 
 
 @option("task", "parity")
@@ -72,7 +72,7 @@ class ParityTask:
     def build(self):
         from nsrun.science.tasks.parity import SparseParity
 
-        return SparseParity(**values(self))
+        return SparseParity(**science_arguments(self))
 
 
 @option("task", "wikitext2")
@@ -145,7 +145,7 @@ class WikiText2Task:
         """Loads the text (files or hub) and trains or loads the tokenizer."""
         from nsrun.science.tasks.wikitext2 import WikiText2
 
-        return WikiText2(**values(self))
+        return WikiText2(**science_arguments(self))
 
 
 def _offline() -> bool:
