@@ -27,7 +27,6 @@ from nsrun.runner.config.checks import (
     require_choice,
     require_int,
     require_number,
-    select,
 )
 from nsrun.runner.config.experiment import check_experiment
 from nsrun.runner.config.logger import build_logger
@@ -41,11 +40,9 @@ from nsrun.runner.config.schema import (
     OPTIONS,
     SECTIONS,
     TOP_LEVEL_KEYS,
-    KeyWithoutEffect,
     field_names,
     groups,
     section,
-    type_error,
     unknown_key,
 )
 from nsrun.runner.config.stop import stop_rule
@@ -55,10 +52,10 @@ from nsrun.runner.config.task import build_task
 CONF_DIR = os.environ.get("NSRUN_CONFIG_DIR", str(Path(__file__).resolve().parents[3] / "conf"))
 
 __all__ = [
-    "CONF_DIR", "DEVICE_RE", "GROUPS", "OPTIONS", "SECTIONS", "KeyWithoutEffect", "build_logger", "build_model",
-    "build_objective", "build_schedule", "build_task", "describe_reg", "field_names", "groups", "lr_lambda",
-    "make_optimizer", "monitor_settings", "preflight", "require_bool", "require_choice", "require_int",
-    "require_number", "section", "select", "stop_rule", "type_error", "unknown_key", "validate",
+    "CONF_DIR", "DEVICE_RE", "GROUPS", "OPTIONS", "SECTIONS", "build_logger", "build_model", "build_objective",
+    "build_schedule", "build_task", "describe_reg", "field_names", "lr_lambda", "make_optimizer", "monitor_settings",
+    "preflight", "require_bool", "require_choice", "require_int", "require_number", "section", "stop_rule",
+    "unknown_key", "validate",
 ]
 
 

@@ -1,15 +1,18 @@
 """Range checks on plain values, each raising :class:`ConfigError` that names the key and what is allowed.
 
-The schema (one module per config group) calls the ``check_*`` functions on the fields of its dataclasses,
-whose types OmegaConf has already enforced (:func:`nsrun.runner.config.schema.section`); ``require_*`` check
-the type too, for a key of a config that has no schema (nsrun-influence's settings).
+A schema (one module per config group) declares a field's allowed values with :func:`at_least`,
+:func:`in_range`, :func:`one_of` or :func:`non_empty`; :func:`check_fields` checks them, in field order, on the
+values that OmegaConf has already typed (:func:`nsrun.runner.config.schema.section`). A field that may be null
+says so in its type (``int | None``). ``require_*`` check the type too, for a key of a config that has no
+schema (nsrun-influence's settings).
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import field, fields
 
-from omegaconf import DictConfig
+from omegaconf import MISSING, DictConfig
 
 from nsrun.runner.errors import ConfigError
 
@@ -58,6 +61,38 @@ def check_choice(key: str, v, choices) -> None:
 def check_str(key: str, v) -> None:
     if not v:
         raise ConfigError(key, f"must be a non-empty string, got {v!r}")
+
+
+def _checked(check):
+    return field(default=MISSING, metadata={"check": check})
+
+
+def at_least(minimum: int):
+    """A schema field: an integer ``>= minimum``."""
+    return _checked(lambda key, v, optional: check_int(key, v, minimum, optional))
+
+
+def in_range(low: float | None = None, high: float | None = None, low_open: bool = False, high_open: bool = False):
+    """A schema field: a number in ``[low, high]`` (``low_open``, ``high_open``: that end excluded)."""
+    return _checked(lambda key, v, optional: check_number(key, v, low, high, low_open, high_open, optional))
+
+
+def one_of(*choices):
+    """A schema field: one of ``choices``."""
+    return _checked(lambda key, v, optional: check_choice(key, v, choices))
+
+
+def non_empty():
+    """A schema field: a non-empty string."""
+    return _checked(lambda key, v, optional: check_str(key, v))
+
+
+def check_fields(obj, group: str) -> None:
+    """The checks that the fields of schema instance ``obj`` (section ``group``) declare, in field order; a
+    field whose type allows None may be null."""
+    for f in fields(obj):
+        if "check" in f.metadata:
+            f.metadata["check"](f"{group}.{f.name}", getattr(obj, f.name), "None" in str(f.type))
 
 
 def select(cfg, key: str):

@@ -7,11 +7,11 @@ from pathlib import Path
 
 from omegaconf import MISSING
 
-from nsrun.runner.config.checks import check_number
-from nsrun.runner.config.schema import describe, option, section
+from nsrun.runner.config.checks import in_range
+from nsrun.runner.config.schema import GROUPS, option, section
 from nsrun.runner.errors import ConfigError
 
-describe("logger", "an experiment tracker beside the local logs: wandb (offline unless logged in) or none")
+GROUPS["logger"] = "an experiment tracker beside the local logs: wandb (offline unless logged in) or none"
 
 WANDB_MODES = (None, "online", "offline", "disabled")
 
@@ -42,12 +42,11 @@ class WandbLoggerConfig:
     tags: list[str] = MISSING
     mode: str | None = MISSING
     dir: str | None = MISSING
-    timeout: float = MISSING
+    timeout: float = in_range(0, low_open=True)
 
     def check(self) -> None:
         if self.mode not in WANDB_MODES:
             raise ConfigError("logger.mode", f"must be null, online, offline or disabled, got {self.mode!r}")
-        check_number("logger.timeout", self.timeout, 0, low_open=True)
 
     def build(self, cfg, run_dir: Path, run_id: str | None):
         from nsrun.runner.trackers import WandbLogger

@@ -6,11 +6,11 @@ from dataclasses import dataclass
 
 from omegaconf import MISSING
 
-from nsrun.runner.config.checks import check_choice, check_int, check_number
-from nsrun.runner.config.schema import describe, option, section
+from nsrun.runner.config.checks import at_least, check_choice, in_range
+from nsrun.runner.config.schema import GROUPS, option, section
 from nsrun.runner.errors import ConfigError
 
-describe("model", "the transformer: layers, width, heads, MLP, activation, LayerNorm, positions, init scale")
+GROUPS["model"] = "the transformer: layers, width, heads, MLP, activation, LayerNorm, positions, init scale"
 
 
 @option("model")
@@ -19,25 +19,22 @@ class TransformerConfig:
     """A decoder-only transformer (nsrun/science/model.py); ``name`` is a label."""
 
     name: str = MISSING
-    n_layers: int = MISSING
-    d_model: int = MISSING
-    n_heads: int = MISSING
-    d_mlp: int = MISSING
+    n_layers: int = at_least(1)
+    d_model: int = at_least(1)
+    n_heads: int = at_least(1)
+    d_mlp: int = at_least(1)
     activation: str = MISSING
     layer_norm: bool = MISSING
     pos_emb: str = MISSING
-    init_std: float = MISSING
+    init_std: float = in_range(0, low_open=True)
 
     def check(self) -> None:
         from nsrun.science.model import ACTIVATIONS, POS_EMBS
 
-        for key in ("n_layers", "d_model", "n_heads", "d_mlp"):
-            check_int(f"model.{key}", getattr(self, key), 1)
         if self.d_model % self.n_heads:
             raise ConfigError("model.n_heads", f"must divide model.d_model={self.d_model}, got {self.n_heads}")
         check_choice("model.activation", self.activation, tuple(ACTIVATIONS))
         check_choice("model.pos_emb", self.pos_emb, POS_EMBS)
-        check_number("model.init_std", self.init_std, 0, low_open=True)
 
     def build(self, task):
         """The transformer for ``task``: its vocabulary, outputs, length and masking."""

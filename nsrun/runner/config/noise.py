@@ -9,11 +9,11 @@ from dataclasses import dataclass
 
 from omegaconf import MISSING
 
-from nsrun.runner.config.checks import check_int, check_number
-from nsrun.runner.config.schema import describe, option, section
+from nsrun.runner.config.checks import at_least, in_range
+from nsrun.runner.config.schema import GROUPS, option, science_arguments, section
 from nsrun.runner.errors import ConfigError
 
-describe("noise", "the noise schedule of reg=stability: rho and gamma as functions of the training step")
+GROUPS["noise"] = "the noise schedule of reg=stability: rho and gamma as functions of the training step"
 
 
 class _Schedule:
@@ -21,8 +21,7 @@ class _Schedule:
         """The schedule ``step -> (rho, gamma)`` around the base values ``rho`` and ``gamma``."""
         from nsrun.science.stability.schedules import Schedule
 
-        keys = {k: v for k, v in vars(self).items() if k != "name"}
-        return Schedule(self.name, rho, gamma, train_steps, **keys)
+        return Schedule(self.name, rho, gamma, train_steps, **science_arguments(self))
 
 
 @option("noise", "constant")
@@ -39,14 +38,9 @@ class LinearWarmupNoise(_Schedule):
     """From (rho_start, gamma_start) at step 0 linearly to (reg.rho, reg.gamma) at warmup_steps."""
 
     name: str = "linear_warmup"
-    warmup_steps: int = MISSING
-    rho_start: float = MISSING
-    gamma_start: float = MISSING
-
-    def check(self) -> None:
-        check_int("noise.warmup_steps", self.warmup_steps, 0)
-        check_number("noise.rho_start", self.rho_start, 0, 1)
-        check_number("noise.gamma_start", self.gamma_start, 0)
+    warmup_steps: int = at_least(0)
+    rho_start: float = in_range(0, 1)
+    gamma_start: float = in_range(0)
 
 
 @option("noise", "cosine")
@@ -55,14 +49,9 @@ class CosineNoise(_Schedule):
     """Cosine from (reg.rho, reg.gamma) at step 0 to (rho_end, gamma_end) at total_steps."""
 
     name: str = "cosine"
-    total_steps: int | None = MISSING
-    rho_end: float = MISSING
-    gamma_end: float = MISSING
-
-    def check(self) -> None:
-        check_int("noise.total_steps", self.total_steps, 1, optional=True)
-        check_number("noise.rho_end", self.rho_end, 0, 1)
-        check_number("noise.gamma_end", self.gamma_end, 0)
+    total_steps: int | None = at_least(1)
+    rho_end: float = in_range(0, 1)
+    gamma_end: float = in_range(0)
 
 
 def _check_values(key: str, values, length: int, low: float, high: float | None) -> None:
@@ -97,12 +86,8 @@ class OnFitNoise(_Schedule):
     """Off until the training batch is fitted (accuracy >= train_acc), then reg.rho and reg.gamma for good."""
 
     name: str = "on_fit"
-    train_acc: float = MISSING
-    ramp_steps: int = MISSING
-
-    def check(self) -> None:
-        check_number("noise.train_acc", self.train_acc, 0, 1, low_open=True)
-        check_int("noise.ramp_steps", self.ramp_steps, 0)
+    train_acc: float = in_range(0, 1, low_open=True)
+    ramp_steps: int = at_least(0)
 
 
 def build_schedule(cfg):

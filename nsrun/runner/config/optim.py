@@ -6,11 +6,11 @@ from dataclasses import dataclass
 
 from omegaconf import MISSING
 
-from nsrun.runner.config.checks import check_int, check_number
-from nsrun.runner.config.schema import describe, option, section
+from nsrun.runner.config.checks import at_least, in_range
+from nsrun.runner.config.schema import GROUPS, option, section
 from nsrun.runner.errors import ConfigError
 
-describe("optim", "the optimiser: AdamW's learning rate, betas, weight decay, warm-up and gradient clipping")
+GROUPS["optim"] = "the optimiser: AdamW's learning rate, betas, weight decay, warm-up and gradient clipping"
 
 
 @option("optim", "adamw")
@@ -19,22 +19,17 @@ class AdamWConfig:
     """AdamW with a linear learning-rate warm-up from 0 over warmup_steps."""
 
     name: str = "adamw"
-    lr: float = MISSING
+    lr: float = in_range(0, low_open=True)
     betas: list[float] = MISSING
-    eps: float = MISSING
-    weight_decay: float = MISSING
-    warmup_steps: int = MISSING
-    grad_clip: float | None = MISSING
+    eps: float = in_range(0, low_open=True)
+    weight_decay: float = in_range(0)
+    warmup_steps: int = at_least(0)
+    grad_clip: float | None = in_range(0, low_open=True)
 
     def check(self) -> None:
-        check_number("optim.lr", self.lr, 0, low_open=True)
         betas = self.betas
         if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
             raise ConfigError("optim.betas", f"must be two numbers in [0, 1), got {betas!r}")
-        check_number("optim.eps", self.eps, 0, low_open=True)
-        check_number("optim.weight_decay", self.weight_decay, 0)
-        check_int("optim.warmup_steps", self.warmup_steps, 0)
-        check_number("optim.grad_clip", self.grad_clip, 0, low_open=True, optional=True)
 
 
 def make_optimizer(params, cfg, device):

@@ -12,11 +12,11 @@ from pathlib import Path
 
 from omegaconf import MISSING, OmegaConf
 
-from nsrun.runner.config.checks import check_choice, check_int, check_number
-from nsrun.runner.config.schema import OPTIONS, KeyWithoutEffect, describe, option, section
+from nsrun.runner.config.checks import at_least, check_choice, in_range, one_of
+from nsrun.runner.config.schema import GROUPS, OPTIONS, KeyWithoutEffect, option, section
 from nsrun.runner.errors import ConfigError
 
-describe("reg", "the regulariser added to the cross-entropy, or a peer grokking accelerator")
+GROUPS["reg"] = "the regulariser added to the cross-entropy, or a peer grokking accelerator"
 
 
 @option("reg", "none")
@@ -42,26 +42,20 @@ class StabilityReg:
 
     scheduled = True  # rho and gamma follow the noise schedule (the noise group)
     name: str = "stability"
-    rho: float = MISSING
-    gamma: float = MISSING
-    S: int = MISSING
+    rho: float = in_range(0, 1)
+    gamma: float = in_range(0)
+    S: int = one_of(0, 1)
     noise: str = MISSING
     stop_grad_clean: bool = MISSING
-    batch_fraction: float = MISSING
-    every_k_steps: int = MISSING
-    sigma: float | None = MISSING
+    batch_fraction: float = in_range(0, 1, low_open=True)
+    every_k_steps: int = at_least(1)
+    sigma: float | None = in_range(0, low_open=True)
     gaussian_on: str = MISSING
 
     def check(self) -> None:
         from nsrun.science.stability.noise import GAUSSIAN_ON, NOISES
 
-        check_number("reg.rho", self.rho, 0, 1)
-        check_number("reg.gamma", self.gamma, 0)
-        check_choice("reg.S", self.S, (0, 1))
         check_choice("reg.noise", self.noise, NOISES)
-        check_number("reg.batch_fraction", self.batch_fraction, 0, 1, low_open=True)
-        check_int("reg.every_k_steps", self.every_k_steps, 1)
-        check_number("reg.sigma", self.sigma, 0, low_open=True, optional=True)
         check_choice("reg.gaussian_on", self.gaussian_on, GAUSSIAN_ON)
         if self.noise != "gaussian":
             for key, unused in (("sigma", None), ("gaussian_on", "resampleable")):
@@ -98,12 +92,8 @@ class GrokFastReg:
     """GrokFast-EMA (Lee et al. 2024), a peer: g <- g + lamb * EMA_alpha(g)."""
 
     name: str = "grokfast"
-    alpha: float = MISSING
-    lamb: float = MISSING
-
-    def check(self) -> None:
-        check_number("reg.alpha", self.alpha, 0, 1, high_open=True)
-        check_number("reg.lamb", self.lamb, 0)
+    alpha: float = in_range(0, 1, high_open=True)
+    lamb: float = in_range(0)
 
     def describe(self, cfg) -> str:
         return f"GrokFast-EMA gradient filter, alpha {self.alpha:g}, lamb {self.lamb:g}; plain cross-entropy"
@@ -116,18 +106,13 @@ class GrokFastReg:
 
 @option("reg", "weight_decay")
 @dataclass
-class WeightDecayReg:
+class WeightDecayReg(NoReg):
     """Weight decay alone (Omnigrok), a peer: plain cross-entropy with optim.weight_decay 3.0."""
 
     name: str = "weight_decay"
 
     def describe(self, cfg) -> str:
         return f"plain cross-entropy, optim.weight_decay {section(cfg, 'optim').weight_decay:g}"
-
-    def build(self, task, schedule, seed: int):
-        from nsrun.science.objective import CrossEntropy
-
-        return CrossEntropy(task)
 
 
 def check_schedule_used(reg, noise) -> None:

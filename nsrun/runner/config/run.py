@@ -8,14 +8,14 @@ from typing import Any
 
 from omegaconf import MISSING
 
-from nsrun.runner.config.checks import DEVICE_RE, check_choice, check_int
-from nsrun.runner.config.schema import KeyWithoutEffect, describe, option, section
+from nsrun.runner.config.checks import DEVICE_RE, at_least, one_of
+from nsrun.runner.config.schema import GROUPS, KeyWithoutEffect, option, section
 from nsrun.runner.errors import ConfigError
 from nsrun.science.stability.settings import MonitorSettings
 
-describe("train", "the training loop: steps, batches, eval and checkpoint cadence, device, threads, seeds")
-describe("eval", "loss and accuracy at every eval step: batch size, fixed subset per split")
-describe("stability", "noise stability logged at every eval step (nsrun/science/stability/monitor.py)")
+GROUPS["train"] = "the training loop: steps, batches, eval and checkpoint cadence, device, threads, seeds"
+GROUPS["eval"] = "loss and accuracy at every eval step: batch size, fixed subset per split"
+GROUPS["stability"] = "noise stability logged at every eval step (nsrun/science/stability/monitor.py)"
 
 PROGRESS = ("auto", "bar", "log", "none")
 PARALLEL_BACKENDS = ("auto", "vmap", "loop")
@@ -24,28 +24,21 @@ PARALLEL_BACKENDS = ("auto", "vmap", "loop")
 @option("train")
 @dataclass
 class TrainConfig:
-    steps: int = MISSING
-    eval_every: int = MISSING
-    checkpoint_every: int = MISSING
-    batch_size: int | None = MISSING
+    steps: int = at_least(1)
+    eval_every: int = at_least(1)
+    checkpoint_every: int = at_least(1)
+    batch_size: int | None = at_least(1)
     device: str = MISSING
     threads: Any = MISSING  # auto | an integer >= 1 | null
     deterministic: bool = MISSING
-    progress: str = MISSING
-    parallel_seeds: int = MISSING
-    parallel_backend: str = MISSING
+    progress: str = one_of(*PROGRESS)
+    parallel_seeds: int = at_least(1)
+    parallel_backend: str = one_of(*PARALLEL_BACKENDS)
     compile: bool = MISSING
 
     def check(self) -> None:
-        check_int("train.steps", self.steps, 1)
-        check_int("train.eval_every", self.eval_every, 1)
-        check_int("train.checkpoint_every", self.checkpoint_every, 1)
-        check_int("train.batch_size", self.batch_size, 1, optional=True)
         if self.threads != "auto" and not (self.threads is None or type(self.threads) is int and self.threads >= 1):
             raise ConfigError("train.threads", f"must be auto, an integer >= 1 or null, got {self.threads!r}")
-        check_choice("train.progress", self.progress, PROGRESS)
-        check_int("train.parallel_seeds", self.parallel_seeds, 1)
-        check_choice("train.parallel_backend", self.parallel_backend, PARALLEL_BACKENDS)
         if self.compile and self.parallel_seeds > 1 and self.parallel_backend != "loop":
             raise ConfigError("train.compile", "is not supported with train.parallel_seeds > 1 unless "
                                                "train.parallel_backend=loop")
@@ -65,12 +58,8 @@ class TrainConfig:
 @option("eval")
 @dataclass
 class EvalConfig:
-    batch_size: int = MISSING
-    n_examples: int | None = MISSING
-
-    def check(self) -> None:
-        check_int("eval.batch_size", self.batch_size, 1)
-        check_int("eval.n_examples", self.n_examples, 1, optional=True)
+    batch_size: int = at_least(1)
+    n_examples: int | None = at_least(1)
 
 
 @option("stability")

@@ -6,12 +6,13 @@
 * ``@option("train")`` makes a dataclass the schema of a section without options (``train``, ``eval``,
   ``stability``; ``model``, whose option files all share one schema).
 
-A schema's fields carry types only (``MISSING`` defaults): the values, with their comments, are in conf/ (a
-schema that is the science's own settings, ``stability``'s, keeps the science's defaults; conf/ sets them all).
-A schema may define ``check(self)``, its range checks (raising ConfigError), and a ``build(...)`` method that
-makes the science object from its plain values. Before it runs, :func:`section` refuses inf and nan in every
-key of every section (a float, or a number in a list) and types the values by the schema (as Hydra does when it
-composes; a run directory's plain config gets the same), so no schema checks a type.
+A schema's fields carry types and allowed values only (``MISSING`` defaults; :mod:`nsrun.runner.config.checks`):
+the values, with their comments, are in conf/ (a schema that is the science's own settings, ``stability``'s,
+keeps the science's defaults; conf/ sets them all). A schema may define ``check(self)``, its other checks
+(raising ConfigError), and a ``build(...)`` method that makes the science object from its plain values. Before
+they run, :func:`section` refuses inf and nan in every key of every section (a float, or a number in a list) and
+types the values by the schema (as Hydra does when it composes; a run directory's plain config gets the same),
+so no schema checks a type.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException, ValidationError
 
+from nsrun.runner.config.checks import check_fields
 from nsrun.runner.errors import ConfigError
 
 OPTIONS: dict[str, dict[str, type]] = {}  # group -> option name -> schema
@@ -42,10 +44,6 @@ class KeyWithoutEffect(ConfigError):
     def __init__(self, key: str, message: str):
         super().__init__(key, message)
         self.args = (f"{key} {message}",)
-
-
-def describe(group: str, line: str) -> None:
-    GROUPS[group] = line
 
 
 def option(group: str, name: str | None = None):
@@ -66,6 +64,11 @@ def option(group: str, name: str | None = None):
 
 def field_names(cls: type) -> list[str]:
     return [f.name for f in dataclasses.fields(cls)]
+
+
+def science_arguments(obj) -> dict:
+    """The fields of schema instance ``obj`` but ``name``: the keyword arguments of the science object it builds."""
+    return {key: getattr(obj, key) for key in field_names(obj) if key != "name"}
 
 
 def groups() -> list[str]:
@@ -122,15 +125,15 @@ def type_error(key: str, exc: BaseException) -> ConfigError:
     return ConfigError(key, str(exc).splitlines()[0])
 
 
-def science_error(group: str, cls: type, exc: ValueError) -> ConfigError | None:
-    """The science's ``ValueError("<argument>: ...")`` as a ConfigError on ``group.<argument>`` (every
-    ``argument=`` in its text reads ``group.argument=``), or None when it names no field of ``cls``."""
+def raise_science_error(group: str, cls: type, exc: ValueError):
+    """Raise the science's ``ValueError("<argument>: ...")`` as a ConfigError on ``group.<argument>`` (every
+    ``argument=`` in its text reads ``group.argument=``); re-raise ``exc`` when it names no field of ``cls``."""
     argument, sep, detail = str(exc).partition(": ")
     fields = field_names(cls)
     if not (sep and argument in fields):
-        return None
+        raise exc
     detail = re.sub(rf"(?<![\w.])({'|'.join(map(re.escape, fields))})=", rf"{group}.\1=", detail)
-    return ConfigError(f"{group}.{argument}", detail)
+    raise ConfigError(f"{group}.{argument}", detail) from None
 
 
 def _finite(value) -> bool:
@@ -187,10 +190,8 @@ def section(cfg, group: str):
     except ValidationError as e:
         raise type_error(f"{group}.{str(e.full_key).split('[')[0]}", e) from None
     except ValueError as e:  # a schema that is the science's own settings checks its values on creation
-        error = science_error(group, cls, e)
-        if error is None:
-            raise
-        raise error from None
+        raise_science_error(group, cls, e)
+    check_fields(obj, group)
     if hasattr(obj, "check"):
         obj.check()
     return obj

@@ -6,10 +6,10 @@ from dataclasses import dataclass
 
 from omegaconf import MISSING
 
-from nsrun.runner.config.checks import check_choice, check_int, check_number, check_str
-from nsrun.runner.config.schema import describe, option, section
+from nsrun.runner.config.checks import at_least, in_range, non_empty, one_of
+from nsrun.runner.config.schema import GROUPS, option, section
 
-describe("stop", "early stopping: end a run once its metric has stayed past a level (or stopped improving)")
+GROUPS["stop"] = "early stopping: end a run once its metric has stayed past a level (or stopped improving)"
 
 DIRECTIONS = ("above", "below")
 
@@ -31,22 +31,13 @@ class OnsetStop:
     """Stop once metric has been past level for patience steps; optionally give up without improvement."""
 
     name: str = "onset"
-    metric: str = MISSING
+    metric: str = non_empty()
     level: float = MISSING
-    direction: str = MISSING
-    patience: int = MISSING
-    give_up_patience: int | None = MISSING
-    give_up_min_delta: float = MISSING
-    unreached_penalty: int = MISSING
-
-    def check(self) -> None:
-        check_str("stop.metric", self.metric)
-        check_number("stop.level", self.level)
-        check_choice("stop.direction", self.direction, DIRECTIONS)
-        check_int("stop.patience", self.patience, 0)
-        check_int("stop.give_up_patience", self.give_up_patience, 1, optional=True)
-        check_number("stop.give_up_min_delta", self.give_up_min_delta, 0)
-        check_int("stop.unreached_penalty", self.unreached_penalty, 0)
+    direction: str = one_of(*DIRECTIONS)
+    patience: int = at_least(0)
+    give_up_patience: int | None = at_least(1)
+    give_up_min_delta: float = in_range(0)
+    unreached_penalty: int = at_least(0)
 
     def rule(self):
         from nsrun.runner.stopping import StopRule

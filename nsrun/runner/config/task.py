@@ -9,11 +9,11 @@ from pathlib import Path
 
 from omegaconf import MISSING
 
-from nsrun.runner.config.checks import check_choice, check_int, check_number, check_str
-from nsrun.runner.config.schema import describe, option, science_error, section
+from nsrun.runner.config.checks import at_least, check_choice, in_range, non_empty
+from nsrun.runner.config.schema import GROUPS, option, raise_science_error, science_arguments, section
 from nsrun.runner.errors import ConfigError
 
-describe("task", "what is learned: the data and its train/validation split (and the task's values of train.*)")
+GROUPS["task"] = "what is learned: the data and its train/validation split (and the task's values of train.*)"
 
 @option("task", "modadd")
 @dataclass
@@ -23,7 +23,7 @@ class ModAddTask:
     name: str = "modadd"
     p: int = MISSING
     operation: str = MISSING
-    train_fraction: float = MISSING
+    train_fraction: float = in_range(0, 1, low_open=True, high_open=True)
     split_seed: int = MISSING
     resample: str = MISSING
 
@@ -33,14 +33,12 @@ class ModAddTask:
         if self.p < 3 or not is_prime(self.p):
             raise ConfigError("task.p", f"must be a prime >= 3, got {self.p!r}")
         check_choice("task.operation", self.operation, OPERATIONS)
-        check_number("task.train_fraction", self.train_fraction, 0, 1, low_open=True, high_open=True)
         check_choice("task.resample", self.resample, RESAMPLE)
 
     def build(self):
         from nsrun.science.tasks.modadd import ModularArithmetic
 
-        return ModularArithmetic(p=self.p, operation=self.operation, train_fraction=self.train_fraction,
-                                 split_seed=self.split_seed, resample=self.resample)
+        return ModularArithmetic(**science_arguments(self))
 
 
 @option("task", "parity")
@@ -49,28 +47,21 @@ class ParityTask:
     """Noisy k-sparse parity (Barak et al. 2022): n bits, label = XOR of k hidden bits."""
 
     name: str = "parity"
-    n_bits: int = MISSING
-    k: int = MISSING
-    label_noise: float = MISSING
-    n_train: int = MISSING
-    n_val: int = MISSING
+    n_bits: int = at_least(1)
+    k: int = at_least(1)
+    label_noise: float = in_range(0, 0.5, high_open=True)
+    n_train: int = at_least(1)
+    n_val: int = at_least(1)
     val_set: str = MISSING
-    subset_seed: int = MISSING
-    data_seed: int = MISSING
+    subset_seed: int = at_least(0)
+    data_seed: int = at_least(0)
 
     def check(self) -> None:
         from nsrun.science.tasks.parity import MAX_EXHAUSTIVE_BITS, VAL_SETS
 
-        check_int("task.n_bits", self.n_bits, 1)
-        check_int("task.k", self.k, 1)
         if self.k > self.n_bits:
             raise ConfigError("task.k", f"must be <= task.n_bits={self.n_bits}, got {self.k}")
-        check_number("task.label_noise", self.label_noise, 0, 0.5, high_open=True)
-        check_int("task.n_train", self.n_train, 1)
-        check_int("task.n_val", self.n_val, 1)
         check_choice("task.val_set", self.val_set, VAL_SETS)
-        check_int("task.subset_seed", self.subset_seed, 0)
-        check_int("task.data_seed", self.data_seed, 0)
         if self.n_bits <= MAX_EXHAUSTIVE_BITS:
             needed = self.n_train + (self.n_val if self.val_set == "fixed" else 0)
             if needed > 2**self.n_bits:
@@ -81,9 +72,7 @@ class ParityTask:
     def build(self):
         from nsrun.science.tasks.parity import SparseParity
 
-        return SparseParity(n_bits=self.n_bits, k=self.k, label_noise=self.label_noise, n_train=self.n_train,
-                            n_val=self.n_val, val_set=self.val_set, subset_seed=self.subset_seed,
-                            data_seed=self.data_seed)
+        return SparseParity(**science_arguments(self))
 
 
 @option("task", "wikitext2")
@@ -93,28 +82,24 @@ class WikiText2Task:
 
     name: str = "wikitext2"
     data_dir: str | None = MISSING
-    train_file: str = MISSING
-    val_file: str = MISSING
-    hub_dataset: str = MISSING
-    hub_config: str = MISSING
-    hub_train_split: str = MISSING
-    hub_val_split: str = MISSING
+    train_file: str = non_empty()
+    val_file: str = non_empty()
+    hub_dataset: str = non_empty()
+    hub_config: str = non_empty()
+    hub_train_split: str = non_empty()
+    hub_val_split: str = non_empty()
     tokenizer: str = MISSING
-    vocab_size: int = MISSING
+    vocab_size: int = at_least(10)
     cache_dir: str | None = MISSING
-    context: int = MISSING
+    context: int = at_least(2)
     stride: int | None = MISSING
 
     def check(self) -> None:
         from nsrun.science.tasks.wikitext2 import TOKENIZERS
 
         check_choice("task.tokenizer", self.tokenizer, TOKENIZERS)
-        check_int("task.vocab_size", self.vocab_size, 10)
-        check_int("task.context", self.context, 2)
         if self.stride is not None and self.stride < 1:
             raise ConfigError("task.stride", f"must be an integer >= 1 or null (= task.context), got {self.stride!r}")
-        for key in ("train_file", "val_file", "hub_dataset", "hub_config", "hub_train_split", "hub_val_split"):
-            check_str(f"task.{key}", getattr(self, key))
 
     def preflight(self) -> None:
         """The data and the tokenizer cache are where the run will look for them; the hub answers if used."""
@@ -160,11 +145,7 @@ class WikiText2Task:
         """Loads the text (files or hub) and trains or loads the tokenizer."""
         from nsrun.science.tasks.wikitext2 import WikiText2
 
-        return WikiText2(data_dir=self.data_dir, train_file=self.train_file, val_file=self.val_file,
-                         hub_dataset=self.hub_dataset, hub_config=self.hub_config,
-                         hub_train_split=self.hub_train_split, hub_val_split=self.hub_val_split,
-                         tokenizer=self.tokenizer, vocab_size=self.vocab_size, cache_dir=self.cache_dir,
-                         context=self.context, stride=self.stride)
+        return WikiText2(**science_arguments(self))
 
 
 def _offline() -> bool:
@@ -185,7 +166,4 @@ def build_task(cfg):
     try:
         return task.build()
     except ValueError as e:
-        error = science_error("task", type(task), e)
-        if error is None:
-            raise
-        raise error from e
+        raise_science_error("task", type(task), e)
