@@ -140,6 +140,22 @@ def side_by_side_cell_seconds(spec: MapSpec, cells: list, repeats: int = 15, n_s
     return {label: seconds / n_steps for label, seconds in t.items()}
 
 
+def load_specs(p: argparse.ArgumentParser, args, names: list[str]) -> None:
+    """``args.specs`` (the maps ``names``, under ``args.root``) and ``args.only`` (the arm names of ``--only``),
+    or a one-line argparse error naming the bad option."""
+    try:
+        args.specs = {spec.name: spec for spec in (load_map(n, root=args.root) for n in names)}
+    except ValueError as e:
+        p.error(f"--map: {e}")
+    except Exception as e:  # Hydra's: no such config
+        p.error(f"--map: cannot load {', '.join(names)} from conf/experiment ({type(e).__name__}: "
+                f"{str(e).splitlines()[0]})")
+    args.only = [x.strip() for x in getattr(args, "only", "").split(",") if x.strip()]
+    known = {a.name for spec in args.specs.values() for a in spec.arms}
+    if unknown := [x for x in args.only if x not in known]:
+        p.error(f"--only: unknown arm(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+
+
 def parse_args(argv):
     p = argparse.ArgumentParser(prog=PROG, description="Run the map of where noise-stability regularisation helps "
                                 "on modular addition (conf/experiment/map_*.yaml) and write its report.")
@@ -164,18 +180,7 @@ def parse_args(argv):
             s.add_argument("overrides", nargs="*", help="extra nsrun overrides for every sweep (e.g. train.threads=1)")
     args = p.parse_args(argv)
     names = [x.strip() for x in args.map.split(",") if x.strip()] or list(TINY if args.tiny else MAPS)
-    try:
-        args.specs = {spec.name: spec for spec in (load_map(n, root=args.root) for n in names)}
-    except ValueError as e:
-        p.error(f"--map: {e}")
-    except Exception as e:  # Hydra's: no such config
-        p.error(f"--map: cannot load {', '.join(names)} from conf/experiment ({type(e).__name__}: "
-                f"{str(e).splitlines()[0]})")
-    args.only = [x.strip() for x in getattr(args, "only", "").split(",") if x.strip()]
-    known = {a.name for spec in args.specs.values() for a in spec.arms}
-    unknown = [x for x in args.only if x not in known]
-    if unknown:
-        p.error(f"--only: unknown arm(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    load_specs(p, args, names)
     return args
 
 

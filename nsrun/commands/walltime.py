@@ -16,8 +16,8 @@ import sys
 import time
 from pathlib import Path
 
-from nsrun.analysis.maps import N_BOOT, load_map, load_map_runs
-from nsrun.commands.map import git_state, run_maps, side_by_side_cell_seconds
+from nsrun.analysis.maps import N_BOOT, load_map_runs
+from nsrun.commands.map import git_state, load_specs, run_maps, side_by_side_cell_seconds
 
 PROG = "nsrun-walltime"
 MAPS = ("walltime_modadd_quick", "walltime_modadd_quick_confirm", "walltime_modadd_second")
@@ -40,18 +40,7 @@ def parse_args(argv):
             s.add_argument("--only", default="", help="comma-separated arm names (default: every arm)")
             s.add_argument("overrides", nargs="*", help="extra nsrun overrides for every sweep (e.g. logger=none)")
     args = p.parse_args(argv)
-    names = [x.strip() for x in args.map.split(",") if x.strip()] or list(MAPS)
-    try:
-        args.specs = {spec.name: spec for spec in (load_map(n, root=args.root) for n in names)}
-    except ValueError as e:
-        p.error(f"--map: {e}")
-    except Exception as e:  # Hydra's: no such config
-        p.error(f"--map: cannot load {', '.join(names)} from conf/experiment ({type(e).__name__}: "
-                f"{str(e).splitlines()[0]})")
-    args.only = [x.strip() for x in getattr(args, "only", "").split(",") if x.strip()]
-    known = {a.name for spec in args.specs.values() for a in spec.arms}
-    if unknown := [x for x in args.only if x not in known]:
-        p.error(f"--only: unknown arm(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    load_specs(p, args, [x.strip() for x in args.map.split(",") if x.strip()] or list(MAPS))
     return args
 
 
