@@ -150,26 +150,34 @@ def write_figure(points: list[CostPoint], title: str, path: Path) -> None:
     base = next((p for p in points if p.is_baseline), None)
     fig, ax = plt.subplots(figsize=(7.5, 5))
     cells = [p for p in points if not p.is_baseline and math.isfinite(p.cost)]
+    finite = [v for p in points for v in p.steps if math.isfinite(v)]
+    top = 1.1 * max(finite) if finite else 1.0  # where an open upper end or a cell that never reached is drawn
     if base is not None and math.isfinite(base.steps[0]):
         xs = np.linspace(0.9, max([2.5, *(p.cost * 1.05 for p in cells)]), 200)
-        ax.axhspan(base.steps[1], base.steps[2], color="0.85", label="baseline's median steps, 95 % CI")
+        open_end = not math.isfinite(base.steps[2])
+        ax.axhspan(base.steps[1], top if open_end else base.steps[2], color="0.85",
+                   label="baseline's median steps, 95 % CI" + (" (upper end past the horizon)" if open_end else ""))
         ax.plot(xs, base.steps[0] / xs, "k--", lw=1, label="break-even: steps x cost = baseline's")
         ax.fill_between(xs, 0, base.steps[0] / xs, color="tab:green", alpha=0.07)
     kinds = {"levers": "tab:orange", "S=1": "tab:red", "rho": "tab:purple", "dose": "tab:blue"}
+    used = set()
     for p in cells:
         lever = any(k in p.values for k in ("reg.batch_fraction", "reg.every_k_steps"))
         kind = ("S=1" if str(p.values.get("reg.S")) == "1" else "levers" if lever
                 else "rho" if str(p.values.get("reg.rho")) != "0.25" else "dose")
-        y, lo, hi = p.steps if math.isfinite(p.steps[0]) else (ax.get_ylim()[1],) * 3
-        ax.errorbar(p.cost, y, yerr=[[y - lo], [hi - y]] if math.isfinite(hi) else None, fmt="o",
-                    color=kinds[kind], ms=4, capsize=2, alpha=0.9)
+        used.add(kind)
+        y, lo, hi = p.steps if math.isfinite(p.steps[0]) else (top,) * 3
+        hi = hi if math.isfinite(hi) else top
+        ax.errorbar(p.cost, y, yerr=[[y - lo], [hi - y]], fmt="o", color=kinds[kind], ms=4, capsize=2, alpha=0.9)
     for kind, colour in kinds.items():
-        ax.plot([], [], "o", color=colour, label={"dose": "S=0, rho 0.25, gamma series", "levers": "S=0, cost levers",
-                                                  "rho": "S=0, rho 0.9", "S=1": "S=1 (paper's sign)"}[kind])
+        if kind in used:
+            ax.plot([], [], "o", color=colour, label={"dose": "S=0, rho 0.25, gamma series",
+                                                      "levers": "S=0, cost levers", "rho": "S=0, rho 0.9",
+                                                      "S=1": "S=1 (paper's sign)"}[kind])
     ax.set_xlabel("a regularised step's cost / a plain step's (side by side, one thread)")
     ax.set_ylabel("steps to the onset (median, 95 % CI)")
     ax.set_title(title, fontsize=10)
-    ax.set_ylim(bottom=0)
+    ax.set_ylim(0, top * 1.02)
     ax.legend(fontsize=8, loc="upper right")
     fig.tight_layout()
     for suffix in (".png", ".pdf"):
