@@ -79,9 +79,9 @@ def order(p: CostPoint) -> tuple:
         v = p.value(key)
         return float(v) if isinstance(v, (int, float)) else math.inf
 
-    levers = (num("reg.batch_fraction") != 1.0, -num("reg.batch_fraction"), num("reg.every_k_steps"))
-    return (not p.is_baseline, levers[0] or levers[2] != 1, num("reg.S"), *levers[1:], num("reg.gamma"),
-            num("reg.rho"))
+    fraction, every_k = num("reg.batch_fraction"), num("reg.every_k_steps")
+    at_full_cost = fraction == 1.0 and every_k == 1
+    return (not p.is_baseline, not at_full_cost, num("reg.S"), -fraction, every_k, num("reg.gamma"), num("reg.rho"))
 
 
 def answer(points: list[CostPoint]) -> str:
